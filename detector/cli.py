@@ -1,0 +1,146 @@
+"""Command line: ``detector run | replay | synth`` (also ``python -m detector``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from detector.settings import ConfigError
+
+log = logging.getLogger("detector")
+
+EXIT_CONFIG = 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from detector.artifact import ArtifactError, load_artifact
+    from detector.config import load_config
+    from detector.daemon import Detector, install_signal_handlers
+    from detector.kafka_io import AlertPublisher, build_consumer, build_producer
+    from detector.logs import setup_logging
+    from detector.metrics import DetectorMetrics
+    from detector.scoring import Scorer
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"detector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_level)
+    try:
+        artifact = load_artifact(config.model.path)
+        scorer = Scorer.from_artifact(artifact, config.scoring.device, config.scoring.max_batch_size)
+    except (ArtifactError, RuntimeError) as exc:
+        print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    metrics = DetectorMetrics()
+    port = metrics.serve(config.metrics.host, config.metrics.port)
+    log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
+    producer = build_producer(config.kafka)
+    consumer = build_consumer(config.kafka)
+    detector: Detector | None = None
+    publisher = AlertPublisher(
+        producer,
+        config.kafka.alerts_topic,
+        on_failure=metrics.publish_failures.inc,
+        should_stop=lambda: detector is not None and detector.stopping,
+    )
+    detector = Detector(config, artifact, consumer, publisher, metrics, scorer=scorer)
+    install_signal_handlers(detector)
+    try:
+        detector.run()
+    finally:
+        producer.close()
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from detector.config import KafkaConfig, load_config
+    from detector.datafiles import DataFileError, load_table
+    from detector.kafka_io import build_producer
+    from detector.logs import setup_logging
+    from detector.replay import encode_messages, interleave, replay
+
+    setup_logging("INFO")
+    try:
+        kafka = load_config(args.config).kafka if args.config else KafkaConfig()
+    except ConfigError as exc:
+        print(f"detector replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.bootstrap_servers:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers.split(",")})
+    try:
+        table = load_table(args.file, device_column=args.device_column, time_column=args.time_column)
+    except DataFileError as exc:
+        print(f"detector replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.rebase_time:
+        table["ts"] += time.time() - float(table["ts"].min())
+    messages = encode_messages(interleave(table), args.batch)
+    producer = build_producer(kafka)
+    try:
+        replay(messages, producer, args.topic, rate=args.rate, readings_per_message=args.batch)
+    finally:
+        producer.close()
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from detector.synthetic import generate_fleet, split_at, write_fleet
+
+    fleet = generate_fleet(
+        args.devices,
+        args.normal_steps + args.stream_steps,
+        seed=args.seed,
+        anomalies_per_device=args.anomalies_per_device,
+        quiet_steps=args.normal_steps,
+    )
+    for name, part in zip(("normal", "stream"), split_at(fleet, args.normal_steps)):
+        paths = write_fleet(part, args.out, name)
+        print(f"{name}: {len(part.readings)} rows, {len(part.episodes)} anomalies -> {paths['readings']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="detector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the detector daemon")
+    run.add_argument("--config", type=Path, required=True, help="YAML config (DETECTOR_* env overrides)")
+    run.set_defaults(handler=_run)
+
+    rep = sub.add_parser("replay", help="stream a CSV/Parquet file into Kafka as readings")
+    rep.add_argument("file", type=Path)
+    rep.add_argument("--topic", required=True)
+    rep.add_argument("--rate", type=float, default=0.0, help="readings per second (0 = max)")
+    rep.add_argument("--batch", type=int, default=1, help="readings per message (gateway batches)")
+    rep.add_argument("--device-column", help="column with the device id (default: device_id or file name)")
+    rep.add_argument("--time-column", help="time column (default: ts/timestamp/time/datetime)")
+    rep.add_argument("--rebase-time", action="store_true", help="shift timestamps so the first is now")
+    rep.add_argument("--bootstrap-servers", help="comma-separated; overrides the config")
+    rep.add_argument("--config", type=Path, help="detector config to take Kafka settings from")
+    rep.set_defaults(handler=_replay)
+
+    syn = sub.add_parser("synth", help="generate a synthetic fleet: normal.csv (training) and stream.csv (with anomalies)")
+    syn.add_argument("--out", type=Path, required=True)
+    syn.add_argument("--devices", type=int, default=4)
+    syn.add_argument("--normal-steps", type=int, default=3000)
+    syn.add_argument("--stream-steps", type=int, default=1500)
+    syn.add_argument("--anomalies-per-device", type=int, default=2)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.set_defaults(handler=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``detector`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

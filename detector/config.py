@@ -1,0 +1,120 @@
+"""Detector daemon configuration: pydantic models, loaded from YAML with ``DETECTOR_`` overrides.
+
+Example override: ``DETECTOR_KAFKA__BOOTSTRAP_SERVERS=broker:9092``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from detector.settings import load_settings
+
+ENV_PREFIX = "DETECTOR_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(_Section):
+    """Where readings come from and alerts go, and how the consumer group behaves."""
+
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["localhost:9092"], min_length=1)
+    readings_topics: list[str] = Field(default_factory=lambda: ["sensor-readings"], min_length=1)
+    alerts_topic: str = "sensor-alerts"
+    dead_letter_topic: str | None = None
+    group_id: str = "anomaly-detector"
+    client_id: str = "anomaly-detector"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(60_000, ge=1000)
+    max_poll_records: int = Field(2_000, ge=1)
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    producer_linger_ms: int = Field(5, ge=0)
+    producer_compression: Literal["gzip", "lz4", "zstd", "snappy"] | None = None
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaConfig:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
+            if self.sasl_username is None or self.sasl_password is None:
+                raise ValueError("sasl_username and sasl_password are required with SASL")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which trained artifact to load: an artifact directory, or a directory with a ``current``."""
+
+    path: Path
+
+
+class WindowConfig(_Section):
+    """Rolling-window behaviour; the window length itself comes from the model artifact."""
+
+    stride: int = Field(1, ge=1, description="score a device's window every N readings once full")
+    max_devices: int = Field(1_000_000, ge=1)
+
+
+class ScoringConfig(_Section):
+    """Micro-batching of ready windows and where the model runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(1024, ge=1)
+    max_wait_ms: int = Field(50, ge=0)
+
+
+class AlertConfig(_Section):
+    """When a device starts and stops firing."""
+
+    fire_k: int = Field(1, ge=1, description="fire when k of the last n windows are over threshold")
+    fire_n: int = Field(1, ge=1)
+    resolve_after: int = Field(3, ge=1, description="resolve after N consecutive windows below")
+    top_sensors: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AlertConfig:
+        if self.fire_k > self.fire_n:
+            raise ValueError(f"fire_k ({self.fire_k}) must not exceed fire_n ({self.fire_n})")
+        return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus endpoint."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class DetectorConfig(_Section):
+    """Everything the daemon needs; see configs/detector.yaml for an annotated example."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    model: ModelConfig
+    windows: WindowConfig = Field(default_factory=WindowConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    commit_interval_ms: int = Field(1000, ge=0)
+
+
+def load_config(path: Path | None) -> DetectorConfig:
+    """Load and validate the daemon configuration; raises ``ConfigError`` naming bad fields."""
+    return load_settings(DetectorConfig, path, ENV_PREFIX)

@@ -1,0 +1,77 @@
+"""Prometheus metrics of the daemon (``detector_`` prefix, no per-device labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from detector.readings import RejectReason
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Scores are reported relative to the threshold would hide drift in the threshold itself, so the
+# histogram is of raw scores on a log-spaced grid wide enough for any scaled-MSE model.
+_SCORE_BUCKETS = tuple(round(10 ** (e / 4), 6) for e in range(-16, 9))
+
+
+class DetectorMetrics:
+    """All daemon metrics on one registry (its own, so tests can run several daemons)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "detector_records_consumed", "Kafka records consumed from the readings topics", registry=r
+        )
+        self.readings_accepted = Counter(
+            "detector_readings_accepted", "Readings accepted into a device window", registry=r
+        )
+        self.records_rejected = Counter(
+            "detector_records_rejected",
+            "Records (or readings inside a batch record) rejected, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.unknown_sensors = Counter(
+            "detector_unknown_sensors", "Sensor values ignored because the model has no such sensor", registry=r
+        )
+        self.windows_scored = Counter("detector_windows_scored", "Windows scored by the model", registry=r)
+        self.batch_size = Histogram(
+            "detector_batch_size", "Windows per scoring batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.scoring_duration = Histogram(
+            "detector_scoring_duration_seconds", "Wall time of one scoring batch",
+            buckets=_SECONDS_BUCKETS, registry=r,
+        )
+        self.batch_wait = Histogram(
+            "detector_batch_wait_seconds", "Time the oldest window of a batch waited to be scored",
+            buckets=_SECONDS_BUCKETS, registry=r,
+        )
+        self.anomaly_score = Histogram(
+            "detector_anomaly_score", "Window reconstruction-error scores", buckets=_SCORE_BUCKETS, registry=r
+        )
+        self.alerts = Counter("detector_alerts", "Alerts published, by state", ["state"], registry=r)
+        self.alerts_firing = Gauge("detector_alerts_firing", "Devices currently firing", registry=r)
+        self.devices_tracked = Gauge("detector_devices_tracked", "Devices with a rolling window", registry=r)
+        self.consumer_lag = Gauge(
+            "detector_consumer_lag", "Records behind the partition high watermark",
+            ["topic", "partition"], registry=r,
+        )
+        self.publish_failures = Counter(
+            "detector_alert_publish_failures", "Alert publishes that failed and were retried", registry=r
+        )
+        self.commits = Counter("detector_offset_commits", "Offset commits that succeeded", registry=r)
+        self.commit_failures = Counter("detector_offset_commit_failures", "Offset commits that failed", registry=r)
+        self.model_info = Info("detector_model", "The model artifact in use", registry=r)
+        self.scoring_device = Info("detector_scoring", "Where the model runs", registry=r)
+        self.last_progress = Gauge(
+            "detector_last_progress_timestamp_seconds", "When the main loop last completed a poll", registry=r
+        )
+        for reason in RejectReason:
+            self.records_rejected.labels(reason=reason.value)
+        for state in ("firing", "resolved"):
+            self.alerts.labels(state=state)
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose ``/metrics`` over HTTP; returns the bound port (useful with port 0)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

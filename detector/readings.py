@@ -1,0 +1,145 @@
+"""Reading wire format and parsing: Kafka message bytes -> (device, timestamp, feature vector).
+
+A message value is one JSON reading object or a JSON array of them (gateway batches)::
+
+    {"device_id": "pump-7", "ts": 1700000000.0, "sensors": {"temperature": 61.2, ...}}
+
+``ts`` is epoch seconds (number) or an ISO-8601 string (naive means UTC). Sensor names are mapped
+to the model's feature order by name; names the model does not know are ignored and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+StrictFloat = Annotated[float, Field(strict=True)]
+
+
+class Reading(BaseModel):
+    """One reading as it appears on the wire."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    device_id: Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+    ts: StrictFloat | datetime
+    sensors: dict[str, StrictFloat]
+
+    def epoch_seconds(self) -> float:
+        """``ts`` as epoch seconds."""
+        if isinstance(self.ts, datetime):
+            moment = self.ts if self.ts.tzinfo else self.ts.replace(tzinfo=timezone.utc)
+            return moment.timestamp()
+        return float(self.ts)
+
+
+class RejectReason(str, enum.Enum):
+    """Why a record (or one reading in a batch) was not used; a label of the rejected counter."""
+
+    OVERSIZED = "oversized"
+    UNPARSABLE = "unparsable"
+    MISSING_FIELD = "missing_field"
+    INVALID_TYPE = "invalid_type"
+    NON_FINITE = "non_finite"
+    MISSING_SENSORS = "missing_sensors"
+    OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected reading: the reason (a metric label) and a human-readable detail for logs."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass
+class ParsedMessage:
+    """Readings in feature order plus what was rejected or ignored in one message."""
+
+    device_ids: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    unknown_sensors: int = 0
+
+
+class ReadingParser:
+    """Parses message values against a fixed feature order (the model's)."""
+
+    def __init__(self, feature_names: list[str], max_message_bytes: int = 1_048_576) -> None:
+        self.feature_names = list(feature_names)
+        self._index = {name: i for i, name in enumerate(self.feature_names)}
+        self.max_message_bytes = max_message_bytes
+
+    def parse(self, value: bytes | None) -> ParsedMessage:
+        """Parse one message value; never raises on bad input."""
+        result = ParsedMessage()
+        if value is None:
+            result.rejections.append(Rejection(RejectReason.UNPARSABLE, "empty message value"))
+            return result
+        if len(value) > self.max_message_bytes:
+            result.rejections.append(
+                Rejection(RejectReason.OVERSIZED, f"{len(value)} bytes > {self.max_message_bytes}")
+            )
+            return result
+        try:
+            document = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            result.rejections.append(Rejection(RejectReason.UNPARSABLE, str(exc)[:200]))
+            return result
+        items = document if isinstance(document, list) else [document]
+        for item in items:
+            self._parse_item(item, result)
+        return result
+
+    def _parse_item(self, item: object, result: ParsedMessage) -> None:
+        if not isinstance(item, dict):
+            result.rejections.append(
+                Rejection(RejectReason.INVALID_TYPE, f"reading must be an object, got {type(item).__name__}")
+            )
+            return
+        try:
+            reading = Reading.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            reason = RejectReason.MISSING_FIELD if first["type"] == "missing" else RejectReason.INVALID_TYPE
+            where = ".".join(str(part) for part in first["loc"])
+            result.rejections.append(Rejection(reason, f"{where}: {first['msg']}"))
+            return
+        ts = reading.epoch_seconds()
+        vector = np.full(len(self.feature_names), np.nan, dtype=np.float32)
+        for name, number in reading.sensors.items():
+            position = self._index.get(name)
+            if position is None:
+                result.unknown_sensors += 1
+            else:
+                vector[position] = number
+        # A finite float64 can still overflow float32 (1e300), hence the check on the vector too.
+        if (
+            not math.isfinite(ts)
+            or not all(math.isfinite(v) for v in reading.sensors.values())
+            or np.isinf(vector).any()
+        ):
+            result.rejections.append(Rejection(RejectReason.NON_FINITE, "NaN or Inf in ts or sensors"))
+            return
+        missing = np.isnan(vector)
+        if missing.any():
+            names = [self.feature_names[i] for i in np.flatnonzero(missing)]
+            result.rejections.append(Rejection(RejectReason.MISSING_SENSORS, f"missing {names}"))
+            return
+        result.device_ids.append(reading.device_id)
+        result.timestamps.append(ts)
+        result.values.append(vector)
+
+
+def encode_reading(device_id: str, ts: float, sensors: dict[str, float]) -> dict[str, object]:
+    """The JSON-ready form of a reading (used by the replay tool and tests)."""
+    return {"device_id": device_id, "ts": ts, "sensors": sensors}

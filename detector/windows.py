@@ -1,0 +1,133 @@
+"""Windowing: offline sliding windows (training, benchmarks) and per-device ring buffers (daemon).
+
+Both produce windows of shape ``(length, features)`` in time order, oldest first; the tests check
+that a ring buffer fed a sequence yields exactly the sliding windows of that sequence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def sliding_windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
+    """All windows of ``length`` rows taken every ``stride`` rows: ``(n_windows, length, features)``.
+
+    The result is a read-only view; the last window ends on the last row that completes one.
+    """
+    if length < 1 or stride < 1:
+        raise ValueError("length and stride must be >= 1")
+    if values.ndim != 2:
+        raise ValueError(f"values must be 2-D (rows, features), got shape {values.shape}")
+    if len(values) < length:
+        return np.empty((0, length, values.shape[1]), dtype=values.dtype)
+    view = sliding_window_view(values, length, axis=0)  # (n, features, length)
+    return view[::stride].transpose(0, 2, 1)
+
+
+def window_end_indices(n_rows: int, length: int, stride: int = 1) -> np.ndarray:
+    """Row index of the last row of each window that :func:`sliding_windows` returns."""
+    if n_rows < length:
+        return np.empty(0, dtype=np.int64)
+    return np.arange(length - 1, n_rows, stride, dtype=np.int64)
+
+
+class WindowStore:
+    """Preallocated ring buffers, one slot per device, growing by doubling.
+
+    ``append`` writes one reading in O(features) with no per-reading allocation of Python objects
+    beyond the first sight of a device. A device's window is *ready* when its buffer is full and
+    ``stride`` readings have arrived since its last ready window.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        n_features: int,
+        stride: int = 1,
+        initial_capacity: int = 256,
+        max_devices: int | None = None,
+    ) -> None:
+        if length < 1 or n_features < 1 or stride < 1 or initial_capacity < 1:
+            raise ValueError("length, n_features, stride and initial_capacity must be >= 1")
+        self.length = length
+        self.n_features = n_features
+        self.stride = stride
+        self.max_devices = max_devices
+        self._slots: dict[str, int] = {}
+        self._values = np.zeros((initial_capacity, length, n_features), dtype=np.float32)
+        self._timestamps = np.zeros((initial_capacity, length), dtype=np.float64)
+        self._next = np.zeros(initial_capacity, dtype=np.int64)  # next write position
+        self._count = np.zeros(initial_capacity, dtype=np.int64)  # readings since last reset
+        self._last_ts = np.full(initial_capacity, -np.inf, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._slots
+
+    @property
+    def device_ids(self) -> list[str]:
+        """Devices that have a slot, in first-seen order."""
+        return list(self._slots)
+
+    def slot(self, device_id: str) -> int:
+        """The slot of ``device_id``, allocated on first sight."""
+        slot = self._slots.get(device_id)
+        if slot is None:
+            if self.max_devices is not None and len(self._slots) >= self.max_devices:
+                raise OverflowError(f"more than {self.max_devices} devices")
+            slot = len(self._slots)
+            if slot == len(self._next):
+                self._grow()
+            self._slots[device_id] = slot
+        return slot
+
+    def last_timestamp(self, device_id: str) -> float:
+        """Timestamp of the device's newest reading, ``-inf`` if none."""
+        slot = self._slots.get(device_id)
+        return -np.inf if slot is None else float(self._last_ts[slot])
+
+    def append(self, slot: int, ts: float, values: np.ndarray) -> bool:
+        """Write one reading into ``slot``; returns whether a window is ready to score."""
+        position = self._next[slot]
+        self._values[slot, position] = values
+        self._timestamps[slot, position] = ts
+        self._next[slot] = (position + 1) % self.length
+        self._last_ts[slot] = ts
+        count = self._count[slot] + 1
+        self._count[slot] = count
+        return count >= self.length and (count - self.length) % self.stride == 0
+
+    def reset(self, slot: int) -> None:
+        """Forget a device's history (e.g. after a gap); it must refill before scoring again."""
+        self._count[slot] = 0
+        self._next[slot] = 0
+
+    def window(self, slot: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The device's current window ``(length, features)`` oldest first, copied into ``out``."""
+        order = (self._next[slot] + np.arange(self.length)) % self.length
+        return np.take(self._values[slot], order, axis=0, out=out)
+
+    def window_span(self, slot: int) -> tuple[float, float]:
+        """Timestamps of the first and last reading of the device's current window."""
+        start = self._next[slot]
+        end = (start - 1) % self.length
+        return float(self._timestamps[slot, start]), float(self._timestamps[slot, end])
+
+    def _grow(self) -> None:
+        capacity = len(self._next) * 2
+        if self.max_devices is not None:
+            capacity = max(min(capacity, self.max_devices), len(self._next) + 1)
+
+        def extend(array: np.ndarray, fill: float) -> np.ndarray:
+            grown = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
+            grown[: len(array)] = array
+            return grown
+
+        self._values = extend(self._values, 0.0)
+        self._timestamps = extend(self._timestamps, 0.0)
+        self._next = extend(self._next, 0)
+        self._count = extend(self._count, 0)
+        self._last_ts = extend(self._last_ts, -np.inf)

@@ -1,0 +1,83 @@
+"""Training data: load normal readings, split each device in time, build scaled windows."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detector.artifact import DataSummary, sha256_file
+from detector.datafiles import DataFileError, load_table, sensor_columns
+from detector.scaling import StandardScaler
+from detector.windows import sliding_windows
+from trainer.config import DataConfig
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Per-device train and validation segments (raw values, time order) and the feature order."""
+
+    feature_names: list[str]
+    train: list[np.ndarray]
+    validation: list[np.ndarray]
+    summary: DataSummary
+
+
+def load_normal_data(config: DataConfig) -> pd.DataFrame:
+    """All configured files as one table (``ts``, ``device_id``, sensors), NaN rows dropped."""
+    tables = [
+        load_table(
+            path,
+            time_column=config.time_column,
+            device_column=config.device_column,
+            sensors=config.sensors,
+        )
+        for path in config.paths
+    ]
+    names = sensor_columns(tables[0])
+    for path, table in zip(config.paths[1:], tables[1:]):
+        if sensor_columns(table) != names:
+            raise DataFileError(f"{path}: sensors {sensor_columns(table)} differ from {names}")
+    table = pd.concat(tables, ignore_index=True).dropna()
+    if table.empty:
+        raise DataFileError("no complete rows in the training data")
+    return table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
+
+
+def split_by_time(table: pd.DataFrame, validation_fraction: float, paths: list[Path]) -> SplitData:
+    """Each device's first ``1 - validation_fraction`` of rows train, the rest validate."""
+    names = sensor_columns(table)
+    train, validation = [], []
+    for _device, rows in table.groupby("device_id", sort=True):
+        values = rows[names].to_numpy(dtype=np.float64)
+        cut = int(round(len(values) * (1 - validation_fraction)))
+        train.append(values[:cut])
+        validation.append(values[cut:])
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(sha256_file(path).encode())
+    summary = DataSummary(
+        rows=len(table),
+        devices=table["device_id"].nunique(),
+        time_start=float(table["ts"].min()),
+        time_end=float(table["ts"].max()),
+        sha256=digest.hexdigest(),
+        files=[str(path) for path in paths],
+    )
+    return SplitData(names, train, validation, summary)
+
+
+def fit_scaler(split: SplitData) -> StandardScaler:
+    """Scaler statistics from the training segments only (validation must stay unseen)."""
+    return StandardScaler.fit(np.concatenate([s for s in split.train if len(s)]))
+
+
+def windows_of(segments: list[np.ndarray], length: int, stride: int) -> np.ndarray:
+    """Windows of every segment, concatenated; windows never cross two devices."""
+    parts = [sliding_windows(segment, length, stride) for segment in segments if len(segment) >= length]
+    if not parts:
+        return np.empty((0, length, segments[0].shape[1] if segments else 0), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32)

@@ -1,0 +1,184 @@
+"""Fitting the LSTM autoencoder, setting the threshold and writing the artifact."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from detector.artifact import save_artifact
+from detector.model import LSTMAutoencoder, ModelSpec
+from detector.scaling import StandardScaler
+from detector.scoring import Scorer, resolve_device, window_scores
+from detector.thresholds import fit_threshold, summarize_errors
+from trainer.config import TrainerConfig
+from trainer.data import fit_scaler, load_normal_data, split_by_time, windows_of
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """Training cannot proceed with this data and configuration."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What ``fit`` produced: where the artifact is and the headline numbers."""
+
+    path: Path
+    version: str
+    threshold: float
+    train_loss: float
+    validation_loss: float
+    epochs: int
+    seconds: float
+
+
+def _version_id(config: TrainerConfig, data_sha: str) -> str:
+    now = datetime.now(timezone.utc)
+    digest = hashlib.sha256((config.model_dump_json() + data_sha).encode()).hexdigest()[:8]
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{digest}"
+
+
+def train_autoencoder(
+    model: LSTMAutoencoder,
+    train: torch.Tensor,
+    validation: torch.Tensor,
+    config: TrainerConfig,
+    device: torch.device,
+    show_progress: bool = True,
+) -> tuple[float, float, int]:
+    """Adam on MSE with early stopping on validation loss; leaves the best weights in ``model``.
+
+    Returns (train loss, best validation loss, epochs run).
+    """
+    settings = config.training
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    loss_fn = nn.MSELoss()
+    best_state, best_val, stale, train_loss = copy.deepcopy(model.state_dict()), float("inf"), 0, 0.0
+    epochs = tqdm(range(1, settings.epochs + 1), desc="training", unit="epoch", disable=not show_progress)
+    epoch = 0
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(train), settings.batch_size):
+            batch = train[order[start : start + settings.batch_size]].to(device)
+            optimiser.zero_grad()
+            loss = loss_fn(model(batch), batch)
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * len(batch)
+        train_loss = total / len(train)
+        val_loss = _mean_loss(model, validation, settings.batch_size, device)
+        epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        log.info("epoch %d: train loss %.5f, validation loss %.5f", epoch, train_loss, val_loss)
+        if val_loss < best_val - 1e-7:
+            best_val, stale, best_state = val_loss, 0, copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                log.info("early stop after %d epochs (best validation loss %.5f)", epoch, best_val)
+                break
+    model.load_state_dict(best_state)
+    return train_loss, best_val, epoch
+
+
+@torch.inference_mode()
+def _mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        total += float(nn.functional.mse_loss(model(batch), batch, reduction="sum"))
+    return total / windows.numel()
+
+
+def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
+    """Train on the configured normal data and write a new artifact version."""
+    started = time.monotonic()
+    torch.manual_seed(config.training.seed)
+    np.random.seed(config.training.seed)
+    device = resolve_device(config.training.device)
+    table = load_normal_data(config.data)
+    split = split_by_time(table, config.training.validation_fraction, config.data.paths)
+    length, stride = config.window.length, config.window.stride
+    scaler = fit_scaler(split)
+    train_raw = windows_of(split.train, length, stride)
+    val_raw = windows_of(split.validation, length, 1)
+    if len(train_raw) == 0 or len(val_raw) == 0:
+        raise TrainingError(
+            f"not enough rows for windows of {length}: {len(train_raw)} training and "
+            f"{len(val_raw)} validation windows; add data or shorten window.length"
+        )
+    if config.training.max_train_windows and len(train_raw) > config.training.max_train_windows:
+        keep = np.random.default_rng(config.training.seed).choice(
+            len(train_raw), config.training.max_train_windows, replace=False
+        )
+        train_raw = train_raw[np.sort(keep)]
+    log.info(
+        "training on %d windows, validating on %d (length %d, %d sensors, %d devices) on %s",
+        len(train_raw), len(val_raw), length, len(split.feature_names), split.summary.devices, device,
+    )
+    spec = ModelSpec(n_features=len(split.feature_names), **config.model.model_dump())
+    model = LSTMAutoencoder(spec).to(device)
+    train_loss, val_loss, epochs = train_autoencoder(
+        model,
+        torch.from_numpy(scaler.transform(train_raw)),
+        torch.from_numpy(scaler.transform(val_raw)),
+        config,
+        device,
+        show_progress,
+    )
+    threshold, threshold_meta = _threshold(model, scaler, val_raw, config)
+    metadata = {
+        "version": _version_id(config, split.summary.sha256),
+        "created_at": datetime.now(timezone.utc),
+        "feature_names": split.feature_names,
+        "window_length": length,
+        "model": spec,
+        "scaler": scaler.to_dict(),
+        "threshold": threshold_meta,
+        "training_data": split.summary,
+        "validation": {
+            "train_loss": train_loss,
+            "validation_loss": val_loss,
+            "epochs": float(epochs),
+            "train_windows": float(len(train_raw)),
+            "validation_windows": float(len(val_raw)),
+        },
+        "torch_version": torch.__version__,
+    }
+    path = save_artifact(config.output.dir, metadata, model.cpu())
+    seconds = time.monotonic() - started
+    log.info("wrote %s (threshold %.5g) in %.1f s", path, threshold, seconds)
+    return FitResult(path, metadata["version"], threshold, train_loss, val_loss, epochs, seconds)
+
+
+def _threshold(
+    model: LSTMAutoencoder, scaler: StandardScaler, val_raw: np.ndarray, config: TrainerConfig
+) -> tuple[float, dict[str, object]]:
+    scorer = Scorer(model, scaler, config.training.device, max_batch_size=4096)
+    scores = window_scores(scorer.sensor_errors(val_raw))
+    settings = config.threshold
+    value = fit_threshold(
+        scores, settings.method, quantile=settings.quantile, k=settings.k, margin=settings.margin
+    )
+    params = {"quantile": settings.quantile} if settings.method == "quantile" else {"k": settings.k}
+    params["margin"] = settings.margin
+    return value, {
+        "method": settings.method,
+        "value": value,
+        "params": params,
+        "error_summary": summarize_errors(scores),
+    }
