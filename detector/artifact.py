@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -88,7 +87,11 @@ class ArtifactMetadata(BaseModel):
         for key in ("mean", "scale"):
             if len(self.scaler.get(key, [])) != n:
                 raise ValueError(f"scaler.{key} must have {n} values")
-        if Path(self.weights_file).name != self.weights_file or self.weights_file in ("", ".", ".."):
+        if Path(self.weights_file).name != self.weights_file or self.weights_file in (
+            "",
+            ".",
+            "..",
+        ):
             raise ValueError("weights_file must be a plain file name inside the artifact directory")
         return self
 
@@ -131,7 +134,9 @@ def save_artifact(parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
     try:
         weights = staging / WEIGHTS_FILE
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        state = {
+            name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+        }
         save_file(state, str(weights), metadata={"version": version})
         complete = ArtifactMetadata.model_validate(
             {**metadata, "weights_file": WEIGHTS_FILE, "weights_sha256": sha256_file(weights)}
@@ -168,7 +173,9 @@ def resolve_artifact_dir(path: Path) -> Path:
         if (candidate / METADATA_FILE).is_file():
             return candidate
         raise ArtifactError(f"{pointer} names {version!r}, which has no {METADATA_FILE}")
-    raise ArtifactError(f"{path} is not a model artifact (no {METADATA_FILE} and no {CURRENT_POINTER})")
+    raise ArtifactError(
+        f"{path} is not a model artifact (no {METADATA_FILE} and no {CURRENT_POINTER})"
+    )
 
 
 def load_artifact(path: Path) -> Artifact:

@@ -32,7 +32,9 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     try:
         artifact = load_artifact(config.model.path)
-        scorer = Scorer.from_artifact(artifact, config.scoring.device, config.scoring.max_batch_size)
+        scorer = Scorer.from_artifact(
+            artifact, config.scoring.device, config.scoring.max_batch_size
+        )
     except (ArtifactError, RuntimeError) as exc:
         print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -73,7 +75,9 @@ def _replay(args: argparse.Namespace) -> int:
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers.split(",")})
     try:
-        table = load_table(args.file, device_column=args.device_column, time_column=args.time_column)
+        table = load_table(
+            args.file, device_column=args.device_column, time_column=args.time_column
+        )
     except DataFileError as exc:
         print(f"detector replay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -98,9 +102,11 @@ def _synth(args: argparse.Namespace) -> int:
         anomalies_per_device=args.anomalies_per_device,
         quiet_steps=args.normal_steps,
     )
-    for name, part in zip(("normal", "stream"), split_at(fleet, args.normal_steps)):
+    for name, part in zip(("normal", "stream"), split_at(fleet, args.normal_steps), strict=True):
         paths = write_fleet(part, args.out, name)
-        print(f"{name}: {len(part.readings)} rows, {len(part.episodes)} anomalies -> {paths['readings']}")
+        print(
+            f"{name}: {len(part.readings)} rows, {len(part.episodes)} anomalies -> {paths['readings']}"
+        )
     return 0
 
 
@@ -110,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the detector daemon")
-    run.add_argument("--config", type=Path, required=True, help="YAML config (DETECTOR_* env overrides)")
+    run.add_argument(
+        "--config", type=Path, required=True, help="YAML config (DETECTOR_* env overrides)"
+    )
     run.set_defaults(handler=_run)
 
     rep = sub.add_parser("replay", help="stream a CSV/Parquet file into Kafka as readings")
@@ -118,14 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--topic", required=True)
     rep.add_argument("--rate", type=float, default=0.0, help="readings per second (0 = max)")
     rep.add_argument("--batch", type=int, default=1, help="readings per message (gateway batches)")
-    rep.add_argument("--device-column", help="column with the device id (default: device_id or file name)")
+    rep.add_argument(
+        "--device-column", help="column with the device id (default: device_id or file name)"
+    )
     rep.add_argument("--time-column", help="time column (default: ts/timestamp/time/datetime)")
-    rep.add_argument("--rebase-time", action="store_true", help="shift timestamps so the first is now")
+    rep.add_argument(
+        "--rebase-time", action="store_true", help="shift timestamps so the first is now"
+    )
     rep.add_argument("--bootstrap-servers", help="comma-separated; overrides the config")
     rep.add_argument("--config", type=Path, help="detector config to take Kafka settings from")
     rep.set_defaults(handler=_replay)
 
-    syn = sub.add_parser("synth", help="generate a synthetic fleet: normal.csv (training) and stream.csv (with anomalies)")
+    syn = sub.add_parser(
+        "synth",
+        help="generate a synthetic fleet: normal.csv (training) and stream.csv (with anomalies)",
+    )
     syn.add_argument("--out", type=Path, required=True)
     syn.add_argument("--devices", type=int, default=4)
     syn.add_argument("--normal-steps", type=int, default=3000)

@@ -26,7 +26,7 @@ from detector.config import DetectorConfig
 from detector.kafka_io import AlertPublisher
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
-from detector.readings import ParsedMessage, ReadingParser, RejectReason, Rejection
+from detector.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
 from detector.scoring import Scorer, top_sensor_shares, window_scores
 from detector.windows import WindowStore
 
@@ -87,7 +87,9 @@ class Detector:
         meta = artifact.metadata
         self.feature_names = meta.feature_names
         self.threshold = meta.threshold.value
-        self.scorer = scorer or Scorer.from_artifact(artifact, config.scoring.device, config.scoring.max_batch_size)
+        self.scorer = scorer or Scorer.from_artifact(
+            artifact, config.scoring.device, config.scoring.max_batch_size
+        )
         self.parser = ReadingParser(meta.feature_names, config.kafka.max_partition_fetch_bytes)
         self.store = WindowStore(
             meta.window_length,
@@ -102,6 +104,7 @@ class Detector:
             AlertRule(config.alerts.fire_k, config.alerts.fire_n, config.alerts.resolve_after)
         )
         self._stop = threading.Event()
+        self.records_consumed = 0
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit
         self._committed: dict[TopicPartition, int] = {}
         self._last_commit = 0.0
@@ -128,7 +131,9 @@ class Detector:
     def run(self) -> None:
         """Consume until :meth:`stop`; then drain and close the consumer."""
         log.info("model %s", describe(self.artifact))
-        log.info("scoring on %s, consuming %s", self.scorer.device, self.config.kafka.readings_topics)
+        log.info(
+            "scoring on %s, consuming %s", self.scorer.device, self.config.kafka.readings_topics
+        )
         self.scorer.warm_up(self.store.length)
         try:
             while not self._stop.is_set():
@@ -139,7 +144,14 @@ class Detector:
             self.commit(force=True)
         finally:
             self.consumer.close(autocommit=False)
-            log.info("stopped")
+            log.info(
+                "stopped after %d records; committed offsets %s",
+                self.records_consumed,
+                {
+                    f"{tp.topic}[{tp.partition}]": offset
+                    for tp, offset in sorted(self._committed.items())
+                },
+            )
 
     def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
         """Ingest one poll's records; score and commit when a batch is full or due."""
@@ -148,6 +160,7 @@ class Detector:
                 self._ingest(self.parser.parse(record.value))
                 self._processed[partition] = record.offset + 1
             self.metrics.records_consumed.inc(len(batch))
+            self.records_consumed += len(batch)
         if self.pending and (
             self.pending.full or self._waited() * 1000 >= self.config.scoring.max_wait_ms
         ):
@@ -163,14 +176,18 @@ class Detector:
         if message.unknown_sensors:
             self.metrics.unknown_sensors.inc(message.unknown_sensors)
         now = time.monotonic()
-        for device_id, ts, values in zip(message.device_ids, message.timestamps, message.values):
+        for device_id, ts, values in zip(
+            message.device_ids, message.timestamps, message.values, strict=True
+        ):
             try:
                 slot = self.store.slot(device_id)
             except OverflowError as exc:
                 self._reject(Rejection(RejectReason.INVALID_TYPE, str(exc)))
                 continue
             if ts <= self.store.last_timestamp(device_id):
-                self._reject(Rejection(RejectReason.OUT_OF_ORDER, f"{device_id} ts {ts} not after last"))
+                self._reject(
+                    Rejection(RejectReason.OUT_OF_ORDER, f"{device_id} ts {ts} not after last")
+                )
                 continue
             self.metrics.readings_accepted.inc()
             if self.store.append(slot, ts, values):
@@ -181,7 +198,10 @@ class Detector:
     def _reject(self, rejection: Rejection) -> None:
         self.metrics.records_rejected.labels(reason=rejection.reason.value).inc()
         self._bad_data_log.warning(
-            rejection.reason.value, "rejected reading (%s): %s", rejection.reason.value, rejection.detail
+            rejection.reason.value,
+            "rejected reading (%s): %s",
+            rejection.reason.value,
+            rejection.detail,
         )
 
     def flush(self) -> None:
@@ -229,7 +249,10 @@ class Detector:
                 self.metrics.alerts.labels(state=alert.state).inc()
                 log.info(
                     "alert %s device=%s score=%.4g severity=%.2f top=%s",
-                    alert.state, alert.device_id, alert.score, alert.severity,
+                    alert.state,
+                    alert.device_id,
+                    alert.score,
+                    alert.severity,
                     alert.top_sensors[0].sensor if alert.top_sensors else "-",
                 )
         self.metrics.alerts_firing.set(self.tracker.firing_count())

@@ -37,7 +37,9 @@ def _epoch_seconds(column: pd.Series, path: Path) -> np.ndarray:
     try:
         moments = pd.to_datetime(column, utc=True)
     except (ValueError, TypeError) as exc:
-        raise DataFileError(f"{path}: time column {column.name!r} is not parseable: {exc}") from None
+        raise DataFileError(
+            f"{path}: time column {column.name!r} is not parseable: {exc}"
+        ) from None
     return (moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
 
 
@@ -60,7 +62,9 @@ def load_table(
     if time_column is None:
         time_column = next((c for c in TIME_COLUMN_CANDIDATES if c in frame.columns), None)
         if time_column is None:
-            raise DataFileError(f"{path}: no time column (tried {', '.join(TIME_COLUMN_CANDIDATES)})")
+            raise DataFileError(
+                f"{path}: no time column (tried {', '.join(TIME_COLUMN_CANDIDATES)})"
+            )
     elif time_column not in frame.columns:
         raise DataFileError(f"{path}: time column {time_column!r} not found")
     if device_column is None and "device_id" in frame.columns:

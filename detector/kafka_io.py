@@ -35,7 +35,9 @@ def security_kwargs(config: KafkaConfig) -> dict[str, Any]:
         kwargs.update(
             sasl_mechanism=config.sasl_mechanism,
             sasl_plain_username=config.sasl_username,
-            sasl_plain_password=config.sasl_password.get_secret_value() if config.sasl_password else None,
+            sasl_plain_password=config.sasl_password.get_secret_value()
+            if config.sasl_password
+            else None,
         )
     return kwargs
 
@@ -96,11 +98,14 @@ class AlertPublisher:
         backoff = self.retry_backoff_s
         while pending:
             futures = [
-                (alert, self.producer.send(
-                    self.topic,
-                    key=alert.device_id.encode(),
-                    value=alert.model_dump_json().encode(),
-                ))
+                (
+                    alert,
+                    self.producer.send(
+                        self.topic,
+                        key=alert.device_id.encode(),
+                        value=alert.model_dump_json().encode(),
+                    ),
+                )
                 for alert in pending
             ]
             self.producer.flush()

@@ -13,6 +13,8 @@ def setup_logging(level: str) -> None:
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # kafka-python logs every connection at INFO; its warnings and errors are what operators need.
+    logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 class RateLimitedLog:

@@ -20,7 +20,9 @@ class DetectorMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.records_consumed = Counter(
-            "detector_records_consumed", "Kafka records consumed from the readings topics", registry=r
+            "detector_records_consumed",
+            "Kafka records consumed from the readings topics",
+            registry=r,
         )
         self.readings_accepted = Counter(
             "detector_readings_accepted", "Readings accepted into a device window", registry=r
@@ -32,39 +34,64 @@ class DetectorMetrics:
             registry=r,
         )
         self.unknown_sensors = Counter(
-            "detector_unknown_sensors", "Sensor values ignored because the model has no such sensor", registry=r
+            "detector_unknown_sensors",
+            "Sensor values ignored because the model has no such sensor",
+            registry=r,
         )
-        self.windows_scored = Counter("detector_windows_scored", "Windows scored by the model", registry=r)
+        self.windows_scored = Counter(
+            "detector_windows_scored", "Windows scored by the model", registry=r
+        )
         self.batch_size = Histogram(
             "detector_batch_size", "Windows per scoring batch", buckets=_BATCH_BUCKETS, registry=r
         )
         self.scoring_duration = Histogram(
-            "detector_scoring_duration_seconds", "Wall time of one scoring batch",
-            buckets=_SECONDS_BUCKETS, registry=r,
+            "detector_scoring_duration_seconds",
+            "Wall time of one scoring batch",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
         )
         self.batch_wait = Histogram(
-            "detector_batch_wait_seconds", "Time the oldest window of a batch waited to be scored",
-            buckets=_SECONDS_BUCKETS, registry=r,
+            "detector_batch_wait_seconds",
+            "Time the oldest window of a batch waited to be scored",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
         )
         self.anomaly_score = Histogram(
-            "detector_anomaly_score", "Window reconstruction-error scores", buckets=_SCORE_BUCKETS, registry=r
+            "detector_anomaly_score",
+            "Window reconstruction-error scores",
+            buckets=_SCORE_BUCKETS,
+            registry=r,
         )
-        self.alerts = Counter("detector_alerts", "Alerts published, by state", ["state"], registry=r)
+        self.alerts = Counter(
+            "detector_alerts", "Alerts published, by state", ["state"], registry=r
+        )
         self.alerts_firing = Gauge("detector_alerts_firing", "Devices currently firing", registry=r)
-        self.devices_tracked = Gauge("detector_devices_tracked", "Devices with a rolling window", registry=r)
+        self.devices_tracked = Gauge(
+            "detector_devices_tracked", "Devices with a rolling window", registry=r
+        )
         self.consumer_lag = Gauge(
-            "detector_consumer_lag", "Records behind the partition high watermark",
-            ["topic", "partition"], registry=r,
+            "detector_consumer_lag",
+            "Records behind the partition high watermark",
+            ["topic", "partition"],
+            registry=r,
         )
         self.publish_failures = Counter(
-            "detector_alert_publish_failures", "Alert publishes that failed and were retried", registry=r
+            "detector_alert_publish_failures",
+            "Alert publishes that failed and were retried",
+            registry=r,
         )
-        self.commits = Counter("detector_offset_commits", "Offset commits that succeeded", registry=r)
-        self.commit_failures = Counter("detector_offset_commit_failures", "Offset commits that failed", registry=r)
+        self.commits = Counter(
+            "detector_offset_commits", "Offset commits that succeeded", registry=r
+        )
+        self.commit_failures = Counter(
+            "detector_offset_commit_failures", "Offset commits that failed", registry=r
+        )
         self.model_info = Info("detector_model", "The model artifact in use", registry=r)
         self.scoring_device = Info("detector_scoring", "Where the model runs", registry=r)
         self.last_progress = Gauge(
-            "detector_last_progress_timestamp_seconds", "When the main loop last completed a poll", registry=r
+            "detector_last_progress_timestamp_seconds",
+            "When the main loop last completed a poll",
+            registry=r,
         )
         for reason in RejectReason:
             self.records_rejected.labels(reason=reason.value)

@@ -26,7 +26,9 @@ class LSTMAutoencoder(nn.Module):
         self.spec = spec
         self.encoder = nn.LSTM(spec.n_features, spec.hidden_size, spec.num_layers, batch_first=True)
         self.to_latent = nn.Linear(spec.hidden_size, spec.latent_size)
-        self.decoder = nn.LSTM(spec.latent_size, spec.hidden_size, spec.num_layers, batch_first=True)
+        self.decoder = nn.LSTM(
+            spec.latent_size, spec.hidden_size, spec.num_layers, batch_first=True
+        )
         self.head = nn.Linear(spec.hidden_size, spec.n_features)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:

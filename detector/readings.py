@@ -103,14 +103,21 @@ class ReadingParser:
     def _parse_item(self, item: object, result: ParsedMessage) -> None:
         if not isinstance(item, dict):
             result.rejections.append(
-                Rejection(RejectReason.INVALID_TYPE, f"reading must be an object, got {type(item).__name__}")
+                Rejection(
+                    RejectReason.INVALID_TYPE,
+                    f"reading must be an object, got {type(item).__name__}",
+                )
             )
             return
         try:
             reading = Reading.model_validate(item)
         except ValidationError as exc:
             first = exc.errors()[0]
-            reason = RejectReason.MISSING_FIELD if first["type"] == "missing" else RejectReason.INVALID_TYPE
+            reason = (
+                RejectReason.MISSING_FIELD
+                if first["type"] == "missing"
+                else RejectReason.INVALID_TYPE
+            )
             where = ".".join(str(part) for part in first["loc"])
             result.rejections.append(Rejection(reason, f"{where}: {first['msg']}"))
             return
@@ -128,7 +135,9 @@ class ReadingParser:
             or not all(math.isfinite(v) for v in reading.sensors.values())
             or np.isinf(vector).any()
         ):
-            result.rejections.append(Rejection(RejectReason.NON_FINITE, "NaN or Inf in ts or sensors"))
+            result.rejections.append(
+                Rejection(RejectReason.NON_FINITE, "NaN or Inf in ts or sensors")
+            )
             return
         missing = np.isnan(vector)
         if missing.any():

@@ -42,7 +42,7 @@ def encode_messages(table: pd.DataFrame, batch_size: int = 1) -> list[tuple[byte
         reading = {
             "device_id": device,
             "ts": float(stamps[i]),
-            "sensors": dict(zip(sensors, values[i].tolist())),
+            "sensors": dict(zip(sensors, values[i].tolist(), strict=True)),
         }
         open_batch.setdefault(device, []).append(reading)
         if len(open_batch[device]) >= batch_size:
@@ -74,5 +74,7 @@ def replay(
         if progress_every and sent % progress_every == 0:
             log.info("replayed %d/%d messages", sent, len(messages))
     producer.flush()
-    log.info("replayed %d messages to %s in %.1f s", len(messages), topic, time.monotonic() - started)
+    log.info(
+        "replayed %d messages to %s in %.1f s", len(messages), topic, time.monotonic() - started
+    )
     return len(messages)

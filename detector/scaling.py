@@ -43,4 +43,6 @@ class StandardScaler:
     @classmethod
     def from_dict(cls, data: dict[str, list[float]]) -> StandardScaler:
         """Inverse of :meth:`to_dict`."""
-        return cls(mean=np.asarray(data["mean"], np.float64), scale=np.asarray(data["scale"], np.float64))
+        return cls(
+            mean=np.asarray(data["mean"], np.float64), scale=np.asarray(data["scale"], np.float64)
+        )

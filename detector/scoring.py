@@ -47,7 +47,10 @@ def top_sensor_shares(
     total = float(errors.sum())
     order = np.argsort(errors)[::-1][:count]
     return [
-        {"sensor": feature_names[i], "share": round(float(errors[i]) / total, 4) if total > 0 else 0.0}
+        {
+            "sensor": feature_names[i],
+            "share": round(float(errors[i]) / total, 4) if total > 0 else 0.0,
+        }
         for i in order
     ]
 
@@ -74,7 +77,9 @@ class Scorer:
         self._scale = torch.as_tensor(self.scaler.scale, dtype=torch.float32, device=self.device)
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact, device: str = "auto", max_batch_size: int = 1024) -> Scorer:
+    def from_artifact(
+        cls, artifact: Artifact, device: str = "auto", max_batch_size: int = 1024
+    ) -> Scorer:
         """A scorer for a loaded artifact."""
         return cls(artifact.model, artifact.scaler, device, max_batch_size)
 

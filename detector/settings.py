@@ -71,15 +71,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: ValidationError, prefix: str, from_env: dict[str, Any]) -> str:
+def _describe(error: ValidationError, prefix: str, env_keys: list[str]) -> str:
     lines = []
     for item in error.errors():
         location = [str(part) for part in item["loc"]]
         field = ".".join(location)
-        node: Any = from_env
-        for part in location:
-            node = node.get(part) if isinstance(node, dict) else None
-        source = f" (from {prefix}{'__'.join(location).upper()})" if node is not None else ""
+        # A variable is involved when it set this field, a value containing it (a JSON list or
+        # mapping), or a field inside it (errors of a whole section, such as fire_k > fire_n).
+        sources = []
+        for key in env_keys:
+            path = [part.lower() for part in key[len(prefix) :].split("__")]
+            common = min(len(path), len(location))
+            if path[:common] == location[:common]:
+                sources.append(key)
+        source = f" (from {', '.join(sorted(sources))})" if sources else ""
         lines.append(f"  {field}: {item['msg']}{source}")
     return "invalid configuration:\n" + "\n".join(lines)
 
@@ -96,8 +101,10 @@ def load_settings(
     when the bad value came from one.
     """
     file_values = _read_yaml(path) if path is not None else {}
-    env_values = _env_overrides(env_prefix, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env_values = _env_overrides(env_prefix, environ)
     try:
         return model.model_validate(_deep_merge(file_values, env_values))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, env_prefix, env_values)) from None
+        env_keys = [key for key in environ if key.startswith(env_prefix) and key != env_prefix]
+        raise ConfigError(_describe(exc, env_prefix, env_keys)) from None

@@ -116,6 +116,10 @@ def _smooth_process(
     return full[:, k - 1 : k - 1 + n_steps]
 
 
+def _saturate(x: np.ndarray, limit: float = 1.5) -> np.ndarray:
+    return limit * np.tanh(x / limit)
+
+
 def _device_ids(n_devices: int) -> list[str]:
     # Pad to a common width so lexicographic order equals numeric order even past 1000 devices.
     width = max(3, len(str(n_devices - 1)))
@@ -133,8 +137,10 @@ def _normal_signals(
     lag = cycle_steps / 8.0
     cycle = np.sin(omega * t + phase)
     cycle_lag = np.sin(omega * (t - lag) + phase)
-    load = _smooth_process(rng, n_devices, n_steps, phi=0.99, smooth_steps=20)
-    ambient = _smooth_process(rng, n_devices, n_steps, phi=0.998, smooth_steps=50)
+    # Real loads and ambient conditions saturate; a soft limit keeps "normal" inside an envelope
+    # that a model trained on a few thousand steps can have seen.
+    load = _saturate(_smooth_process(rng, n_devices, n_steps, phi=0.99, smooth_steps=20))
+    ambient = _saturate(_smooth_process(rng, n_devices, n_steps, phi=0.998, smooth_steps=50))
     factors = np.stack([cycle, cycle_lag, load, ambient], axis=-1)  # (dev, t, factor)
 
     n_sensors = len(SENSORS)

@@ -38,7 +38,7 @@ def fit_threshold(
 ) -> float:
     """Threshold from normal-data errors.
 
-    ``quantile``: the given quantile of the errors; ``mean_std``: mean + k·σ. The result is
+    ``quantile``: the given quantile of the errors; ``mean_std``: mean + k * std. The result is
     multiplied by ``margin`` (>= 1 widens it), and is always positive.
     """
     errors = np.asarray(errors, dtype=np.float64)

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="train on normal data and write a new model version")
-    fit.add_argument("--config", type=Path, required=True, help="YAML config (TRAINER_* env overrides)")
+    fit.add_argument(
+        "--config", type=Path, required=True, help="YAML config (TRAINER_* env overrides)"
+    )
     fit.add_argument("--output", type=Path, help="override output.dir")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     fit.set_defaults(handler=_fit)

@@ -38,7 +38,7 @@ def load_normal_data(config: DataConfig) -> pd.DataFrame:
         for path in config.paths
     ]
     names = sensor_columns(tables[0])
-    for path, table in zip(config.paths[1:], tables[1:]):
+    for path, table in zip(config.paths[1:], tables[1:], strict=True):
         if sensor_columns(table) != names:
             raise DataFileError(f"{path}: sensors {sensor_columns(table)} differ from {names}")
     table = pd.concat(tables, ignore_index=True).dropna()
@@ -53,7 +53,7 @@ def split_by_time(table: pd.DataFrame, validation_fraction: float, paths: list[P
     train, validation = [], []
     for _device, rows in table.groupby("device_id", sort=True):
         values = rows[names].to_numpy(dtype=np.float64)
-        cut = int(round(len(values) * (1 - validation_fraction)))
+        cut = round(len(values) * (1 - validation_fraction))
         train.append(values[:cut])
         validation.append(values[cut:])
     digest = hashlib.sha256()
@@ -77,7 +77,9 @@ def fit_scaler(split: SplitData) -> StandardScaler:
 
 def windows_of(segments: list[np.ndarray], length: int, stride: int) -> np.ndarray:
     """Windows of every segment, concatenated; windows never cross two devices."""
-    parts = [sliding_windows(segment, length, stride) for segment in segments if len(segment) >= length]
+    parts = [
+        sliding_windows(segment, length, stride) for segment in segments if len(segment) >= length
+    ]
     if not parts:
         return np.empty((0, length, segments[0].shape[1] if segments else 0), dtype=np.float32)
     return np.concatenate(parts).astype(np.float32)

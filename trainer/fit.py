@@ -65,8 +65,15 @@ def train_autoencoder(
     generator = torch.Generator().manual_seed(settings.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     loss_fn = nn.MSELoss()
-    best_state, best_val, stale, train_loss = copy.deepcopy(model.state_dict()), float("inf"), 0, 0.0
-    epochs = tqdm(range(1, settings.epochs + 1), desc="training", unit="epoch", disable=not show_progress)
+    best_state, best_val, stale, train_loss = (
+        copy.deepcopy(model.state_dict()),
+        float("inf"),
+        0,
+        0.0,
+    )
+    epochs = tqdm(
+        range(1, settings.epochs + 1), desc="training", unit="epoch", disable=not show_progress
+    )
     epoch = 0
     for epoch in epochs:
         model.train()
@@ -95,7 +102,9 @@ def train_autoencoder(
 
 
 @torch.inference_mode()
-def _mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> float:
+def _mean_loss(
+    model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device
+) -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(windows), batch_size):
@@ -128,7 +137,12 @@ def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
         train_raw = train_raw[np.sort(keep)]
     log.info(
         "training on %d windows, validating on %d (length %d, %d sensors, %d devices) on %s",
-        len(train_raw), len(val_raw), length, len(split.feature_names), split.summary.devices, device,
+        len(train_raw),
+        len(val_raw),
+        length,
+        len(split.feature_names),
+        split.summary.devices,
+        device,
     )
     spec = ModelSpec(n_features=len(split.feature_names), **config.model.model_dump())
     model = LSTMAutoencoder(spec).to(device)

@@ -1,0 +1,30 @@
+# Quick start: `make demo` and `make test`. Both install into .venv first (a no-op when current).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format-check clean
+
+install: $(STAMP)
+
+# constraints.txt pins the CPU build of torch that installs from local disk; users may run any torch>=2.3.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache
+
+format-check: install
+	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,249 @@
+"""Shared fixtures: a real Kafka broker, a small trained model, and a daemon process runner.
+
+The broker is an embedded Tansu process unless ``KAFKA_BOOTSTRAP_SERVERS`` names an external
+cluster (every test uses its own uniquely named topics and consumer group, so a shared cluster is
+fine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
+from trainer.config import TrainerConfig
+from trainer.fit import FitResult, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICES = 3
+NORMAL_STEPS = 2400
+STREAM_STEPS = 1200
+WINDOW = 16
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float, message: str, interval_s: float = 0.1
+) -> None:
+    """Poll ``condition`` until true or fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s: {message}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a running broker for the whole session."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@dataclass(frozen=True)
+class Topics:
+    """A fresh set of topics (and consumer group) for one test."""
+
+    bootstrap: str
+    readings: str
+    alerts: str
+    group: str
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Topics:
+    """Unique readings (3 partitions) and alerts topics and group id."""
+    suffix = uuid.uuid4().hex[:10]
+    created = Topics(kafka_bootstrap, f"readings-{suffix}", f"alerts-{suffix}", f"group-{suffix}")
+    create_topics(kafka_bootstrap, {created.readings: 3, created.alerts: 1})
+    return created
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """A trained model and streams for the same devices: with anomalies and normal-only."""
+
+    model: FitResult
+    anomalous: Fleet
+    normal: Fleet
+    stream_csv: Path
+    normal_csv: Path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
+    """Synthetic fleet, a small model trained on its first part (about 10 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("fleet")
+    total = NORMAL_STEPS + STREAM_STEPS
+    # Same seed: identical base signals, so the normal-only stream is the anomalous one minus
+    # the injected anomalies.
+    with_anomalies = generate_fleet(
+        DEVICES, total, seed=7, anomalies_per_device=2, quiet_steps=NORMAL_STEPS
+    )
+    clean = generate_fleet(DEVICES, total, seed=7)
+    train_part, anomalous = split_at(with_anomalies, NORMAL_STEPS)
+    _, normal = split_at(clean, NORMAL_STEPS)
+    paths = write_fleet(train_part, root, "train")
+    stream_csv = write_fleet(anomalous, root, "stream")["readings"]
+    normal_csv = write_fleet(normal, root, "normal_stream")["readings"]
+    config = TrainerConfig.model_validate(
+        {
+            "data": {"paths": [str(paths["readings"])]},
+            "window": {"length": WINDOW, "stride": 2},
+            "model": {"hidden_size": 24, "latent_size": 8},
+            "training": {"epochs": 12, "batch_size": 128, "learning_rate": 0.005, "patience": 3},
+            "threshold": {"method": "quantile", "quantile": 0.999, "margin": 2.0},
+            "output": {"dir": str(root / "models")},
+        }
+    )
+    return DemoData(fit(config, show_progress=False), anomalous, normal, stream_csv, normal_csv)
+
+
+class Daemon:
+    """``python -m detector run`` as a child process, with helpers to read its metrics."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], log_path: Path, metrics_port: int):
+        self.metrics_port = metrics_port
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "detector", "run", "--config", str(config_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port("127.0.0.1", metrics_port, 60)
+        except Exception:
+            self.stop()
+            raise
+
+    def metrics(self) -> dict[str, float]:
+        """Current samples as ``name{label="v",...}`` -> value."""
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as page:
+            text = page.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def metric(self, name: str) -> float:
+        """One sample's value (0 if absent)."""
+        return self.metrics().get(name, 0.0)
+
+    def log(self) -> str:
+        """Everything the daemon has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        """Signal the process and wait for it; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_daemon(
+    tmp_path: Path, topics: Topics, demo_data: DemoData
+) -> Iterator[Callable[..., Daemon]]:
+    """Factory that starts daemons on this test's topics; all are stopped at teardown."""
+    started: list[Daemon] = []
+
+    def start(**overrides: str) -> Daemon:
+        port = free_port()
+        config = tmp_path / "detector.yaml"
+        config.write_text((ROOT / "configs" / "detector.yaml").read_text())
+        env = {
+            **os.environ,
+            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps(topics.bootstrap.split(",")),
+            "DETECTOR_KAFKA__READINGS_TOPICS": json.dumps([topics.readings]),
+            "DETECTOR_KAFKA__ALERTS_TOPIC": topics.alerts,
+            "DETECTOR_KAFKA__GROUP_ID": topics.group,
+            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+            "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
+            "DETECTOR_MODEL__PATH": str(demo_data.model.path),
+            "DETECTOR_METRICS__HOST": "127.0.0.1",
+            "DETECTOR_METRICS__PORT": str(port),
+            "DETECTOR_SCORING__DEVICE": "cpu",
+            **overrides,
+        }
+        daemon = Daemon(config, env, tmp_path / f"detector-{len(started)}.log", port)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop(signal.SIGKILL if daemon.process.poll() is None else signal.SIGTERM)
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    """Send (key, value) messages and wait for acks."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(
+    bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30
+) -> list[dict]:
+    """All JSON messages on a single-partition topic; waits for ``expect`` of them if given."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    messages: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            messages.extend(json.loads(record.value) for record in records)
+        if (
+            expect is None
+            and consumer.position(partition) >= consumer.end_offsets([partition])[partition]
+        ):
+            break
+        if expect is not None and len(messages) >= expect:
+            break
+    consumer.close()
+    return messages
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3) -> int:
+    """Sum of the group's committed offsets over the topic's partitions."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    total = sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
+    consumer.close()
+    return total

@@ -1,0 +1,318 @@
+"""Reading parser: wire bytes -> (device, timestamp, feature vector), never raising on bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.readings import ParsedMessage, ReadingParser, RejectReason, encode_reading
+
+FEATURES = ["temperature", "pressure", "vibration"]
+TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+SENSORS = {"temperature": 61.5, "pressure": 1.25, "vibration": 0.5}
+FUZZ_PARSER = ReadingParser(FEATURES)  # module level: hypothesis reruns the test body
+
+
+@pytest.fixture
+def parser() -> ReadingParser:
+    return ReadingParser(FEATURES)
+
+
+def _reading(**changes: object) -> dict[str, object]:
+    reading: dict[str, object] = encode_reading("pump-7", TS, dict(SENSORS))
+    reading.update(changes)
+    return reading
+
+
+def _bytes(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def _reasons(parsed: ParsedMessage) -> list[RejectReason]:
+    return [rejection.reason for rejection in parsed.rejections]
+
+
+def test_single_reading(parser: ReadingParser) -> None:
+    parsed = parser.parse(_bytes(_reading()))
+    assert parsed.rejections == []
+    assert parsed.device_ids == ["pump-7"]
+    assert parsed.timestamps == [TS]
+    assert len(parsed.values) == 1
+    assert parsed.values[0].dtype == np.float32
+    np.testing.assert_array_equal(parsed.values[0], [61.5, 1.25, 0.5])
+    assert parsed.unknown_sensors == 0
+
+
+def test_batch_array_keeps_order(parser: ReadingParser) -> None:
+    batch = [_reading(device_id=f"d{i}", ts=TS + i) for i in range(3)]
+    parsed = parser.parse(_bytes(batch))
+    assert parsed.device_ids == ["d0", "d1", "d2"]
+    assert parsed.timestamps == [TS, TS + 1, TS + 2]
+    assert len(parsed.values) == 3
+    assert parsed.rejections == []
+
+
+def test_values_follow_feature_order_not_json_key_order(parser: ReadingParser) -> None:
+    raw = (
+        b'{"sensors": {"vibration": 3.0, "temperature": 1.0, "pressure": 2.0},'
+        b' "ts": 1700000000, "device_id": "d"}'
+    )
+    np.testing.assert_array_equal(parser.parse(raw).values[0], [1.0, 2.0, 3.0])
+    reordered = ReadingParser(["vibration", "pressure", "temperature"])
+    np.testing.assert_array_equal(reordered.parse(raw).values[0], [3.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2023-11-14T22:13:20", TS),  # naive means UTC
+        ("2023-11-14T22:13:20Z", TS),
+        ("2023-11-14T23:13:20+01:00", TS),
+        ("2023-11-14T22:13:20.250000", TS + 0.25),
+        (1700000000, TS),
+        (1700000000.75, TS + 0.75),
+    ],
+)
+def test_timestamp_formats(parser: ReadingParser, ts: object, expected: float) -> None:
+    parsed = parser.parse(_bytes(_reading(ts=ts)))
+    assert parsed.rejections == []
+    assert parsed.timestamps == [pytest.approx(expected, abs=1e-6)]
+
+
+def test_integer_sensor_values_are_accepted(parser: ReadingParser) -> None:
+    parsed = parser.parse(_bytes(_reading(sensors={"temperature": 60, "pressure": 1, "vibration": 0})))
+    np.testing.assert_array_equal(parsed.values[0], [60.0, 1.0, 0.0])
+
+
+def test_unknown_sensors_are_ignored_and_counted(parser: ReadingParser) -> None:
+    sensors = {**SENSORS, "humidity": 40.0, "rpm": 1500.0}
+    parsed = parser.parse(_bytes([_reading(sensors=sensors), _reading(sensors=sensors)]))
+    assert parsed.rejections == []
+    assert parsed.unknown_sensors == 4
+    np.testing.assert_array_equal(parsed.values[0], [61.5, 1.25, 0.5])
+
+
+def test_extra_top_level_fields_are_ignored(parser: ReadingParser) -> None:
+    parsed = parser.parse(_bytes(_reading(firmware="1.2.3")))
+    assert parsed.device_ids == ["pump-7"]
+
+
+def test_oversized_message_is_rejected_before_parsing() -> None:
+    small = ReadingParser(FEATURES, max_message_bytes=64)
+    message = _bytes(_reading())
+    assert len(message) > 64
+    parsed = small.parse(message)
+    assert _reasons(parsed) == [RejectReason.OVERSIZED]
+    assert parsed.device_ids == []
+    assert ReadingParser(FEATURES, max_message_bytes=len(message)).parse(message).device_ids == [
+        "pump-7"
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"\x00\x01garbage",
+        b'{"device_id": "d", "ts": 1',  # truncated JSON
+        b'{"device_id": "\xff\xfe", "ts": 1, "sensors": {}}',  # invalid UTF-8
+        b"[" * 100_000,  # nesting deeper than the recursion limit
+    ],
+    ids=["none", "empty", "bad-bytes", "truncated", "invalid-utf8", "deep-nesting"],
+)
+def test_unparsable(parser: ReadingParser, value: bytes | None) -> None:
+    parsed = parser.parse(value)
+    assert _reasons(parsed) == [RejectReason.UNPARSABLE]
+    assert parsed.device_ids == []
+
+
+@pytest.mark.parametrize("missing", ["device_id", "ts", "sensors"])
+def test_missing_field(parser: ReadingParser, missing: str) -> None:
+    reading = _reading()
+    del reading[missing]
+    parsed = parser.parse(_bytes(reading))
+    assert _reasons(parsed) == [RejectReason.MISSING_FIELD]
+    assert missing in parsed.rejections[0].detail
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        _reading(sensors={**SENSORS, "pressure": "1.5"}),
+        _reading(sensors={**SENSORS, "pressure": True}),
+        _reading(sensors={**SENSORS, "pressure": None}),
+        _reading(sensors=[1.0, 2.0, 3.0]),
+        _reading(device_id=7),
+        _reading(device_id=""),
+        _reading(ts="yesterday"),
+        _reading(ts=True),
+        [1, "x"],
+        "just a string",
+    ],
+    ids=[
+        "string-value",
+        "bool-value",
+        "null-value",
+        "sensors-list",
+        "numeric-device",
+        "empty-device",
+        "bad-ts-string",
+        "bool-ts",
+        "non-object-items",
+        "top-level-string",
+    ],
+)
+def test_invalid_type(parser: ReadingParser, document: object) -> None:
+    parsed = parser.parse(_bytes(document))
+    assert parsed.rejections
+    assert set(_reasons(parsed)) == {RejectReason.INVALID_TYPE}
+    assert parsed.device_ids == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": NaN, "pressure": 1, "vibration": 1}}',
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 1, "pressure": Infinity, '
+        b'"vibration": 1}}',
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 1, "pressure": 1, '
+        b'"vibration": -Infinity}}',
+        b'{"device_id": "d", "ts": NaN, "sensors": {"temperature": 1, "pressure": 1, "vibration": 1}}',
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 1e300, "pressure": 1, '
+        b'"vibration": 1}}',  # finite as float64, inf as float32
+    ],
+    ids=["nan", "inf", "neg-inf", "nan-ts", "float32-overflow"],
+)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_non_finite(parser: ReadingParser, raw: bytes) -> None:
+    parsed = parser.parse(raw)
+    assert _reasons(parsed) == [RejectReason.NON_FINITE]
+    assert parsed.values == []
+
+
+def test_non_finite_unknown_sensor_is_still_rejected(parser: ReadingParser) -> None:
+    raw = (
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 1, "pressure": 1, '
+        b'"vibration": 1, "other": NaN}}'
+    )
+    assert _reasons(parser.parse(raw)) == [RejectReason.NON_FINITE]
+
+
+def test_missing_sensors_are_named(parser: ReadingParser) -> None:
+    parsed = parser.parse(_bytes(_reading(sensors={"temperature": 1.0})))
+    assert _reasons(parsed) == [RejectReason.MISSING_SENSORS]
+    assert "pressure" in parsed.rejections[0].detail
+    assert "vibration" in parsed.rejections[0].detail
+    assert "temperature" not in parsed.rejections[0].detail
+
+
+def test_batch_with_bad_items_keeps_the_good_ones(parser: ReadingParser) -> None:
+    batch = [
+        _reading(device_id="good-1"),
+        _reading(device_id=5),
+        "not an object",
+        _reading(sensors={"temperature": 1.0}),
+        _reading(device_id="good-2", ts=TS + 1),
+    ]
+    parsed = parser.parse(_bytes(batch))
+    assert parsed.device_ids == ["good-1", "good-2"]
+    assert parsed.timestamps == [TS, TS + 1]
+    assert len(parsed.values) == 2
+    assert _reasons(parsed) == [
+        RejectReason.INVALID_TYPE,
+        RejectReason.INVALID_TYPE,
+        RejectReason.MISSING_SENSORS,
+    ]
+
+
+def test_empty_batch_is_neither_accepted_nor_rejected(parser: ReadingParser) -> None:
+    parsed = parser.parse(b"[]")
+    assert parsed.device_ids == []
+    assert parsed.rejections == []
+
+
+def test_reject_reasons_are_metric_labels() -> None:
+    assert {reason.value for reason in RejectReason} >= {
+        "oversized",
+        "unparsable",
+        "missing_field",
+        "invalid_type",
+        "non_finite",
+        "missing_sensors",
+    }
+
+
+def _check_consistent(parsed: ParsedMessage) -> None:
+    assert len(parsed.device_ids) == len(parsed.timestamps) == len(parsed.values)
+    for vector, ts in zip(parsed.values, parsed.timestamps):
+        assert vector.shape == (len(FEATURES),)
+        assert np.isfinite(vector).all()
+        assert np.isfinite(ts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.binary(max_size=512))
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    parsed = FUZZ_PARSER.parse(value)
+    _check_consistent(parsed)
+    if not parsed.device_ids and not parsed.rejections:
+        assert json.loads(value) == []  # only an empty batch yields nothing at all
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["2023-11-14T22:13:20", "pump-7", *FEATURES]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["device_id", "ts", "sensors", *FEATURES]), children),
+    max_leaves=12,
+)
+_reading_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "device_id": _json,
+        "ts": _json,
+        "sensors": st.dictionaries(st.sampled_from([*FEATURES, "x"]), _json) | _json,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=st.one_of(_reading_like, st.lists(_reading_like, max_size=4), _json))
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_arbitrary_json_never_raises(document: object) -> None:
+    """Structured fuzz: reading-shaped documents with arbitrary field values."""
+    try:
+        raw = json.dumps(document).encode()
+    except ValueError:  # e.g. lone surrogates cannot be encoded
+        return
+    parsed = FUZZ_PARSER.parse(raw)
+    _check_consistent(parsed)
+    items = document if isinstance(document, list) else [document]
+    assert len(parsed.device_ids) + len(parsed.rejections) == len(items)
+
+
+def test_naive_datetime_is_utc_regardless_of_local_timezone(
+    parser: ReadingParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    if hasattr(time, "tzset"):
+        time.tzset()
+    try:
+        parsed = parser.parse(_bytes(_reading(ts="2023-11-14T22:13:20")))
+        assert parsed.timestamps == [datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc).timestamp()]
+    finally:
+        monkeypatch.undo()
+        if hasattr(time, "tzset"):
+            time.tzset()

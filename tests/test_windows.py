@@ -1,0 +1,228 @@
+"""Windowing: offline ``sliding_windows`` and the daemon's ``WindowStore`` must agree exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from detector.windows import WindowStore, sliding_windows, window_end_indices
+
+
+def _rows(n: int, features: int = 2) -> np.ndarray:
+    """Rows whose values encode their index, so order mistakes are visible."""
+    return np.arange(n * features, dtype=np.float32).reshape(n, features)
+
+
+def _feed(store: WindowStore, device: str, rows: np.ndarray, ts0: float = 0.0) -> list[bool]:
+    slot = store.slot(device)
+    return [store.append(slot, ts0 + i, row) for i, row in enumerate(rows)]
+
+
+def test_window_is_oldest_first_before_wrap_around() -> None:
+    store = WindowStore(length=4, n_features=2)
+    rows = _rows(4)
+    ready = _feed(store, "d", rows)
+    assert ready == [False, False, False, True]
+    np.testing.assert_array_equal(store.window(store.slot("d")), rows)
+
+
+def test_window_is_oldest_first_after_wrap_around() -> None:
+    store = WindowStore(length=4, n_features=2)
+    rows = _rows(7)
+    _feed(store, "d", rows)
+    np.testing.assert_array_equal(store.window(store.slot("d")), rows[3:7])
+
+
+def test_window_copies_into_out_buffer() -> None:
+    store = WindowStore(length=3, n_features=2)
+    rows = _rows(5)
+    _feed(store, "d", rows)
+    out = np.empty((3, 2), dtype=np.float32)
+    returned = store.window(store.slot("d"), out=out)
+    np.testing.assert_array_equal(out, rows[2:5])
+    assert returned is out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    length=st.integers(1, 6),
+    stride=st.integers(1, 4),
+    n_features=st.integers(1, 3),
+    n_rows=st.integers(0, 30),
+)
+def test_store_yields_exactly_the_sliding_windows(
+    data: st.DataObject, length: int, stride: int, n_features: int, n_rows: int
+) -> None:
+    """The daemon's ring buffer and the offline windowing see the same windows (the contract)."""
+    values = data.draw(
+        arrays(
+            np.float32,
+            (n_rows, n_features),
+            elements=st.floats(-1e6, 1e6, width=32, allow_nan=False),
+        )
+    )
+    timestamps = np.arange(n_rows, dtype=np.float64) * 0.5 + 1_700_000_000.0
+    # Capacity 1 plus a second, interleaved device: growth and slot independence are exercised.
+    store = WindowStore(length, n_features, stride=stride, initial_capacity=1)
+    other = store.slot("other")
+    device = store.slot("device")
+    windows, spans, ends = [], [], []
+    for i in range(n_rows):
+        store.append(other, -float(i), -values[i] - 1.0)
+        if store.append(device, float(timestamps[i]), values[i]):
+            windows.append(store.window(device))
+            spans.append(store.window_span(device))
+            ends.append(i)
+
+    expected = sliding_windows(values, length, stride)
+    assert len(windows) == len(expected)
+    if windows:
+        np.testing.assert_array_equal(np.stack(windows), expected)
+    np.testing.assert_array_equal(ends, window_end_indices(n_rows, length, stride))
+    for (start_ts, end_ts), end in zip(spans, ends):
+        assert start_ts == timestamps[end - length + 1]
+        assert end_ts == timestamps[end]
+
+
+def test_window_span_gives_first_and_last_timestamp() -> None:
+    store = WindowStore(length=3, n_features=1)
+    slot = store.slot("d")
+    for ts in (10.0, 11.0, 12.0, 13.0, 14.0):
+        store.append(slot, ts, np.array([ts], np.float32))
+    assert store.window_span(slot) == (12.0, 14.0)
+
+
+def test_growth_beyond_initial_capacity_keeps_earlier_devices() -> None:
+    store = WindowStore(length=3, n_features=2, initial_capacity=2)
+    per_device = {f"dev-{i}": _rows(5) + 100 * i for i in range(9)}
+    # Fill the first two devices before any growth, then add the rest (several doublings).
+    for device, rows in per_device.items():
+        _feed(store, device, rows, ts0=1000.0 * int(device.split("-")[1]))
+    assert len(store) == 9
+    assert store.device_ids == list(per_device)
+    for device, rows in per_device.items():
+        slot = store.slot(device)
+        np.testing.assert_array_equal(store.window(slot), rows[2:5])
+        assert store.last_timestamp(device) == 1000.0 * int(device.split("-")[1]) + 4
+    assert "dev-0" in store
+    assert "nope" not in store
+
+
+def test_growth_keeps_partial_fill_state() -> None:
+    """A device that was part-way through filling continues where it was after growth."""
+    store = WindowStore(length=3, n_features=1, initial_capacity=1)
+    first = store.slot("a")
+    assert not store.append(first, 0.0, np.array([1.0], np.float32))
+    assert not store.append(first, 1.0, np.array([2.0], np.float32))
+    store.slot("b")  # forces growth
+    assert store.append(first, 2.0, np.array([3.0], np.float32))
+    np.testing.assert_array_equal(store.window(first)[:, 0], [1.0, 2.0, 3.0])
+
+
+def test_max_devices_raises_overflow_error() -> None:
+    store = WindowStore(length=2, n_features=1, initial_capacity=1, max_devices=3)
+    for device in ("a", "b", "c"):
+        store.slot(device)
+    assert store.slot("a") == 0  # known devices are still fine
+    with pytest.raises(OverflowError):
+        store.slot("d")
+    assert len(store) == 3
+
+
+def test_reset_requires_refilling() -> None:
+    store = WindowStore(length=3, n_features=2)
+    slot = store.slot("d")
+    _feed(store, "d", _rows(4))
+    store.reset(slot)
+    fresh = _rows(3) + 1000
+    ready = [store.append(slot, 100.0 + i, row) for i, row in enumerate(fresh)]
+    assert ready == [False, False, True]
+    np.testing.assert_array_equal(store.window(slot), fresh)
+    assert store.window_span(slot) == (100.0, 102.0)
+
+
+def test_last_timestamp() -> None:
+    store = WindowStore(length=2, n_features=1)
+    assert store.last_timestamp("unknown") == -np.inf
+    slot = store.slot("d")
+    assert store.last_timestamp("d") == -np.inf
+    store.append(slot, 5.5, np.zeros(1, np.float32))
+    assert store.last_timestamp("d") == 5.5
+
+
+def test_stride_readiness_pattern() -> None:
+    store = WindowStore(length=3, n_features=1, stride=2)
+    ready = _feed(store, "d", _rows(9, features=1))
+    assert ready == [False, False, True, False, True, False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"length": 0, "n_features": 1},
+        {"length": 2, "n_features": 0},
+        {"length": 2, "n_features": 1, "stride": 0},
+        {"length": 2, "n_features": 1, "initial_capacity": 0},
+    ],
+)
+def test_store_rejects_bad_arguments(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        WindowStore(**kwargs)
+
+
+def test_sliding_windows_shape_and_contents() -> None:
+    values = _rows(10, features=3)
+    windows = sliding_windows(values, length=4, stride=3)
+    assert windows.shape == (3, 4, 3)
+    for window, start in zip(windows, (0, 3, 6)):
+        np.testing.assert_array_equal(window, values[start : start + 4])
+
+
+def test_sliding_windows_last_window_ends_on_last_complete_row() -> None:
+    values = _rows(10, features=1)
+    windows = sliding_windows(values, length=4, stride=4)  # starts 0, 4; a start at 8 is incomplete
+    assert windows.shape == (2, 4, 1)
+    np.testing.assert_array_equal(windows[-1], values[4:8])
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 4])
+def test_sliding_windows_fewer_rows_than_length(n_rows: int) -> None:
+    windows = sliding_windows(_rows(n_rows, features=2), length=5)
+    assert windows.shape == (0, 5, 2)
+    assert window_end_indices(n_rows, 5).shape == (0,)
+
+
+def test_sliding_windows_exact_length_gives_one_window() -> None:
+    values = _rows(5)
+    windows = sliding_windows(values, length=5, stride=3)
+    assert windows.shape == (1, 5, 2)
+    np.testing.assert_array_equal(window_end_indices(5, 5, 3), [4])
+
+
+@pytest.mark.parametrize(
+    ("values", "length", "stride"),
+    [
+        (np.zeros((5, 2)), 0, 1),
+        (np.zeros((5, 2)), 2, 0),
+        (np.zeros(5), 2, 1),
+        (np.zeros((5, 2, 1)), 2, 1),
+    ],
+)
+def test_sliding_windows_rejects_bad_arguments(values: np.ndarray, length: int, stride: int) -> None:
+    with pytest.raises(ValueError):
+        sliding_windows(values, length, stride)
+
+
+@given(n_rows=st.integers(0, 50), length=st.integers(1, 10), stride=st.integers(1, 5))
+def test_window_end_indices_match_sliding_windows(n_rows: int, length: int, stride: int) -> None:
+    values = _rows(n_rows, features=1)
+    windows = sliding_windows(values, length, stride)
+    ends = window_end_indices(n_rows, length, stride)
+    assert len(ends) == len(windows)
+    for window, end in zip(windows, ends):
+        assert window[-1, 0] == values[end, 0]
+        assert window[0, 0] == values[end - length + 1, 0]
