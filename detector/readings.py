@@ -123,12 +123,14 @@ class ReadingParser:
             return
         ts = reading.epoch_seconds()
         vector = np.full(len(self.feature_names), np.nan, dtype=np.float32)
-        for name, number in reading.sensors.items():
-            position = self._index.get(name)
-            if position is None:
-                result.unknown_sensors += 1
-            else:
-                vector[position] = number
+        # Values beyond float32 become inf here and are rejected as non-finite just below.
+        with np.errstate(over="ignore"):
+            for name, number in reading.sensors.items():
+                position = self._index.get(name)
+                if position is None:
+                    result.unknown_sensors += 1
+                else:
+                    vector[position] = number
         # A finite float64 can still overflow float32 (1e300), hence the check on the vector too.
         if (
             not math.isfinite(ts)

@@ -86,7 +86,9 @@ def test_timestamp_formats(parser: ReadingParser, ts: object, expected: float) -
 
 
 def test_integer_sensor_values_are_accepted(parser: ReadingParser) -> None:
-    parsed = parser.parse(_bytes(_reading(sensors={"temperature": 60, "pressure": 1, "vibration": 0})))
+    parsed = parser.parse(
+        _bytes(_reading(sensors={"temperature": 60, "pressure": 1, "vibration": 0}))
+    )
     np.testing.assert_array_equal(parsed.values[0], [60.0, 1.0, 0.0])
 
 
@@ -190,7 +192,6 @@ def test_invalid_type(parser: ReadingParser, document: object) -> None:
     ],
     ids=["nan", "inf", "neg-inf", "nan-ts", "float32-overflow"],
 )
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_non_finite(parser: ReadingParser, raw: bytes) -> None:
     parsed = parser.parse(raw)
     assert _reasons(parsed) == [RejectReason.NON_FINITE]
@@ -251,7 +252,7 @@ def test_reject_reasons_are_metric_labels() -> None:
 
 def _check_consistent(parsed: ParsedMessage) -> None:
     assert len(parsed.device_ids) == len(parsed.timestamps) == len(parsed.values)
-    for vector, ts in zip(parsed.values, parsed.timestamps):
+    for vector, ts in zip(parsed.values, parsed.timestamps, strict=True):
         assert vector.shape == (len(FEATURES),)
         assert np.isfinite(vector).all()
         assert np.isfinite(ts)
@@ -259,7 +260,6 @@ def _check_consistent(parsed: ParsedMessage) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(value=st.binary(max_size=512))
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_arbitrary_bytes_never_raise(value: bytes) -> None:
     parsed = FUZZ_PARSER.parse(value)
     _check_consistent(parsed)
@@ -274,8 +274,10 @@ _json = st.recursive(
     | st.floats()
     | st.text(max_size=30)
     | st.sampled_from(["2023-11-14T22:13:20", "pump-7", *FEATURES]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["device_id", "ts", "sensors", *FEATURES]), children),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["device_id", "ts", "sensors", *FEATURES]), children)
+    ),
     max_leaves=12,
 )
 _reading_like = st.fixed_dictionaries(
@@ -290,7 +292,6 @@ _reading_like = st.fixed_dictionaries(
 
 @settings(max_examples=150, deadline=None)
 @given(document=st.one_of(_reading_like, st.lists(_reading_like, max_size=4), _json))
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_arbitrary_json_never_raises(document: object) -> None:
     """Structured fuzz: reading-shaped documents with arbitrary field values."""
     try:
@@ -311,7 +312,9 @@ def test_naive_datetime_is_utc_regardless_of_local_timezone(
         time.tzset()
     try:
         parsed = parser.parse(_bytes(_reading(ts="2023-11-14T22:13:20")))
-        assert parsed.timestamps == [datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc).timestamp()]
+        assert parsed.timestamps == [
+            datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc).timestamp()
+        ]
     finally:
         monkeypatch.undo()
         if hasattr(time, "tzset"):

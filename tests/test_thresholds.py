@@ -12,7 +12,9 @@ ERRORS = np.arange(1, 101, dtype=np.float64)  # 1..100
 
 def test_quantile_threshold() -> None:
     assert fit_threshold(ERRORS, "quantile", quantile=0.5) == pytest.approx(50.5)
-    assert fit_threshold(ERRORS, "quantile", quantile=0.99) == pytest.approx(np.quantile(ERRORS, 0.99))
+    assert fit_threshold(ERRORS, "quantile", quantile=0.99) == pytest.approx(
+        np.quantile(ERRORS, 0.99)
+    )
 
 
 def test_quantile_is_the_default_method() -> None:

@@ -83,7 +83,7 @@ def test_store_yields_exactly_the_sliding_windows(
     if windows:
         np.testing.assert_array_equal(np.stack(windows), expected)
     np.testing.assert_array_equal(ends, window_end_indices(n_rows, length, stride))
-    for (start_ts, end_ts), end in zip(spans, ends):
+    for (start_ts, end_ts), end in zip(spans, ends, strict=True):
         assert start_ts == timestamps[end - length + 1]
         assert end_ts == timestamps[end]
 
@@ -178,7 +178,7 @@ def test_sliding_windows_shape_and_contents() -> None:
     values = _rows(10, features=3)
     windows = sliding_windows(values, length=4, stride=3)
     assert windows.shape == (3, 4, 3)
-    for window, start in zip(windows, (0, 3, 6)):
+    for window, start in zip(windows, (0, 3, 6), strict=True):
         np.testing.assert_array_equal(window, values[start : start + 4])
 
 
@@ -212,7 +212,9 @@ def test_sliding_windows_exact_length_gives_one_window() -> None:
         (np.zeros((5, 2, 1)), 2, 1),
     ],
 )
-def test_sliding_windows_rejects_bad_arguments(values: np.ndarray, length: int, stride: int) -> None:
+def test_sliding_windows_rejects_bad_arguments(
+    values: np.ndarray, length: int, stride: int
+) -> None:
     with pytest.raises(ValueError):
         sliding_windows(values, length, stride)
 
@@ -223,6 +225,6 @@ def test_window_end_indices_match_sliding_windows(n_rows: int, length: int, stri
     windows = sliding_windows(values, length, stride)
     ends = window_end_indices(n_rows, length, stride)
     assert len(ends) == len(windows)
-    for window, end in zip(windows, ends):
+    for window, end in zip(windows, ends, strict=True):
         assert window[-1, 0] == values[end, 0]
         assert window[0, 0] == values[end - length + 1, 0]

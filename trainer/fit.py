@@ -85,7 +85,7 @@ def train_autoencoder(
             loss = loss_fn(model(batch), batch)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         train_loss = total / len(train)
         val_loss = _mean_loss(model, validation, settings.batch_size, device)
         epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
