@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format-check clean
+.PHONY: install demo test lint format-check clean bench-skab
 
 install: $(STAMP)
 
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(PY) scripts/demo.py
+
+# SKAB benchmark (README, "SKAB benchmark"): writes bench/results/skab.json. PLOT=DIR also writes
+# one PNG per file, which needs the optional plot extra (installed here when asked for).
+DATA ?= ../shared/data/skab
+bench-skab: install
+	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')
+	$(PY) bench/skab.py --data $(DATA) $(if $(PLOT),--plot $(PLOT))
 
 test: install
 	$(PY) -m pytest

@@ -1,8 +1,11 @@
 """Alert rules (pure state machines) and the alert wire message.
 
 A device *fires* when k of its last n windows score over the threshold, and *resolves* after
-``resolve_after`` consecutive windows below it: one ``firing`` and one ``resolved`` message per
-episode, however long the episode lasts.
+``resolve_after`` consecutive *clear* windows: one ``firing`` and one ``resolved`` message per
+episode, however long the episode lasts. A window is clear when its score is at or below
+``resolve_ratio`` x threshold (hysteresis: with a ratio below 1, scores hovering just under the
+threshold keep an episode open instead of flapping). After a resolve, no new episode fires for
+``cooldown`` windows.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ _ALERT_NAMESPACE = uuid.UUID("6f1c1c39-8d43-4f57-9a0e-1d7f5f0b7a11")
 
 @dataclass(frozen=True)
 class AlertRule:
-    """k-of-n firing and consecutive-below resolving."""
+    """k-of-n firing, consecutive-clear resolving with a hysteresis level, and a cooldown."""
 
     fire_k: int = 1
     fire_n: int = 1
     resolve_after: int = 1
+    resolve_ratio: float = 1.0
+    cooldown: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.fire_k <= self.fire_n:
@@ -35,6 +40,17 @@ class AlertRule:
             raise ValueError("fire_n must be <= 62")
         if self.resolve_after < 1:
             raise ValueError("resolve_after must be >= 1")
+        if not 0.0 < self.resolve_ratio <= 1.0:
+            raise ValueError("resolve_ratio must be in (0, 1]")
+        if self.cooldown < 0:
+            raise ValueError("cooldown must be >= 0")
+
+    def levels(self, score: float, threshold: float) -> tuple[bool, bool]:
+        """(over, clear) for a window's score: over the threshold; at or under the resolve level.
+
+        With ``resolve_ratio`` 1 the two are exact complements, as in the rule without hysteresis.
+        """
+        return score > threshold, score <= self.resolve_ratio * threshold
 
 
 @dataclass
@@ -44,17 +60,30 @@ class DeviceAlertState:
     recent: int = 0  # bit i set = the window i steps ago was over the threshold
     firing: bool = False
     below_streak: int = 0
+    cooldown_left: int = 0
 
-    def update(self, rule: AlertRule, over: bool) -> AlertState | None:
-        """Feed one window's verdict; returns the transition it caused, if any."""
+    def update(self, rule: AlertRule, over: bool, clear: bool | None = None) -> AlertState | None:
+        """Feed one window's verdicts; returns the transition it caused, if any.
+
+        ``clear`` says the window is below the resolve level; ``None`` means ``not over`` (no
+        hysteresis).
+        """
+        if clear is None:
+            clear = not over
         self.recent = ((self.recent << 1) | int(over)) & ((1 << rule.fire_n) - 1)
         if not self.firing:
-            if self.recent.bit_count() >= rule.fire_k:
+            if self.cooldown_left > 0:
+                # Overs seen during the cooldown still count once it ends.
+                self.cooldown_left -= 1
+                return None
+            # Only an over window starts an episode, also when overs from the cooldown complete
+            # the k of n.
+            if over and self.recent.bit_count() >= rule.fire_k:
                 self.firing = True
                 self.below_streak = 0
                 return "firing"
             return None
-        if over:
+        if not clear:
             self.below_streak = 0
             return None
         self.below_streak += 1
@@ -62,8 +91,13 @@ class DeviceAlertState:
             self.firing = False
             self.recent = 0
             self.below_streak = 0
+            self.cooldown_left = rule.cooldown
             return "resolved"
         return None
+
+    def observe(self, rule: AlertRule, score: float, threshold: float) -> AlertState | None:
+        """Feed one window's score against ``threshold``; returns the transition, if any."""
+        return self.update(rule, *rule.levels(score, threshold))
 
 
 @dataclass
@@ -73,12 +107,19 @@ class AlertTracker:
     rule: AlertRule
     states: dict[str, DeviceAlertState] = field(default_factory=dict)
 
-    def update(self, device_id: str, over: bool) -> AlertState | None:
+    def update(self, device_id: str, over: bool, clear: bool | None = None) -> AlertState | None:
         """Feed one window verdict for ``device_id``; returns a transition or ``None``."""
+        return self._state(device_id).update(self.rule, over, clear)
+
+    def observe(self, device_id: str, score: float, threshold: float) -> AlertState | None:
+        """Feed one window score for ``device_id`` against its threshold."""
+        return self._state(device_id).observe(self.rule, score, threshold)
+
+    def _state(self, device_id: str) -> DeviceAlertState:
         state = self.states.get(device_id)
         if state is None:
             state = self.states[device_id] = DeviceAlertState()
-        return state.update(self.rule, over)
+        return state
 
     def firing_count(self) -> int:
         """How many devices are firing now."""

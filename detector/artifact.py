@@ -1,8 +1,9 @@
 """The versioned model artifact: ``weights.safetensors`` + ``metadata.json`` in one directory.
 
 The trainer writes it with :func:`save_artifact` and the detector reads it with
-:func:`load_artifact`; feature order, window length, scaler statistics and the threshold live here
-and nowhere else. Weights are safetensors (no pickle); their sha256 is checked before they are read.
+:func:`load_artifact`; feature order, window length, scaler statistics, how errors become a score
+and the threshold live here and nowhere else. Weights are safetensors (no pickle); their sha256 is
+checked before they are read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from detector.model import LSTMAutoencoder, ModelSpec
+from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "weights.safetensors"
 CURRENT_POINTER = "current"
+# Every change of ``current`` is appended here (``<utc time>\t<action>\t<version>``), so an
+# operator can see what ran when and ``trainer rollback`` can return to the version before.
+HISTORY_FILE = "history"
 
 
 class ArtifactError(Exception):
@@ -69,6 +73,8 @@ class ArtifactMetadata(BaseModel):
     feature_names: list[str] = Field(min_length=1)
     window_length: int = Field(ge=2)
     model: ModelSpec
+    # Absent in artifacts written before it existed: those load with the default mean score.
+    scoring: ScoreSpec = Field(default_factory=ScoreSpec)
     scaler: dict[str, list[float]]
     threshold: ThresholdInfo
     training_data: DataSummary
@@ -87,6 +93,9 @@ class ArtifactMetadata(BaseModel):
         for key in ("mean", "scale"):
             if len(self.scaler.get(key, [])) != n:
                 raise ValueError(f"scaler.{key} must have {n} values")
+        divisors = self.scoring.sensor_scale
+        if divisors is not None and (len(divisors) != n or min(divisors) <= 0):
+            raise ValueError(f"scoring.sensor_scale must have {n} values > 0")
         if Path(self.weights_file).name != self.weights_file or self.weights_file in (
             "",
             ".",
@@ -151,13 +160,22 @@ def save_artifact(parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder
     return final
 
 
-def set_current(parent: Path, version: str) -> None:
-    """Atomically point ``parent/current`` (a one-line text file) at ``version``."""
+def set_current(parent: Path, version: str, action: str = "save") -> None:
+    """Atomically point ``parent/current`` (a one-line text file) at ``version``.
+
+    The change is then appended to ``parent/history`` with ``action`` (``save`` from training,
+    ``promote``/``rollback`` from the registry commands). The pointer is written first and is the
+    truth: a crash in between leaves the history one entry short, and the registry treats the
+    pointer as the newest entry when they disagree.
+    """
     if not (parent / version / METADATA_FILE).is_file():
         raise ArtifactError(f"no artifact {version!r} in {parent}")
     pointer = parent / f".{CURRENT_POINTER}.tmp"
     pointer.write_text(version + "\n")
     os.replace(pointer, parent / CURRENT_POINTER)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    with (parent / HISTORY_FILE).open("a") as history:
+        history.write(f"{stamp}\t{action}\t{version}\n")
 
 
 def resolve_artifact_dir(path: Path) -> Path:
@@ -223,5 +241,7 @@ def describe(artifact: Artifact) -> str:
             "window_length": meta.window_length,
             "threshold": meta.threshold.value,
             "threshold_method": meta.threshold.method,
+            "aggregation": meta.scoring.aggregation,
+            "normalised": meta.scoring.normalised,
         }
     )

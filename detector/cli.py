@@ -19,7 +19,8 @@ def _run(args: argparse.Namespace) -> int:
     from detector.artifact import ArtifactError, load_artifact
     from detector.config import load_config
     from detector.daemon import Detector, install_signal_handlers
-    from detector.kafka_io import AlertPublisher, build_consumer, build_producer
+    from detector.health import HealthState, serve
+    from detector.kafka_io import Publisher, build_consumer, build_producer
     from detector.logs import setup_logging
     from detector.metrics import DetectorMetrics
     from detector.scoring import Scorer
@@ -32,6 +33,12 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     try:
         artifact = load_artifact(config.model.path)
+        expected = config.model.expected_features
+        if expected is not None and expected != artifact.metadata.feature_names:
+            raise ArtifactError(
+                f"model features {artifact.metadata.feature_names} differ from "
+                f"model.expected_features {expected}"
+            )
         scorer = Scorer.from_artifact(
             artifact, config.scoring.device, config.scoring.max_batch_size
         )
@@ -39,23 +46,28 @@ def _run(args: argparse.Namespace) -> int:
         print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     metrics = DetectorMetrics()
-    port = metrics.serve(config.metrics.host, config.metrics.port)
-    log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
+    health = HealthState(liveness_timeout_s=config.metrics.liveness_timeout_s)
+    server = serve(config.metrics.host, config.metrics.port, metrics.registry, health)
+    host, port = server.server_address[:2]
+    log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
     producer = build_producer(config.kafka)
     consumer = build_consumer(config.kafka)
     detector: Detector | None = None
-    publisher = AlertPublisher(
+    publisher = Publisher(
         producer,
-        config.kafka.alerts_topic,
         on_failure=metrics.publish_failures.inc,
         should_stop=lambda: detector is not None and detector.stopping,
+        on_wait=health.progressed,
     )
-    detector = Detector(config, artifact, consumer, publisher, metrics, scorer=scorer)
+    detector = Detector(
+        config, artifact, consumer, publisher, metrics, scorer=scorer, health=health
+    )
     install_signal_handlers(detector)
     try:
         detector.run()
     finally:
         producer.close()
+        server.shutdown()
     return 0
 
 

@@ -10,7 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from detector.alerts import AlertRule
+from detector.calibration import CalibrationRule
 from detector.settings import load_settings
+from detector.thresholds import ThresholdMethod
 
 ENV_PREFIX = "DETECTOR_"
 
@@ -35,6 +38,9 @@ class KafkaConfig(_Section):
     max_poll_records: int = Field(2_000, ge=1)
     fetch_max_bytes: int = Field(52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    max_message_bytes: int = Field(
+        1_048_576, ge=64, description="larger reading messages are rejected as oversized"
+    )
     producer_linger_ms: int = Field(5, ge=0)
     producer_compression: Literal["gzip", "lz4", "zstd", "snappy"] | None = None
     request_timeout_ms: int = Field(30_000, ge=1000)
@@ -46,11 +52,20 @@ class KafkaConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        None, description="read the SASL password from this file (e.g. a mounted secret)"
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaConfig:
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        if self.sasl_password_file is not None:
+            try:
+                secret = self.sasl_password_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read sasl_password_file: {exc.strerror}") from None
+            self.sasl_password = SecretStr(secret)
         if self.security_protocol.startswith("SASL"):
             if self.sasl_mechanism is None:
                 raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
@@ -63,6 +78,9 @@ class ModelConfig(_Section):
     """Which trained artifact to load: an artifact directory, or a directory with a ``current``."""
 
     path: Path
+    expected_features: list[str] | None = Field(
+        None, description="refuse to start unless the model's feature order is exactly this"
+    )
 
 
 class WindowConfig(_Section):
@@ -70,6 +88,21 @@ class WindowConfig(_Section):
 
     stride: int = Field(1, ge=1, description="score a device's window every N readings once full")
     max_devices: int = Field(1_000_000, ge=1)
+    out_of_order_grace_s: float = Field(
+        5.0, ge=0, description="older readings within this much of the newest are inserted in order"
+    )
+    max_future_skew_s: float = Field(300.0, ge=0, description="reject readings this far ahead")
+    max_gap_s: float | None = Field(
+        None, gt=0, description="restart a device's window after a longer silence"
+    )
+    max_imputed_readings: int = Field(
+        3, ge=0, description="consecutive readings whose missing sensors may be filled"
+    )
+    rebuild_records: int = Field(
+        2000,
+        ge=0,
+        description="records re-read before the committed offset of a newly assigned partition",
+    )
 
 
 class ScoringConfig(_Section):
@@ -78,15 +111,52 @@ class ScoringConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(1024, ge=1)
     max_wait_ms: int = Field(50, ge=0)
+    artificial_delay_ms: int = Field(
+        0, ge=0, description="test hook: sleep this long per batch to simulate a slow model"
+    )
+    artificial_delay_batches: int | None = Field(
+        None, ge=0, description="test hook: only the first N batches are slowed (None: all)"
+    )
+
+
+class CalibrationConfig(_Section):
+    """Per-device thresholds fitted on each device's first windows (off while ``windows`` is 0)."""
+
+    windows: int = Field(0, ge=0, description="first N windows of a device to calibrate on")
+    method: ThresholdMethod = "quantile"
+    quantile: float = Field(0.99, gt=0, lt=1)
+    k: float = Field(3.0, gt=0, description="mean_std: mean + k * std")
+    margin: float = Field(1.0, gt=0)
+    risk: float = Field(1e-3, gt=0, lt=1, description="pot: tail probability of the threshold")
+    init_quantile: float = Field(0.9, gt=0, lt=1, description="pot: where the tail starts")
+    min_ratio: float = Field(0.5, gt=0, le=1, description="floor, x the artifact threshold")
+    max_ratio: float = Field(4.0, ge=1, description="cap, x the artifact threshold")
+
+    def rule(self) -> CalibrationRule | None:
+        """The pure rule, or ``None`` when calibration is off."""
+        if self.windows == 0:
+            return None
+        return CalibrationRule(**self.model_dump())
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> CalibrationConfig:
+        if self.windows:
+            self.rule()  # the rule's own checks, reported as a configuration error
+        return self
 
 
 class AlertConfig(_Section):
     """When a device starts and stops firing."""
 
     fire_k: int = Field(1, ge=1, description="fire when k of the last n windows are over threshold")
-    fire_n: int = Field(1, ge=1)
-    resolve_after: int = Field(3, ge=1, description="resolve after N consecutive windows below")
+    fire_n: int = Field(1, ge=1, le=62)
+    resolve_after: int = Field(3, ge=1, description="resolve after N consecutive clear windows")
+    resolve_ratio: float = Field(
+        1.0, gt=0, le=1, description="a window is clear when score <= ratio x threshold"
+    )
+    cooldown: int = Field(0, ge=0, description="windows after a resolve with no new firing")
     top_sensors: int = Field(3, ge=1)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -94,12 +164,21 @@ class AlertConfig(_Section):
             raise ValueError(f"fire_k ({self.fire_k}) must not exceed fire_n ({self.fire_n})")
         return self
 
+    def rule(self) -> AlertRule:
+        """The pure alert rule these settings describe."""
+        return AlertRule(
+            self.fire_k, self.fire_n, self.resolve_after, self.resolve_ratio, self.cooldown
+        )
+
 
 class MetricsConfig(_Section):
-    """Prometheus endpoint."""
+    """Prometheus endpoint, plus /healthz and /readyz on the same port."""
 
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=0, le=65535)
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/healthz fails after this long stuck"
+    )
 
 
 class DetectorConfig(_Section):

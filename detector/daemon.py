@@ -1,8 +1,13 @@
-"""The detector daemon: poll -> parse -> window -> score in micro-batches -> alert -> commit.
+"""The detector daemon: poll -> parse -> admit -> window -> score in micro-batches -> alert -> commit.
 
 Offsets are committed only when every window made from the records up to them has been scored
-and the resulting alerts are acknowledged by the broker, so a crash can repeat alerts (same
-``alert_id``) but never lose one.
+and the resulting alerts and dead letters are acknowledged by the broker, so a crash can repeat
+alerts (same ``alert_id``) but never lose one.
+
+When a partition is assigned (start-up, restart, rebalance) the daemon seeks back
+``windows.rebuild_records`` before the group's committed offset and replays that stretch to
+rebuild its devices' windows and alert state without publishing anything, so the first readings
+after a handover are scored with full windows and the alerts match an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,31 +22,47 @@ from types import FrameType
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from detector.alerts import Alert, AlertRule, AlertTracker, TopSensor, alert_id
+from detector.admission import AdmissionPolicy, Placement, impute_missing
+from detector.alerts import Alert, AlertTracker, TopSensor, alert_id
 from detector.artifact import Artifact, describe
+from detector.calibration import ThresholdCalibrator
 from detector.config import DetectorConfig
-from detector.kafka_io import AlertPublisher
+from detector.health import HealthState
+from detector.kafka_io import (
+    OutboundMessage,
+    Publisher,
+    RebalanceEvents,
+    alert_message,
+    dead_letter_message,
+)
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
-from detector.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
-from detector.scoring import Scorer, top_sensor_shares, window_scores
+from detector.readings import ReadingParser, RejectReason
+from detector.scoring import Scorer, top_sensor_shares
 from detector.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_MS = 200
+_HOUSEKEEPING_INTERVAL_S = 1.0
 
 
 class PendingWindows:
-    """Ready windows waiting to be scored together, copied out of the ring buffers."""
+    """Ready windows waiting to be scored together, copied out of the ring buffers.
 
-    def __init__(self, capacity: int, length: int, n_features: int) -> None:
-        self.windows = np.empty((capacity, length, n_features), dtype=np.float32)
+    ``batch_size`` windows make a batch, but a record is always ingested whole (a gateway batch
+    can hold many readings), so the buffer grows past it rather than split a record.
+    """
+
+    def __init__(self, batch_size: int, length: int, n_features: int) -> None:
+        self.batch_size = batch_size
+        self.windows = np.empty((batch_size, length, n_features), dtype=np.float32)
         self.device_ids: list[str] = []
         self.spans: list[tuple[float, float]] = []
+        self.live: list[bool] = []  # False while rebuilding: score for state, publish nothing
         self.oldest: float | None = None  # monotonic time the first window was added
 
     def __len__(self) -> int:
@@ -49,14 +70,17 @@ class PendingWindows:
 
     @property
     def full(self) -> bool:
-        """No room for another window."""
-        return len(self.device_ids) == len(self.windows)
+        """A batch's worth of windows is waiting."""
+        return len(self.device_ids) >= self.batch_size
 
-    def add(self, store: WindowStore, slot: int, device_id: str, now: float) -> None:
+    def add(self, store: WindowStore, slot: int, device_id: str, live: bool, now: float) -> None:
         """Copy the device's current window in (it will change as more readings arrive)."""
+        if len(self.device_ids) == len(self.windows):
+            self.windows = np.concatenate([self.windows, np.empty_like(self.windows)])
         store.window(slot, out=self.windows[len(self.device_ids)])
         self.device_ids.append(device_id)
         self.spans.append(store.window_span(slot))
+        self.live.append(live)
         if self.oldest is None:
             self.oldest = now
 
@@ -64,6 +88,7 @@ class PendingWindows:
         """Forget everything after scoring."""
         self.device_ids.clear()
         self.spans.clear()
+        self.live.clear()
         self.oldest = None
 
 
@@ -75,40 +100,64 @@ class Detector:
         config: DetectorConfig,
         artifact: Artifact,
         consumer: KafkaConsumer,
-        publisher: AlertPublisher,
+        publisher: Publisher,
         metrics: DetectorMetrics,
         scorer: Scorer | None = None,
+        health: HealthState | None = None,
     ) -> None:
         self.config = config
         self.artifact = artifact
         self.consumer = consumer
         self.publisher = publisher
         self.metrics = metrics
+        self.health = health or HealthState()
         meta = artifact.metadata
         self.feature_names = meta.feature_names
         self.threshold = meta.threshold.value
         self.scorer = scorer or Scorer.from_artifact(
             artifact, config.scoring.device, config.scoring.max_batch_size
         )
-        self.parser = ReadingParser(meta.feature_names, config.kafka.max_partition_fetch_bytes)
+        self.parser = ReadingParser(meta.feature_names, config.kafka.max_message_bytes)
+        windows = config.windows
         self.store = WindowStore(
             meta.window_length,
             len(meta.feature_names),
-            stride=config.windows.stride,
-            max_devices=config.windows.max_devices,
+            stride=windows.stride,
+            max_devices=windows.max_devices,
+        )
+        self.policy = AdmissionPolicy(
+            out_of_order_grace_s=windows.out_of_order_grace_s,
+            max_future_skew_s=windows.max_future_skew_s,
+            max_gap_s=windows.max_gap_s,
+            max_imputed_readings=windows.max_imputed_readings,
         )
         self.pending = PendingWindows(
             config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
         )
-        self.tracker = AlertTracker(
-            AlertRule(config.alerts.fire_k, config.alerts.fire_n, config.alerts.resolve_after)
+        self.tracker = AlertTracker(config.alerts.rule())
+        calibration = config.alerts.calibration.rule()
+        self.calibrator = (
+            None if calibration is None else ThresholdCalibrator(calibration, self.threshold)
         )
-        self._stop = threading.Event()
+        self.rebalance = RebalanceEvents(consumer, lambda: self._safe_offsets)
         self.records_consumed = 0
-        self._processed: dict[TopicPartition, int] = {}  # next offset to commit
+        self._batches_scored = 0
+        self._stop = threading.Event()
+        self._outbox: list[OutboundMessage] = []
+        self._processed: dict[TopicPartition, int] = {}  # next offset after what was ingested
         self._committed: dict[TopicPartition, int] = {}
+        # Offsets whose windows are all scored and whose output is acknowledged; replaced (never
+        # mutated) so the rebalance listener on kafka-python's IO thread reads a consistent dict.
+        self._safe_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._resume_at: dict[TopicPartition, int] = {}  # below this offset: rebuilding
+        self._device_partition: dict[str, TopicPartition] = {}
+        self._imputed_streak: dict[str, int] = {}
         self._last_commit = 0.0
+        self._last_housekeeping = 0.0
         self._bad_data_log = RateLimitedLog(log)
+        self.health.model_loaded = True
+        self.health.partitions_assigned = lambda: len(self.consumer.assignment())
+        self.health.broker_reachable = self._broker_reachable
         metrics.model_info.info(
             {
                 "version": meta.version,
@@ -135,127 +184,280 @@ class Detector:
             "scoring on %s, consuming %s", self.scorer.device, self.config.kafka.readings_topics
         )
         self.scorer.warm_up(self.store.length)
+        self.consumer.subscribe(self.config.kafka.readings_topics, listener=self.rebalance)
         try:
             while not self._stop.is_set():
                 records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
+                records = self.handle_rebalance(records)
                 self.process(records)
+                self.health.progressed()
                 self.metrics.last_progress.set_to_current_time()
             self.flush()
+            self._mark_safe()
             self.commit(force=True)
         finally:
             self.consumer.close(autocommit=False)
             log.info(
                 "stopped after %d records; committed offsets %s",
                 self.records_consumed,
-                {
-                    f"{tp.topic}[{tp.partition}]": offset
-                    for tp, offset in sorted(self._committed.items())
-                },
+                {f"{tp.topic}[{tp.partition}]": off for tp, off in sorted(self._committed.items())},
             )
 
+    def handle_rebalance(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]
+    ) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
+        """Act on partitions revoked or assigned during the last poll.
+
+        Devices of a partition that moved start over; a newly assigned partition is rewound
+        before its committed offset so its windows are rebuilt before anything is published.
+        Returns the poll's records minus those of rewound partitions.
+        """
+        revoked, assigned = self.rebalance.take()
+        if not revoked and not assigned:
+            return records
+        moved = revoked | assigned
+        for device_id, tp in list(self._device_partition.items()):
+            if tp in moved:
+                self.store.reset(self.store.slot(device_id))
+                self.tracker.states.pop(device_id, None)
+                self._imputed_streak.pop(device_id, None)
+                del self._device_partition[device_id]
+                self.metrics.window_resets.labels(reason="rebalance").inc()
+        for tp in moved:
+            self._processed.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._resume_at.pop(tp, None)
+        self._safe_offsets = {tp: m for tp, m in self._safe_offsets.items() if tp not in moved}
+        rewound = {tp for tp in sorted(assigned) if self._rewind(tp)}
+        self.metrics.partitions_assigned.set(len(self.consumer.assignment()))
+        log.info("partitions revoked %s, assigned %s", sorted(revoked), sorted(assigned))
+        return {tp: batch for tp, batch in records.items() if tp not in rewound}
+
+    def _rewind(self, tp: TopicPartition) -> bool:
+        """Seek ``tp`` back to rebuild its windows; returns whether its position was changed."""
+        try:
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                return False  # a new group: auto_offset_reset decides, nothing to rebuild
+            beginning = self.consumer.beginning_offsets([tp])[tp]
+        except KafkaError as exc:
+            log.warning("cannot look up offsets of %s (%s); resuming without rebuild", tp, exc)
+            return False
+        start = max(beginning, committed - self.config.windows.rebuild_records)
+        self.consumer.seek(tp, start)
+        self._committed[tp] = committed
+        if start < committed:
+            self._resume_at[tp] = committed
+            log.info("rebuilding %s from offset %d (committed %d)", tp, start, committed)
+        return True
+
     def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Ingest one poll's records; score and commit when a batch is full or due."""
-        for partition, batch in records.items():
+        """Ingest one poll's records; score, publish and commit when a batch is full or due."""
+        now = time.time()
+        for tp, batch in records.items():
+            resume = self._resume_at.get(tp)
+            live_count = 0
             for record in batch:
-                self._ingest(self.parser.parse(record.value))
-                self._processed[partition] = record.offset + 1
-            self.metrics.records_consumed.inc(len(batch))
-            self.records_consumed += len(batch)
+                live = resume is None or record.offset >= resume
+                live_count += live
+                self._ingest(tp, record, live, now)
+                self._processed[tp] = record.offset + 1
+                if self.pending.full:
+                    # Between records a full batch is a safe point: everything ingested so far
+                    # is scored and published once it returns, so it may be committed.
+                    self.flush()
+                    self._mark_safe()
+                    self.commit()
+            self.metrics.records_consumed.inc(live_count)
+            self.metrics.rebuild_records.inc(len(batch) - live_count)
+            self.records_consumed += live_count
+            if resume is not None and self._processed.get(tp, 0) >= resume:
+                del self._resume_at[tp]
+                log.info("rebuilt %s up to offset %d", tp, resume)
         if self.pending and (
             self.pending.full or self._waited() * 1000 >= self.config.scoring.max_wait_ms
         ):
             self.flush()
         if not self.pending:
+            self._publish_outbox()
+            self._mark_safe()
             self.commit()
-        self.metrics.devices_tracked.set(len(self.store))
-        self._update_lag()
+        self._housekeeping()
 
-    def _ingest(self, message: ParsedMessage) -> None:
+    def _mark_safe(self) -> None:
+        """Declare everything ingested so far committable (nothing pending, all published).
+
+        The rebalance listener commits these when partitions are revoked, and so does
+        ``close()``: leaving them behind the last commit would move the group backwards.
+        """
+        self._safe_offsets = {
+            tp: OffsetAndMetadata(offset, "", -1)
+            for tp, offset in self._processed.items()
+            if tp not in self._resume_at
+        }
+
+    def _ingest(self, tp: TopicPartition, record: ConsumerRecord, live: bool, now: float) -> None:
+        message = self.parser.parse(record.value)
         for rejection in message.rejections:
-            self._reject(rejection)
-        if message.unknown_sensors:
+            self._reject(rejection.reason, rejection.detail, record, rejection.index, live)
+        if message.unknown_sensors and live:
             self.metrics.unknown_sensors.inc(message.unknown_sensors)
-        now = time.monotonic()
-        for device_id, ts, values in zip(
-            message.device_ids, message.timestamps, message.values, strict=True
+        for device_id, ts, values, index in zip(
+            message.device_ids, message.timestamps, message.values, message.indices, strict=True
         ):
-            try:
-                slot = self.store.slot(device_id)
-            except OverflowError as exc:
-                self._reject(Rejection(RejectReason.INVALID_TYPE, str(exc)))
-                continue
-            if ts <= self.store.last_timestamp(device_id):
-                self._reject(
-                    Rejection(RejectReason.OUT_OF_ORDER, f"{device_id} ts {ts} not after last")
-                )
-                continue
-            self.metrics.readings_accepted.inc()
-            if self.store.append(slot, ts, values):
-                self.pending.add(self.store, slot, device_id, now)
-                if self.pending.full:
-                    self.flush()
+            self._admit(tp, record, device_id, ts, values, index, live, now)
 
-    def _reject(self, rejection: Rejection) -> None:
-        self.metrics.records_rejected.labels(reason=rejection.reason.value).inc()
-        self._bad_data_log.warning(
-            rejection.reason.value,
-            "rejected reading (%s): %s",
-            rejection.reason.value,
-            rejection.detail,
-        )
+    def _admit(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord,
+        device_id: str,
+        ts: float,
+        values: np.ndarray,
+        index: int | None,
+        live: bool,
+        now: float,
+    ) -> None:
+        try:
+            slot = self.store.slot(device_id)
+        except OverflowError as exc:
+            self._reject(RejectReason.TOO_MANY_DEVICES, str(exc), record, index, live)
+            return
+        if self._device_partition.get(device_id) != tp:
+            self._device_partition[device_id] = tp
+        placement = self.policy.place(ts, self.store.last_timestamp(device_id), now)
+        if isinstance(placement, RejectReason):
+            self._reject(placement, f"{device_id} ts {ts}", record, index, live)
+            return
+        if np.isnan(values).any():
+            streak = self._imputed_streak.get(device_id, 0)
+            filled = impute_missing(
+                values, self.store.newest_values(slot), streak, self.policy.max_imputed_readings
+            )
+            if filled is None:
+                missing = [
+                    n for n, v in zip(self.feature_names, values, strict=True) if np.isnan(v)
+                ]
+                self._reject(
+                    RejectReason.MISSING_SENSORS, f"{device_id}: {missing}", record, index, live
+                )
+                return
+            values = filled
+            self._imputed_streak[device_id] = streak + 1
+            if live:
+                self.metrics.imputed_readings.inc()
+        elif device_id in self._imputed_streak:
+            del self._imputed_streak[device_id]
+        if placement is Placement.INSERT:
+            if not self.store.insert(slot, ts, values):
+                duplicate = self.store.holds_timestamp(slot, ts)
+                reason = RejectReason.DUPLICATE if duplicate else RejectReason.LATE
+                self._reject(reason, f"{device_id} ts {ts}", record, index, live)
+                return
+            if live:
+                self.metrics.readings_accepted.inc()
+            return
+        if placement is Placement.RESET:
+            self.store.reset(slot)
+            if live:
+                self.metrics.window_resets.labels(reason="gap").inc()
+        if live:
+            self.metrics.readings_accepted.inc()
+        if self.store.append(slot, ts, values):
+            self.pending.add(self.store, slot, device_id, live, time.monotonic())
+
+    def _reject(
+        self,
+        reason: RejectReason,
+        detail: str,
+        record: ConsumerRecord,
+        index: int | None,
+        live: bool,
+    ) -> None:
+        if not live:
+            return  # counted and dead-lettered when it was first consumed
+        self.metrics.records_rejected.labels(reason=reason.value).inc()
+        self._bad_data_log.warning(reason.value, "rejected reading (%s): %s", reason.value, detail)
+        topic = self.config.kafka.dead_letter_topic
+        if topic:
+            self._outbox.append(dead_letter_message(topic, record, reason.value, detail, index))
 
     def flush(self) -> None:
-        """Score every pending window, run the alert rule and publish the resulting alerts."""
+        """Score every pending window, run the alert rule and publish alerts and dead letters."""
         count = len(self.pending)
-        if count == 0:
-            return
-        self.metrics.batch_wait.observe(self._waited())
+        if count:
+            self._score_pending(count)
+        self._publish_outbox()
+
+    def _score_pending(self, count: int) -> None:
+        live = np.asarray(self.pending.live, dtype=bool)
+        live_count = int(live.sum())
+        if live_count:
+            self.metrics.batch_wait.observe(self._waited())
         started = time.perf_counter()
         errors = self.scorer.sensor_errors(self.pending.windows[:count])
+        self._batches_scored += 1
+        scoring = self.config.scoring
+        if scoring.artificial_delay_ms and (
+            scoring.artificial_delay_batches is None
+            or self._batches_scored <= scoring.artificial_delay_batches
+        ):
+            time.sleep(scoring.artificial_delay_ms / 1000)
         self.metrics.scoring_duration.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(count)
-        self.metrics.windows_scored.inc(count)
-        scores = window_scores(errors)
+        self.metrics.windows_scored.inc(live_count)
+        scores = self.scorer.window_scores(errors)
         detected_at = time.time()
-        alerts = []
+        topic = self.config.kafka.alerts_topic
         for i in range(count):
             score = float(scores[i])
-            self.metrics.anomaly_score.observe(score)
+            if live[i]:
+                self.metrics.anomaly_score.observe(score)
             device_id = self.pending.device_ids[i]
-            transition = self.tracker.update(device_id, score > self.threshold)
-            if transition is None:
+            threshold = (
+                self.threshold
+                if self.calibrator is None
+                else self.calibrator.threshold_for(device_id, score)
+            )
+            transition = self.tracker.observe(device_id, score, threshold)
+            if transition is None or not live[i]:
                 continue
             start, end = self.pending.spans[i]
             top = top_sensor_shares(errors[i], self.feature_names, self.config.alerts.top_sensors)
-            alerts.append(
-                Alert(
-                    alert_id=alert_id(device_id, end, self.artifact.version, transition),
-                    state=transition,
-                    device_id=device_id,
-                    window_start=start,
-                    window_end=end,
-                    score=score,
-                    threshold=self.threshold,
-                    severity=score / self.threshold,
-                    model_version=self.artifact.version,
-                    top_sensors=[TopSensor.model_validate(item) for item in top],
-                    detected_at=detected_at,
-                )
+            alert = Alert(
+                alert_id=alert_id(device_id, end, self.artifact.version, transition),
+                state=transition,
+                device_id=device_id,
+                window_start=start,
+                window_end=end,
+                score=score,
+                threshold=threshold,
+                severity=score / threshold,
+                model_version=self.artifact.version,
+                top_sensors=[TopSensor.model_validate(item) for item in top],
+                detected_at=detected_at,
+            )
+            self._outbox.append(alert_message(topic, alert))
+            self.metrics.alerts.labels(state=transition).inc()
+            log.info(
+                "alert %s device=%s score=%.4g severity=%.2f top=%s",
+                transition,
+                device_id,
+                score,
+                alert.severity,
+                top[0]["sensor"] if top else "-",
             )
         self.pending.clear()
-        if alerts:
-            self.publisher.publish(alerts)
-            for alert in alerts:
-                self.metrics.alerts.labels(state=alert.state).inc()
-                log.info(
-                    "alert %s device=%s score=%.4g severity=%.2f top=%s",
-                    alert.state,
-                    alert.device_id,
-                    alert.score,
-                    alert.severity,
-                    alert.top_sensors[0].sensor if alert.top_sensors else "-",
-                )
         self.metrics.alerts_firing.set(self.tracker.firing_count())
+
+    def _publish_outbox(self) -> None:
+        if not self._outbox:
+            return
+        messages, self._outbox = self._outbox, []
+        self.publisher.publish(messages)
+        dead = sum(1 for m in messages if m.topic == self.config.kafka.dead_letter_topic)
+        if dead:
+            self.metrics.dead_letters.inc(dead)
 
     def commit(self, force: bool = False) -> None:
         """Commit processed offsets of assigned partitions (only call with nothing pending)."""
@@ -266,30 +468,42 @@ class Detector:
         offsets = {
             tp: OffsetAndMetadata(offset, "", -1)
             for tp, offset in self._processed.items()
-            if tp in assigned and self._committed.get(tp) != offset
+            if tp in assigned and self._committed.get(tp) != offset and tp not in self._resume_at
         }
         self._last_commit = now
         if not offsets:
             return
         try:
             self.consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # Another member may own these partitions now; it re-reads from the last commit,
-            # which repeats work but loses nothing.
+        except KafkaError as exc:
+            # The broker is away or another member owns these partitions now; either way the
+            # records are re-read from the last commit, which repeats work but loses nothing.
             self.metrics.commit_failures.inc()
-            log.warning("offset commit failed (%s); records will be re-read", exc)
+            log.warning("offset commit failed (%s); will retry", exc)
             return
         self.metrics.commits.inc()
         self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
 
-    def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < _HOUSEKEEPING_INTERVAL_S:
+            return
+        self._last_housekeeping = now
+        self.metrics.devices_tracked.set(len(self.store))
+        self.metrics.broker_reachable.set(int(self._broker_reachable()))
+        assignment = self.consumer.assignment()
+        self.metrics.partitions_assigned.set(len(assignment))
+        for tp in assignment:
             highwater = self.consumer.highwater(tp)
             position = self._processed.get(tp)
             if highwater is not None and position is not None:
                 self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
                     max(highwater - position, 0)
                 )
+
+    def _broker_reachable(self) -> bool:
+        client_metrics = self.consumer.metrics().get("consumer-metrics", {})
+        return client_metrics.get("connection-count", 0) > 0
 
     def _waited(self) -> float:
         oldest = self.pending.oldest

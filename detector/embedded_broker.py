@@ -112,6 +112,37 @@ class EmbeddedBroker:
         self.stop()
 
 
+class EmbeddedProxy(EmbeddedBroker):
+    """A Tansu proxy forwarding to a broker: stop it to cut clients off while the data survives.
+
+    Restarting it listens on the same port again, so clients reconnect to the address they know.
+    """
+
+    def __init__(self, origin: str, port: int | None = None, host: str = "127.0.0.1"):
+        super().__init__(port=port, host=host)
+        self.origin = origin
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedProxy:
+        """Start forwarding and wait until the proxy answers a metadata request."""
+        url = f"tcp://{self.host}:{self.port}"
+        self._process = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "proxy",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--origin-url",
+                f"tcp://{self.origin}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.host, self.port, timeout_s)
+        return self
+
+
 def create_topics(bootstrap_servers: str | list[str], topics: dict[str, int]) -> None:
     """Create topics (name -> partitions, replication 1) that do not exist yet."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)

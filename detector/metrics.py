@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from detector.readings import RejectReason
 
@@ -93,12 +93,36 @@ class DetectorMetrics:
             "When the main loop last completed a poll",
             registry=r,
         )
+        self.dead_letters = Counter(
+            "detector_dead_letters",
+            "Rejected records published to the dead-letter topic",
+            registry=r,
+        )
+        self.imputed_readings = Counter(
+            "detector_imputed_readings",
+            "Readings whose missing sensors were filled from the previous reading",
+            registry=r,
+        )
+        self.window_resets = Counter(
+            "detector_window_resets",
+            "Device windows restarted (gap: no window spans a long gap; rebalance: partition moved)",
+            ["reason"],
+            registry=r,
+        )
+        self.rebuild_records = Counter(
+            "detector_rebuild_records",
+            "Records re-read before the committed offset to rebuild windows of assigned partitions",
+            registry=r,
+        )
+        self.partitions_assigned = Gauge(
+            "detector_partitions_assigned", "Partitions assigned to this daemon", registry=r
+        )
+        self.broker_reachable = Gauge(
+            "detector_broker_reachable", "1 when the consumer holds a broker connection", registry=r
+        )
         for reason in RejectReason:
             self.records_rejected.labels(reason=reason.value)
         for state in ("firing", "resolved"):
             self.alerts.labels(state=state)
-
-    def serve(self, host: str, port: int) -> int:
-        """Expose ``/metrics`` over HTTP; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])
+        for reason in ("gap", "rebalance"):
+            self.window_resets.labels(reason=reason)

@@ -1,10 +1,14 @@
-"""The LSTM autoencoder: the one model definition shared by the trainer and the detector."""
+"""The LSTM autoencoder and how its errors become a score: shared by the trainer and the detector."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+Aggregation = Literal["mean", "max"]
 
 
 class ModelSpec(BaseModel):
@@ -16,6 +20,27 @@ class ModelSpec(BaseModel):
     hidden_size: int = Field(64, ge=1)
     latent_size: int = Field(16, ge=1)
     num_layers: int = Field(1, ge=1)
+
+
+class ScoreSpec(BaseModel):
+    """How per-sensor reconstruction errors become one window score; stored in the artifact.
+
+    The defaults (plain mean, no normalisation) are what artifacts without this section meant.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggregation: Aggregation = "mean"
+    sensor_scale: list[float] | None = Field(
+        None,
+        description="per-sensor error divisors (normal validation error): every sensor's "
+        "error then reads in units of its own normal level",
+    )
+
+    @property
+    def normalised(self) -> bool:
+        """Whether per-sensor errors are divided by ``sensor_scale``."""
+        return self.sensor_scale is not None
 
 
 class LSTMAutoencoder(nn.Module):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.alerts import AlertRule, AlertState, DeviceAlertState
-from detector.scoring import Scorer, window_scores
+from detector.calibration import CalibrationRule, DeviceCalibration
+from detector.scoring import Scorer
 from detector.windows import sliding_windows, window_end_indices
 
 
@@ -20,6 +21,7 @@ class SeriesResult:
 
     end_rows: np.ndarray
     scores: np.ndarray
+    thresholds: np.ndarray  # the threshold each window was judged by
     sensor_errors: np.ndarray
     firing: np.ndarray
     transitions: list[tuple[int, AlertState]]  # (end row, transition)
@@ -32,21 +34,29 @@ def evaluate_series(
     threshold: float,
     rule: AlertRule,
     stride: int = 1,
+    calibration: CalibrationRule | None = None,
 ) -> SeriesResult:
-    """Score every window of one device's rows (time order) and run the alert rule over them."""
+    """Score every window of one device's rows (time order) and run the alert rule over them.
+
+    With ``calibration``, the device's threshold comes from its first windows as in the daemon.
+    """
     windows = sliding_windows(np.asarray(values, dtype=np.float32), length, stride)
     errors = scorer.sensor_errors(windows)
-    scores = window_scores(errors)
+    scores = scorer.window_scores(errors)
     state = DeviceAlertState()
+    device = DeviceCalibration()
     firing = np.zeros(len(scores), dtype=bool)
+    thresholds = np.full(len(scores), threshold, dtype=np.float64)
     end_rows = window_end_indices(len(values), length, stride)
     transitions: list[tuple[int, AlertState]] = []
     for i, score in enumerate(scores):
-        transition = state.update(rule, bool(score > threshold))
+        if calibration is not None:
+            thresholds[i] = device.threshold_for(calibration, threshold, float(score))
+        transition = state.observe(rule, float(score), thresholds[i])
         if transition is not None:
             transitions.append((int(end_rows[i]), transition))
         firing[i] = state.firing
-    return SeriesResult(end_rows, scores, errors, firing, transitions)
+    return SeriesResult(end_rows, scores, thresholds, errors, firing, transitions)
 
 
 def point_flags(result: SeriesResult, n_rows: int) -> np.ndarray:

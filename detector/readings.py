@@ -49,24 +49,36 @@ class RejectReason(str, enum.Enum):
     INVALID_TYPE = "invalid_type"
     NON_FINITE = "non_finite"
     MISSING_SENSORS = "missing_sensors"
-    OUT_OF_ORDER = "out_of_order"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    TOO_MANY_DEVICES = "too_many_devices"
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """A rejected reading: the reason (a metric label) and a human-readable detail for logs."""
+    """A rejected reading: the reason (a metric label) and a human-readable detail for logs.
+
+    ``index`` is the reading's position in a batch message, ``None`` for a whole message.
+    """
 
     reason: RejectReason
     detail: str
+    index: int | None = None
 
 
 @dataclass
 class ParsedMessage:
-    """Readings in feature order plus what was rejected or ignored in one message."""
+    """Readings in feature order plus what was rejected or ignored in one message.
+
+    A sensor the reading did not carry is NaN in its vector; whether it may be imputed is decided
+    later (see :mod:`detector.admission`), since that needs the device's history.
+    """
 
     device_ids: list[str] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    indices: list[int | None] = field(default_factory=list)  # position in a batch message
     rejections: list[Rejection] = field(default_factory=list)
     unknown_sensors: int = 0
 
@@ -95,17 +107,20 @@ class ReadingParser:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             result.rejections.append(Rejection(RejectReason.UNPARSABLE, str(exc)[:200]))
             return result
-        items = document if isinstance(document, list) else [document]
-        for item in items:
-            self._parse_item(item, result)
+        if isinstance(document, list):
+            for index, item in enumerate(document):
+                self._parse_item(item, result, index)
+        else:
+            self._parse_item(document, result, None)
         return result
 
-    def _parse_item(self, item: object, result: ParsedMessage) -> None:
+    def _parse_item(self, item: object, result: ParsedMessage, index: int | None) -> None:
         if not isinstance(item, dict):
             result.rejections.append(
                 Rejection(
                     RejectReason.INVALID_TYPE,
                     f"reading must be an object, got {type(item).__name__}",
+                    index,
                 )
             )
             return
@@ -119,7 +134,7 @@ class ReadingParser:
                 else RejectReason.INVALID_TYPE
             )
             where = ".".join(str(part) for part in first["loc"])
-            result.rejections.append(Rejection(reason, f"{where}: {first['msg']}"))
+            result.rejections.append(Rejection(reason, f"{where}: {first['msg']}", index))
             return
         ts = reading.epoch_seconds()
         vector = np.full(len(self.feature_names), np.nan, dtype=np.float32)
@@ -138,17 +153,13 @@ class ReadingParser:
             or np.isinf(vector).any()
         ):
             result.rejections.append(
-                Rejection(RejectReason.NON_FINITE, "NaN or Inf in ts or sensors")
+                Rejection(RejectReason.NON_FINITE, "NaN or Inf in ts or sensors", index)
             )
-            return
-        missing = np.isnan(vector)
-        if missing.any():
-            names = [self.feature_names[i] for i in np.flatnonzero(missing)]
-            result.rejections.append(Rejection(RejectReason.MISSING_SENSORS, f"missing {names}"))
             return
         result.device_ids.append(reading.device_id)
         result.timestamps.append(ts)
         result.values.append(vector)
+        result.indices.append(index)
 
 
 def encode_reading(device_id: str, ts: float, sensors: dict[str, float]) -> dict[str, object]:

@@ -19,12 +19,18 @@ class StandardScaler:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> StandardScaler:
-        """Fit on rows of shape ``(n, features)``; NaN rows must be removed first."""
+    def fit(cls, values: np.ndarray, min_scale: np.ndarray | None = None) -> StandardScaler:
+        """Fit on rows of shape ``(n, features)``; NaN rows must be removed first.
+
+        ``min_scale`` (per sensor) floors the fitted scale: a short training span underestimates
+        how far slow sensors wander, and the floor keeps that wander from reading as anomalous.
+        """
         if values.ndim != 2 or len(values) == 0:
             raise ValueError(f"need a non-empty 2-D array, got shape {values.shape}")
         mean = values.mean(axis=0, dtype=np.float64)
         scale = values.std(axis=0, dtype=np.float64)
+        if min_scale is not None:
+            scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float64))
         scale = np.where(scale < _MIN_SCALE, 1.0, scale)
         return cls(mean=mean, scale=scale)
 

@@ -1,8 +1,10 @@
 """Scoring: scale raw windows, reconstruct them with the autoencoder, and measure the error.
 
-The window score is the mean squared reconstruction error over time steps and sensors of the
-scaled window. The trainer derives its threshold from the same function, so a score means the
-same thing in training, in benchmarks and in the daemon.
+A sensor's error is its mean squared reconstruction error over the time steps of the scaled
+window, divided by its normal level when the artifact's :class:`ScoreSpec` says so; the window
+score aggregates the sensor errors (mean by default, or max). The trainer derives its threshold
+through the same :class:`Scorer`, so a score means the same thing in training, in benchmarks and
+in the daemon.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from detector.artifact import Artifact
-from detector.model import LSTMAutoencoder
+from detector.model import Aggregation, LSTMAutoencoder, ScoreSpec
 from detector.scaling import StandardScaler
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,10 @@ def sensor_errors(model: LSTMAutoencoder, scaled: torch.Tensor) -> torch.Tensor:
     return (reconstruction - scaled).pow(2).mean(dim=1)
 
 
-def window_scores(errors: np.ndarray) -> np.ndarray:
+def window_scores(errors: np.ndarray, aggregation: Aggregation = "mean") -> np.ndarray:
     """Collapse per-sensor errors ``(batch, features)`` into one score per window."""
+    if aggregation == "max":
+        return errors.max(axis=1)
     return errors.mean(axis=1)
 
 
@@ -68,10 +72,17 @@ class Scorer:
         scaler: StandardScaler,
         device: str = "auto",
         max_batch_size: int = 1024,
+        spec: ScoreSpec | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.max_batch_size = max_batch_size
         self.scaler = scaler
+        self.spec = spec or ScoreSpec()
+        self._divisors = (
+            None
+            if self.spec.sensor_scale is None
+            else np.asarray(self.spec.sensor_scale, dtype=np.float32)
+        )
         self.model = model.to(self.device).eval()
         self._mean = torch.as_tensor(self.scaler.mean, dtype=torch.float32, device=self.device)
         self._scale = torch.as_tensor(self.scaler.scale, dtype=torch.float32, device=self.device)
@@ -81,10 +92,16 @@ class Scorer:
         cls, artifact: Artifact, device: str = "auto", max_batch_size: int = 1024
     ) -> Scorer:
         """A scorer for a loaded artifact."""
-        return cls(artifact.model, artifact.scaler, device, max_batch_size)
+        return cls(
+            artifact.model, artifact.scaler, device, max_batch_size, artifact.metadata.scoring
+        )
 
     def sensor_errors(self, windows: np.ndarray) -> np.ndarray:
-        """Per-sensor errors ``(batch, features)`` for raw windows ``(batch, length, features)``."""
+        """Per-sensor errors ``(batch, features)`` for raw windows ``(batch, length, features)``.
+
+        Normalised by the spec's ``sensor_scale`` when it has one, so alerts name the sensors
+        that moved most relative to their own normal error.
+        """
         if len(windows) == 0:
             return np.empty((0, windows.shape[-1]), dtype=np.float32)
         host = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
@@ -95,7 +112,12 @@ class Scorer:
             batch = host[start : start + self.max_batch_size].to(self.device, non_blocking=True)
             scaled = (batch - self._mean) / self._scale
             chunks.append(sensor_errors(self.model, scaled))
-        return torch.cat(chunks).float().cpu().numpy()
+        errors = torch.cat(chunks).float().cpu().numpy()
+        return errors if self._divisors is None else errors / self._divisors
+
+    def window_scores(self, errors: np.ndarray) -> np.ndarray:
+        """One score per window from :meth:`sensor_errors`, aggregated as the spec says."""
+        return window_scores(errors, self.spec.aggregation)
 
     def warm_up(self, window_length: int) -> None:
         """Run one batch so the first real batch does not pay for lazy initialisation."""

@@ -100,10 +100,44 @@ class WindowStore:
         self._count[slot] = count
         return count >= self.length and (count - self.length) % self.stride == 0
 
+    def insert(self, slot: int, ts: float, values: np.ndarray) -> bool:
+        """Insert a reading older than the device's newest one at its place in time.
+
+        Returns ``False`` (nothing written) when it is older than everything the window holds
+        or its timestamp is already there; an insert never makes a window ready by itself.
+        """
+        filled = int(min(self._count[slot], self.length))
+        order = (self._next[slot] - filled + np.arange(filled)) % self.length
+        stamps = self._timestamps[slot, order]
+        newer = int(np.count_nonzero(stamps > ts))
+        if (stamps == ts).any() or (newer == filled and filled == self.length) or newer == 0:
+            return False
+        moving = order[filled - newer :]
+        self._values[slot, (moving + 1) % self.length] = self._values[slot, moving]
+        self._timestamps[slot, (moving + 1) % self.length] = self._timestamps[slot, moving]
+        self._values[slot, moving[0]] = values
+        self._timestamps[slot, moving[0]] = ts
+        self._next[slot] = (self._next[slot] + 1) % self.length
+        self._count[slot] += 1
+        return True
+
+    def holds_timestamp(self, slot: int, ts: float) -> bool:
+        """Whether the device's current window already has a reading at ``ts``."""
+        filled = int(min(self._count[slot], self.length))
+        order = (self._next[slot] - filled + np.arange(filled)) % self.length
+        return bool((self._timestamps[slot, order] == ts).any())
+
+    def newest_values(self, slot: int) -> np.ndarray | None:
+        """The device's newest reading (for imputing missing sensors), ``None`` if it has none."""
+        if self._count[slot] == 0:
+            return None
+        return self._values[slot, (self._next[slot] - 1) % self.length]
+
     def reset(self, slot: int) -> None:
-        """Forget a device's history (e.g. after a gap); it must refill before scoring again."""
+        """Forget a device's history (a gap, a handed-over partition): it must refill to score."""
         self._count[slot] = 0
         self._next[slot] = 0
+        self._last_ts[slot] = -np.inf
 
     def window(self, slot: int, out: np.ndarray | None = None) -> np.ndarray:
         """The device's current window ``(length, features)`` oldest first, copied into ``out``."""

@@ -18,11 +18,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from detector.artifact import load_artifact
+from detector.config import load_config
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.offline import evaluate_series
+from detector.scoring import Scorer
 from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
 from trainer.fit import FitResult, fit
@@ -247,3 +252,39 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3)
     total = sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
     consumer.close()
     return total
+
+
+def offline_transitions(
+    model_path: Path, readings: pd.DataFrame
+) -> dict[str, list[tuple[float, str]]]:
+    """Alert transitions the daemon's own code gives offline: device -> [(window end, state)].
+
+    Uses the alert settings of configs/detector.yaml, as the daemons in these tests do; devices
+    without any transition are left out.
+    """
+    artifact = load_artifact(model_path)
+    rule = load_config(ROOT / "configs" / "detector.yaml").alerts.rule()
+    scorer = Scorer.from_artifact(artifact, "cpu")
+    meta = artifact.metadata
+    result = {}
+    for device, rows in readings.groupby("device_id"):
+        series = evaluate_series(
+            scorer,
+            rows[meta.feature_names].to_numpy(),
+            meta.window_length,
+            meta.threshold.value,
+            rule,
+        )
+        stamps = rows["ts"].to_numpy()
+        if series.transitions:
+            result[device] = [(float(stamps[end]), state) for end, state in series.transitions]
+    return result
+
+
+def streamed_transitions(alerts: list[dict]) -> dict[str, list[tuple[float, str]]]:
+    """Unique alerts (by alert_id) as device -> [(window end, state)] in window order."""
+    unique = {alert["alert_id"]: alert for alert in alerts}
+    result: dict[str, list[tuple[float, str]]] = {}
+    for alert in sorted(unique.values(), key=lambda a: (a["device_id"], a["window_end"])):
+        result.setdefault(alert["device_id"], []).append((alert["window_end"], alert["state"]))
+    return result

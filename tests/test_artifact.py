@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from detector.artifact import (
     CURRENT_POINTER,
+    HISTORY_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
     Artifact,
@@ -154,7 +155,9 @@ def test_existing_version_is_not_overwritten(registry: Path) -> None:
         save_artifact(registry, _metadata(), _model(seed=1))
     assert {p.name: p.read_bytes() for p in (registry / "v1").iterdir()} == before
     _assert_same_weights(load_artifact(registry).model, _model())
-    assert sorted(p.name for p in registry.iterdir()) == [CURRENT_POINTER, "v1"]
+    # No staging leftovers, and the refused save did not touch the pointer or its history.
+    assert sorted(p.name for p in registry.iterdir()) == [CURRENT_POINTER, HISTORY_FILE, "v1"]
+    assert len((registry / HISTORY_FILE).read_text().splitlines()) == 1
 
 
 def test_invalid_metadata_is_not_saved(tmp_path: Path) -> None:

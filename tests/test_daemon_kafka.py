@@ -9,19 +9,16 @@ import signal
 import numpy as np
 import pytest
 
-from detector.alerts import AlertRule
 from detector.artifact import load_artifact
-from detector.config import load_config
-from detector.offline import evaluate_series
 from detector.replay import encode_messages, interleave
-from detector.scoring import Scorer
 from tests.conftest import (
-    ROOT,
     DemoData,
     Topics,
     committed_total,
+    offline_transitions,
     produce,
     read_topic,
+    streamed_transitions,
     wait_until,
 )
 
@@ -30,27 +27,6 @@ pytestmark = pytest.mark.integration
 
 def expected_windows(demo_data: DemoData, rows: int, devices: int) -> int:
     return rows - devices * (load_artifact(demo_data.model.path).metadata.window_length - 1)
-
-
-def offline_transitions(demo_data: DemoData) -> dict[str, list[tuple[float, str]]]:
-    """Alert transitions the daemon's own code gives offline, per device: (window end ts, state)."""
-    artifact = load_artifact(demo_data.model.path)
-    alerts = load_config(ROOT / "configs" / "detector.yaml").alerts
-    rule = AlertRule(alerts.fire_k, alerts.fire_n, alerts.resolve_after)
-    scorer = Scorer.from_artifact(artifact, "cpu")
-    meta = artifact.metadata
-    result = {}
-    for device, rows in demo_data.anomalous.readings.groupby("device_id"):
-        series = evaluate_series(
-            scorer,
-            rows[meta.feature_names].to_numpy(),
-            meta.window_length,
-            meta.threshold.value,
-            rule,
-        )
-        stamps = rows["ts"].to_numpy()
-        result[device] = [(float(stamps[end]), state) for end, state in series.transitions]
-    return result
 
 
 def test_alerts_for_injected_anomalies_match_offline_scoring(
@@ -88,10 +64,8 @@ def test_alerts_for_injected_anomalies_match_offline_scoring(
         assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0001
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
 
-    streamed: dict[str, list[tuple[float, str]]] = {}
-    for alert in alerts:
-        streamed.setdefault(alert["device_id"], []).append((alert["window_end"], alert["state"]))
-    expected = {device: items for device, items in offline_transitions(demo_data).items() if items}
+    streamed = streamed_transitions(alerts)
+    expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
     assert streamed == expected
     assert daemon.metric('detector_alerts_total{state="firing"}') == len(firing)
 
@@ -136,6 +110,7 @@ def test_normal_stream_with_malformed_messages(
         30,
         "all windows scored",
     )
+    wait_until(lambda: daemon.metric("detector_devices_tracked") == 4, 10, "gauges refreshed")
     metrics = daemon.metrics()
     assert metrics["detector_readings_accepted_total"] == len(readings) + 2
     assert metrics['detector_records_rejected_total{reason="unparsable"}'] == 1
@@ -143,7 +118,6 @@ def test_normal_stream_with_malformed_messages(
     assert metrics['detector_records_rejected_total{reason="non_finite"}'] == 1
     assert metrics['detector_records_rejected_total{reason="invalid_type"}'] == 1
     assert metrics["detector_unknown_sensors_total"] == 2
-    assert metrics["detector_devices_tracked"] == 4
     assert metrics['detector_alerts_total{state="firing"}'] == 0
     assert daemon.process.poll() is None
     assert read_topic(topics.bootstrap, topics.alerts, expect=None, timeout_s=5) == []

@@ -206,12 +206,14 @@ def test_non_finite_unknown_sensor_is_still_rejected(parser: ReadingParser) -> N
     assert _reasons(parser.parse(raw)) == [RejectReason.NON_FINITE]
 
 
-def test_missing_sensors_are_named(parser: ReadingParser) -> None:
+def test_missing_sensors_come_through_as_nan_for_admission_to_decide(
+    parser: ReadingParser,
+) -> None:
     parsed = parser.parse(_bytes(_reading(sensors={"temperature": 1.0})))
-    assert _reasons(parsed) == [RejectReason.MISSING_SENSORS]
-    assert "pressure" in parsed.rejections[0].detail
-    assert "vibration" in parsed.rejections[0].detail
-    assert "temperature" not in parsed.rejections[0].detail
+    assert parsed.rejections == []
+    (vector,) = parsed.values
+    assert vector[0] == 1.0
+    assert np.isnan(vector[1:]).all()
 
 
 def test_batch_with_bad_items_keeps_the_good_ones(parser: ReadingParser) -> None:
@@ -219,18 +221,15 @@ def test_batch_with_bad_items_keeps_the_good_ones(parser: ReadingParser) -> None
         _reading(device_id="good-1"),
         _reading(device_id=5),
         "not an object",
-        _reading(sensors={"temperature": 1.0}),
         _reading(device_id="good-2", ts=TS + 1),
     ]
     parsed = parser.parse(_bytes(batch))
     assert parsed.device_ids == ["good-1", "good-2"]
     assert parsed.timestamps == [TS, TS + 1]
+    assert parsed.indices == [0, 3]
     assert len(parsed.values) == 2
-    assert _reasons(parsed) == [
-        RejectReason.INVALID_TYPE,
-        RejectReason.INVALID_TYPE,
-        RejectReason.MISSING_SENSORS,
-    ]
+    assert _reasons(parsed) == [RejectReason.INVALID_TYPE, RejectReason.INVALID_TYPE]
+    assert [rejection.index for rejection in parsed.rejections] == [1, 2]
 
 
 def test_empty_batch_is_neither_accepted_nor_rejected(parser: ReadingParser) -> None:

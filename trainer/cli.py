@@ -1,9 +1,10 @@
-"""Command line: ``trainer fit`` (also ``python -m trainer``)."""
+"""Command line: ``trainer fit|list|promote|rollback`` (also ``python -m trainer``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from detector.settings import ConfigError
@@ -34,6 +35,72 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_time(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _format_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.5g}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from trainer.registry import RegistryError, list_versions, read_current
+
+    try:
+        versions = list_versions(args.models)
+    except RegistryError as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not versions:
+        print(f"trainer: no model versions in {args.models}", file=sys.stderr)
+        return EXIT_CONFIG
+    current = read_current(args.models)
+    rows = [("", "VERSION", "CREATED", "THRESHOLD", "VAL_LOSS")]
+    for info in versions:
+        rows.append(
+            (
+                "*" if info.version == current else "",
+                info.version,
+                _format_time(info.created_at),
+                _format_number(info.threshold),
+                info.error or _format_number(info.validation_loss),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        padded = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  ".join([*padded, row[4]]))
+    if current is None:
+        print(f"(no current pointer in {args.models})")
+    elif current not in {info.version for info in versions}:
+        print(f"(current names {current!r}, which is not in {args.models})")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from trainer.registry import RegistryError, promote
+
+    try:
+        previous = promote(args.models, args.version)
+    except RegistryError as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"current: {previous or '(none)'} -> {args.version} (restart the detector to load it)")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from trainer.registry import RegistryError, rollback
+
+    try:
+        previous, target = rollback(args.models)
+    except RegistryError as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"current: {previous} -> {target} (restart the detector to load it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__)
@@ -45,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", type=Path, help="override output.dir")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     fit.set_defaults(handler=_fit)
+
+    models_help = "registry directory (the trainer's output.dir, e.g. models/pumps)"
+    lst = sub.add_parser("list", help="versions in a registry; * marks current")
+    lst.add_argument("--models", type=Path, required=True, help=models_help)
+    lst.set_defaults(handler=_list)
+    pro = sub.add_parser("promote", help="point current at VERSION after checking it loads")
+    pro.add_argument("version")
+    pro.add_argument("--models", type=Path, required=True, help=models_help)
+    pro.set_defaults(handler=_promote)
+    rol = sub.add_parser("rollback", help="point current back at the version current before")
+    rol.add_argument("--models", type=Path, required=True, help=models_help)
+    rol.set_defaults(handler=_rollback)
     return parser
 
 

@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detector.model import Aggregation
 from detector.settings import load_settings
+from detector.thresholds import ThresholdMethod
 
 ENV_PREFIX = "TRAINER_"
 
@@ -56,13 +58,43 @@ class TrainingConfig(_Section):
     max_train_windows: int | None = Field(None, ge=1, description="subsample for quick runs")
 
 
+class ScalingConfig(_Section):
+    """Optional floor on the per-sensor scale, from a long normal reference recording.
+
+    A short training span underestimates how far slow sensors (temperatures) wander. With
+    ``reference_paths`` and ``relative_floor`` > 0, a sensor's scale is at least
+    ``relative_floor`` x its coefficient of variation in the reference x ``|training mean|``: the
+    reference's relative spread carried over to this device's operating level.
+    """
+
+    reference_paths: list[Path] = Field(default_factory=list)
+    relative_floor: float = Field(0.0, ge=0)
+
+
+class ScoringConfig(_Section):
+    """How per-sensor errors become a window score (stored in the artifact for the detector)."""
+
+    aggregation: Aggregation = "mean"
+    normalise: bool = Field(
+        False, description="divide each sensor's error by its mean validation error first"
+    )
+
+
 class ThresholdConfig(_Section):
     """How the alert threshold is derived from validation reconstruction errors."""
 
-    method: Literal["quantile", "mean_std"] = "quantile"
+    method: ThresholdMethod = "quantile"
     quantile: float = Field(0.995, gt=0, lt=1)
     k: float = Field(3.0, gt=0)
     margin: float = Field(1.0, gt=0)
+    risk: float = Field(1e-3, gt=0, lt=1, description="pot: tail probability of the threshold")
+    init_quantile: float = Field(0.98, gt=0, lt=1, description="pot: where the tail starts")
+
+    @model_validator(mode="after")
+    def _pot_levels(self) -> ThresholdConfig:
+        if self.method == "pot" and self.risk >= 1.0 - self.init_quantile:
+            raise ValueError("pot needs risk < 1 - init_quantile")
+        return self
 
 
 class OutputConfig(_Section):
@@ -78,6 +110,8 @@ class TrainerConfig(_Section):
     window: WindowConfig = Field(default_factory=WindowConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

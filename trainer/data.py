@@ -13,7 +13,7 @@ from detector.artifact import DataSummary, sha256_file
 from detector.datafiles import DataFileError, load_table, sensor_columns
 from detector.scaling import StandardScaler
 from detector.windows import sliding_windows
-from trainer.config import DataConfig
+from trainer.config import DataConfig, ScalingConfig
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,25 @@ def split_by_time(table: pd.DataFrame, validation_fraction: float, paths: list[P
     return SplitData(names, train, validation, summary)
 
 
-def fit_scaler(split: SplitData) -> StandardScaler:
-    """Scaler statistics from the training segments only (validation must stay unseen)."""
-    return StandardScaler.fit(np.concatenate([s for s in split.train if len(s)]))
+def fit_scaler(split: SplitData, scaling: ScalingConfig | None = None) -> StandardScaler:
+    """Scaler statistics from the training segments only (validation must stay unseen).
+
+    With a reference recording configured, the scale is floored as :class:`ScalingConfig` says.
+    """
+    train = np.concatenate([s for s in split.train if len(s)])
+    if scaling is None or not scaling.reference_paths or scaling.relative_floor == 0:
+        return StandardScaler.fit(train)
+    reference = pd.concat(
+        [load_table(path, sensors=split.feature_names) for path in scaling.reference_paths]
+    )[split.feature_names].dropna()
+    if reference.empty:
+        raise DataFileError("no complete rows in the scaling reference data")
+    values = reference.to_numpy(dtype=np.float64)
+    level = np.abs(values.mean(axis=0))
+    # A sensor centred on zero in the reference has no meaningful relative spread: no floor.
+    variation = np.divide(values.std(axis=0), level, out=np.zeros_like(level), where=level > 0)
+    floor = scaling.relative_floor * variation * np.abs(train.mean(axis=0))
+    return StandardScaler.fit(train, min_scale=floor)
 
 
 def windows_of(segments: list[np.ndarray], length: int, stride: int) -> np.ndarray:

@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from detector.artifact import save_artifact
-from detector.model import LSTMAutoencoder, ModelSpec
+from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
-from detector.scoring import Scorer, resolve_device, window_scores
+from detector.scoring import Scorer, resolve_device
 from detector.thresholds import fit_threshold, summarize_errors
 from trainer.config import TrainerConfig
 from trainer.data import fit_scaler, load_normal_data, split_by_time, windows_of
@@ -122,7 +122,7 @@ def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
     table = load_normal_data(config.data)
     split = split_by_time(table, config.training.validation_fraction, config.data.paths)
     length, stride = config.window.length, config.window.stride
-    scaler = fit_scaler(split)
+    scaler = fit_scaler(split, config.scaling)
     train_raw = windows_of(split.train, length, stride)
     val_raw = windows_of(split.validation, length, 1)
     if len(train_raw) == 0 or len(val_raw) == 0:
@@ -154,13 +154,14 @@ def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
         device,
         show_progress,
     )
-    threshold, threshold_meta = _threshold(model, scaler, val_raw, config)
+    score_spec, threshold, threshold_meta = _threshold(model, scaler, val_raw, config)
     metadata = {
         "version": _version_id(config, split.summary.sha256),
         "created_at": datetime.now(timezone.utc),
         "feature_names": split.feature_names,
         "window_length": length,
         "model": spec,
+        "scoring": score_spec,
         "scaler": scaler.to_dict(),
         "threshold": threshold_meta,
         "training_data": split.summary,
@@ -181,18 +182,39 @@ def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
 
 def _threshold(
     model: LSTMAutoencoder, scaler: StandardScaler, val_raw: np.ndarray, config: TrainerConfig
-) -> tuple[float, dict[str, object]]:
-    scorer = Scorer(model, scaler, config.training.device, max_batch_size=4096)
-    scores = window_scores(scorer.sensor_errors(val_raw))
+) -> tuple[ScoreSpec, float, dict[str, object]]:
+    """The score spec, and the threshold fitted on validation scores computed through it."""
+    device, aggregation = config.training.device, config.scoring.aggregation
+    spec = ScoreSpec(aggregation=aggregation)
+    if config.scoring.normalise:
+        raw = Scorer(model, scaler, device, max_batch_size=4096).sensor_errors(val_raw)
+        divisors = np.maximum(raw.mean(axis=0, dtype=np.float64), np.finfo(np.float32).tiny)
+        spec = ScoreSpec(aggregation=aggregation, sensor_scale=divisors.tolist())
+    scorer = Scorer(model, scaler, device, max_batch_size=4096, spec=spec)
+    scores = scorer.window_scores(scorer.sensor_errors(val_raw))
     settings = config.threshold
     value = fit_threshold(
-        scores, settings.method, quantile=settings.quantile, k=settings.k, margin=settings.margin
+        scores,
+        settings.method,
+        quantile=settings.quantile,
+        k=settings.k,
+        margin=settings.margin,
+        risk=settings.risk,
+        init_quantile=settings.init_quantile,
     )
-    params = {"quantile": settings.quantile} if settings.method == "quantile" else {"k": settings.k}
+    params: dict[str, float] = {
+        "quantile": {"quantile": settings.quantile},
+        "mean_std": {"k": settings.k},
+        "pot": {"risk": settings.risk, "init_quantile": settings.init_quantile},
+    }[settings.method]
     params["margin"] = settings.margin
-    return value, {
-        "method": settings.method,
-        "value": value,
-        "params": params,
-        "error_summary": summarize_errors(scores),
-    }
+    return (
+        spec,
+        value,
+        {
+            "method": settings.method,
+            "value": value,
+            "params": params,
+            "error_summary": summarize_errors(scores),
+        },
+    )

@@ -1,0 +1,190 @@
+"""Model registry: history written by set_current, list/promote/rollback logic and CLI."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from detector.artifact import (
+    CURRENT_POINTER,
+    HISTORY_FILE,
+    WEIGHTS_FILE,
+    DataSummary,
+    ThresholdInfo,
+    resolve_artifact_dir,
+    save_artifact,
+)
+from detector.model import LSTMAutoencoder, ModelSpec
+from detector.scaling import StandardScaler
+from trainer.cli import main
+from trainer.registry import (
+    HistoryEntry,
+    RegistryError,
+    VersionInfo,
+    current_stack,
+    list_versions,
+    promote,
+    read_current,
+    read_history,
+    rollback,
+    rollback_target,
+)
+
+SPEC = ModelSpec(n_features=2, hidden_size=4, latent_size=2)
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _save(root: Path, version: str, day: int, threshold: float = 0.5) -> None:
+    """A tiny real artifact, created ``day`` days after T0 (so list order is known)."""
+    torch.manual_seed(day)
+    scaler = StandardScaler(mean=np.array([1.0, 2.0]), scale=np.array([1.0, 1.0]))
+    metadata: dict[str, Any] = {
+        "version": version,
+        "created_at": T0 + timedelta(days=day),
+        "feature_names": ["a", "b"],
+        "window_length": 4,
+        "model": SPEC,
+        "scaler": scaler.to_dict(),
+        "threshold": ThresholdInfo(method="quantile", value=threshold),
+        "training_data": DataSummary(
+            rows=10, devices=1, time_start=0.0, time_end=9.0, sha256="00" * 32, files=["x.csv"]
+        ),
+        "validation": {"validation_loss": 0.01 * (day + 1)},
+        "torch_version": torch.__version__,
+    }
+    save_artifact(root, metadata, LSTMAutoencoder(SPEC))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Path:
+    """Three versions trained in order a, b, c (so c is current)."""
+    root = tmp_path / "models"
+    for day, version in enumerate(["a", "b", "c"]):
+        _save(root, version, day, threshold=0.1 * (day + 1))
+    return root
+
+
+def test_training_appends_history_and_points_current(registry: Path) -> None:
+    assert read_current(registry) == "c"
+    assert [(e.action, e.version) for e in read_history(registry)] == [
+        ("save", "a"),
+        ("save", "b"),
+        ("save", "c"),
+    ]
+    stamp = read_history(registry)[0].at
+    assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_list_versions_oldest_first_with_metadata(registry: Path) -> None:
+    versions = list_versions(registry)
+    assert [v.version for v in versions] == ["a", "b", "c"]
+    assert versions[1].threshold == pytest.approx(0.2)
+    assert versions[1].validation_loss == pytest.approx(0.02)
+    assert versions[1].created_at == T0 + timedelta(days=1)
+    assert all(v.error is None for v in versions)
+
+
+def test_promote_checks_and_switches_what_the_detector_loads(registry: Path) -> None:
+    assert promote(registry, "a") == "c"
+    assert read_current(registry) == "a"
+    assert resolve_artifact_dir(registry) == (registry / "a").resolve()
+    assert read_history(registry)[-1].action == "promote"
+
+
+def test_promote_unknown_or_path_like_version_is_refused(registry: Path) -> None:
+    for bad in ("nope", "../models/a", "."):
+        with pytest.raises(RegistryError, match="unknown version"):
+            promote(registry, bad)
+    assert read_current(registry) == "c"
+
+
+def test_promote_refuses_a_version_that_does_not_load(registry: Path) -> None:
+    weights = registry / "a" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(RegistryError, match="does not load"):
+        promote(registry, "a")
+    assert read_current(registry) == "c"
+    assert len(read_history(registry)) == 3
+
+
+def test_rollback_walks_back_through_history(registry: Path) -> None:
+    assert rollback(registry) == ("c", "b")
+    assert rollback(registry) == ("b", "a")
+    with pytest.raises(RegistryError, match="no earlier version"):
+        rollback(registry)
+    assert read_current(registry) == "a"
+    assert resolve_artifact_dir(registry) == (registry / "a").resolve()
+
+
+def test_rollback_undoes_a_promote(registry: Path) -> None:
+    promote(registry, "a")
+    assert rollback(registry) == ("a", "c")
+
+
+def test_rollback_skips_deleted_versions(registry: Path) -> None:
+    shutil.rmtree(registry / "b")
+    assert rollback(registry) == ("c", "a")
+
+
+def test_rollback_without_history_goes_to_the_previous_creation(registry: Path) -> None:
+    # Registries written before history existed still roll back, by created_at.
+    (registry / HISTORY_FILE).unlink()
+    assert rollback(registry) == ("c", "b")
+
+
+def test_rollback_trusts_the_pointer_over_history(registry: Path) -> None:
+    # Someone pointed current at "a" by hand: rolling back must leave "a", towards "c".
+    (registry / CURRENT_POINTER).write_text("a\n")
+    assert rollback(registry) == ("a", "c")
+
+
+def test_current_stack_replays_pushes_and_pops() -> None:
+    def entries(*pairs: tuple[str, str]) -> list[HistoryEntry]:
+        return [HistoryEntry("t", action, version) for action, version in pairs]
+
+    history = entries(("save", "a"), ("save", "b"), ("promote", "b"), ("save", "c"))
+    assert current_stack(history, "c") == ["a", "b", "c"]
+    history += entries(("rollback", "b"))
+    assert current_stack(history, "b") == ["a", "b"]
+    assert current_stack(history, "x") == ["a", "b", "x"]
+    assert current_stack([], "a") == ["a"]
+    versions = [VersionInfo("a"), VersionInfo("b"), VersionInfo("c")]
+    assert rollback_target(history, "b", versions) == "a"
+
+
+def test_cli_list_marks_current(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--models", str(registry)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["VERSION", "CREATED", "THRESHOLD", "VAL_LOSS"]
+    rows = {line.split()[-4]: line for line in lines[1:]}
+    assert rows["c"].startswith("*") and not rows["a"].startswith("*")
+    assert "2024-03-02T12:00:00Z" in rows["b"] and "0.2" in rows["b"]
+
+
+def test_cli_promote_and_rollback(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["promote", "a", "--models", str(registry)]) == 0
+    assert "c -> a" in capsys.readouterr().out
+    assert main(["rollback", "--models", str(registry)]) == 0
+    assert "a -> c" in capsys.readouterr().out
+    assert read_current(registry) == "c"
+
+
+def test_cli_errors_exit_2_with_a_message(
+    registry: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["promote", "zzz", "--models", str(registry)]) == 2
+    assert "unknown version 'zzz'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["list", "--models", str(empty)]) == 2
+    assert "no model versions" in capsys.readouterr().err
+    assert main(["rollback", "--models", str(empty)]) == 2
+    assert "no model versions" in capsys.readouterr().err
+    assert main(["list", "--models", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err

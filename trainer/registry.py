@@ -1,0 +1,200 @@
+"""The model registry on disk: list versions, promote one to ``current``, roll back.
+
+A registry is the directory the trainer writes to (``output.dir``)::
+
+    models/pumps/
+      <version>/metadata.json, weights.safetensors   one directory per trained version
+      current                                        the version the detector loads
+      history                                        every change of current, one per line
+
+``history`` lines are ``<utc time>\\t<action>\\t<version>`` (written by
+:func:`detector.artifact.set_current`). Rollback treats the history as a stack: a ``save`` or
+``promote`` pushes a version, a ``rollback`` pops the current one, so repeated rollbacks walk
+further back (C -> B -> A), and ``promote`` is the way forward again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from detector.artifact import (
+    CURRENT_POINTER,
+    HISTORY_FILE,
+    METADATA_FILE,
+    ArtifactError,
+    ArtifactMetadata,
+    load_artifact,
+    set_current,
+)
+
+
+class RegistryError(Exception):
+    """The registry cannot do what was asked (unknown version, empty, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version directory as ``trainer list`` shows it; ``error`` is set when unreadable."""
+
+    version: str
+    created_at: datetime | None = None
+    threshold: float | None = None
+    threshold_method: str | None = None
+    validation_loss: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of ``history``: when ``current`` changed, why, and to which version."""
+
+    at: str
+    action: str
+    version: str
+
+
+def _require_dir(root: Path) -> None:
+    if not root.is_dir():
+        raise RegistryError(f"{root} is not a directory (expected a model registry)")
+
+
+def read_current(root: Path) -> str | None:
+    """The version named by ``root/current``, or None when there is no pointer yet."""
+    pointer = root / CURRENT_POINTER
+    if not pointer.is_file():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def _version_info(directory: Path) -> VersionInfo:
+    try:
+        meta = ArtifactMetadata.model_validate_json((directory / METADATA_FILE).read_bytes())
+    except (OSError, ValidationError) as exc:
+        # Listed anyway: an operator looking for a broken version must see it, not miss it.
+        first_line = str(exc).splitlines()[0]
+        return VersionInfo(directory.name, error=f"unreadable {METADATA_FILE}: {first_line}")
+    created = meta.created_at
+    if created.tzinfo is None:
+        # The trainer writes UTC; a naive time from elsewhere must still sort with the others.
+        created = created.replace(tzinfo=timezone.utc)
+    return VersionInfo(
+        version=directory.name,
+        created_at=created,
+        threshold=meta.threshold.value,
+        threshold_method=meta.threshold.method,
+        validation_loss=meta.validation.get("validation_loss"),
+    )
+
+
+def list_versions(root: Path) -> list[VersionInfo]:
+    """Every version directory in ``root``, oldest first (by ``created_at``, then name).
+
+    Hidden entries are skipped: ``save_artifact`` stages new versions in ``.<version>.*``.
+    """
+    _require_dir(root)
+    versions = [
+        _version_info(entry)
+        for entry in root.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".") and (entry / METADATA_FILE).exists()
+    ]
+    return sorted(versions, key=lambda v: (v.created_at is None, v.created_at or 0, v.version))
+
+
+def read_history(root: Path) -> list[HistoryEntry]:
+    """The entries of ``root/history`` in order; an absent file is an empty history."""
+    path = root / HISTORY_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        # Lines that are not ours (hand edits, a torn last line) are skipped, not fatal:
+        # the pointer, not the history, decides what runs.
+        if len(parts) == 3 and all(parts):
+            entries.append(HistoryEntry(*parts))
+    return entries
+
+
+def current_stack(history: list[HistoryEntry], current: str | None) -> list[str]:
+    """Replay ``history`` into the stack of versions that were current, newest last.
+
+    ``save``/``promote`` push (unless the version is already on top), ``rollback`` pops the top
+    and lands on its version. If the pointer disagrees with the result (edited by hand, or a
+    crash between pointer and history write), the pointer wins and goes on top.
+    """
+    stack: list[str] = []
+    for entry in history:
+        if entry.action == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != entry.version:
+                stack.append(entry.version)
+        elif not stack or stack[-1] != entry.version:
+            stack.append(entry.version)
+    if current is not None and (not stack or stack[-1] != current):
+        stack.append(current)
+    return stack
+
+
+def rollback_target(history: list[HistoryEntry], current: str, versions: list[VersionInfo]) -> str:
+    """The version ``trainer rollback`` switches to (pure: no file access).
+
+    The newest version below the current one on the history stack that still exists (deleted
+    versions are skipped). A registry without history (written before history existed) falls
+    back to the newest version created before the current one.
+    """
+    available = {v.version for v in versions if v.error is None}
+    if history:
+        for version in reversed(current_stack(history, current)[:-1]):
+            if version != current and version in available:
+                return version
+        raise RegistryError(
+            f"no earlier version in the history to roll back to from {current}; "
+            "use `trainer promote VERSION` to pick one"
+        )
+    ordered = [v for v in versions if v.error is None and v.created_at is not None]
+    names = [v.version for v in ordered]
+    if current in names:
+        earlier = ordered[: names.index(current)]
+        if earlier:
+            return earlier[-1].version
+    raise RegistryError(f"no version older than {current} to roll back to")
+
+
+def _check_version(root: Path, version: str) -> None:
+    known = [v.version for v in list_versions(root)]
+    # Membership in the listing (not a path test) also rejects "../x" and other path tricks.
+    if version not in known:
+        listing = ", ".join(known) if known else "none"
+        raise RegistryError(f"unknown version {version!r} in {root} (versions: {listing})")
+    try:
+        load_artifact(root / version)
+    except ArtifactError as exc:
+        raise RegistryError(f"version {version} does not load, current unchanged: {exc}") from None
+
+
+def promote(root: Path, version: str) -> str | None:
+    """Point ``current`` at ``version`` after checking it loads; returns the previous current."""
+    _require_dir(root)
+    _check_version(root, version)
+    previous = read_current(root)
+    set_current(root, version, action="promote")
+    return previous
+
+
+def rollback(root: Path) -> tuple[str, str]:
+    """Point ``current`` back at the version current before; returns (from, to)."""
+    versions = list_versions(root)
+    if not versions:
+        raise RegistryError(f"no model versions in {root}")
+    current = read_current(root)
+    if current is None:
+        raise RegistryError(f"{root} has no {CURRENT_POINTER} pointer; nothing to roll back")
+    target = rollback_target(read_history(root), current, versions)
+    _check_version(root, target)
+    set_current(root, target, action="rollback")
+    return current, target
