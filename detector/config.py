@@ -81,6 +81,9 @@ class ModelConfig(_Section):
     expected_features: list[str] | None = Field(
         None, description="refuse to start unless the model's feature order is exactly this"
     )
+    reload_interval_s: float = Field(
+        10.0, ge=0, description="how often to check a registry's current pointer (0: never)"
+    )
 
 
 class WindowConfig(_Section):

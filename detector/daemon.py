@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata
 
 from detector.admission import AdmissionPolicy, Placement, impute_missing
 from detector.alerts import Alert, AlertTracker, TopSensor, alert_id
-from detector.artifact import Artifact, describe
+from detector.artifact import Artifact, ArtifactError, describe, load_artifact
 from detector.calibration import ThresholdCalibrator
 from detector.config import DetectorConfig
 from detector.health import HealthState
@@ -41,6 +41,7 @@ from detector.kafka_io import (
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
 from detector.readings import ReadingParser, RejectReason
+from detector.reload import ModelWatcher, swap_incompatibility
 from detector.scoring import Scorer, top_sensor_shares
 from detector.windows import WindowStore
 
@@ -113,9 +114,13 @@ class Detector:
         self.health = health or HealthState()
         meta = artifact.metadata
         self.feature_names = meta.feature_names
-        self.threshold = meta.threshold.value
-        self.scorer = scorer or Scorer.from_artifact(
-            artifact, config.scoring.device, config.scoring.max_batch_size
+        self._install_model(
+            artifact,
+            scorer
+            or Scorer.from_artifact(artifact, config.scoring.device, config.scoring.max_batch_size),
+        )
+        self.watcher = ModelWatcher(
+            config.model.path, artifact.path, config.model.reload_interval_s
         )
         self.parser = ReadingParser(meta.feature_names, config.kafka.max_message_bytes)
         windows = config.windows
@@ -135,10 +140,6 @@ class Detector:
             config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
         )
         self.tracker = AlertTracker(config.alerts.rule())
-        calibration = config.alerts.calibration.rule()
-        self.calibrator = (
-            None if calibration is None else ThresholdCalibrator(calibration, self.threshold)
-        )
         self.rebalance = RebalanceEvents(consumer, lambda: self._safe_offsets)
         self.records_consumed = 0
         self._batches_scored = 0
@@ -158,7 +159,18 @@ class Detector:
         self.health.model_loaded = True
         self.health.partitions_assigned = lambda: len(self.consumer.assignment())
         self.health.broker_reachable = self._broker_reachable
-        metrics.model_info.info(
+
+    def _install_model(self, artifact: Artifact, scorer: Scorer) -> None:
+        """Make ``artifact`` the model that scores every following batch."""
+        meta = artifact.metadata
+        self.artifact = artifact
+        self.scorer = scorer
+        self.threshold = meta.threshold.value
+        calibration = self.config.alerts.calibration.rule()
+        self.calibrator = (
+            None if calibration is None else ThresholdCalibrator(calibration, self.threshold)
+        )
+        self.metrics.model_info.info(
             {
                 "version": meta.version,
                 "threshold": f"{self.threshold:.6g}",
@@ -166,7 +178,37 @@ class Detector:
                 "features": ",".join(meta.feature_names),
             }
         )
-        metrics.scoring_device.info({"device": str(self.scorer.device)})
+        self.metrics.scoring_device.info({"device": str(scorer.device)})
+
+    def reload_if_changed(self) -> None:
+        """Swap in the registry's new ``current`` version if it loads, fits and warms up.
+
+        Pending windows are scored by the old model first, so every record is scored exactly
+        once; a version that fails is refused and the running model stays.
+        """
+        candidate = self.watcher.candidate()
+        if candidate is None:
+            return
+        try:
+            artifact = load_artifact(candidate)
+            reason = swap_incompatibility(self.artifact.metadata, artifact.metadata)
+            if reason is not None:
+                raise ArtifactError(reason)
+            scorer = Scorer.from_artifact(
+                artifact, self.config.scoring.device, self.config.scoring.max_batch_size
+            )
+            scorer.warm_up(self.store.length)
+        except (ArtifactError, RuntimeError) as exc:
+            self.metrics.model_reloads.labels(result="rejected").inc()
+            log.error(
+                "refused model %s, keeping %s: %s", candidate.name, self.artifact.version, exc
+            )
+            return
+        self.flush()
+        previous = self.artifact.version
+        self._install_model(artifact, scorer)
+        self.metrics.model_reloads.labels(result="success").inc()
+        log.info("model %s replaced %s", artifact.version, previous)
 
     @property
     def stopping(self) -> bool:
@@ -187,6 +229,7 @@ class Detector:
         self.consumer.subscribe(self.config.kafka.readings_topics, listener=self.rebalance)
         try:
             while not self._stop.is_set():
+                self.reload_if_changed()
                 records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
                 records = self.handle_rebalance(records)
                 self.process(records)
@@ -220,6 +263,8 @@ class Detector:
             if tp in moved:
                 self.store.reset(self.store.slot(device_id))
                 self.tracker.states.pop(device_id, None)
+                if self.calibrator is not None:
+                    self.calibrator.devices.pop(device_id, None)
                 self._imputed_streak.pop(device_id, None)
                 del self._device_partition[device_id]
                 self.metrics.window_resets.labels(reason="rebalance").inc()

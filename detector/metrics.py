@@ -114,6 +114,12 @@ class DetectorMetrics:
             "Records re-read before the committed offset to rebuild windows of assigned partitions",
             registry=r,
         )
+        self.model_reloads = Counter(
+            "detector_model_reloads",
+            "Attempts to swap in a new current model version, by result",
+            ["result"],
+            registry=r,
+        )
         self.partitions_assigned = Gauge(
             "detector_partitions_assigned", "Partitions assigned to this daemon", registry=r
         )
@@ -124,5 +130,7 @@ class DetectorMetrics:
             self.records_rejected.labels(reason=reason.value)
         for state in ("firing", "resolved"):
             self.alerts.labels(state=state)
+        for result in ("success", "rejected"):
+            self.model_reloads.labels(result=result)
         for reason in ("gap", "rebalance"):
             self.window_resets.labels(reason=reason)

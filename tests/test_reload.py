@@ -1,0 +1,94 @@
+"""Hot reload: a new ``current`` version is swapped in between batches; a bad one is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from detector.artifact import METADATA_FILE, WEIGHTS_FILE, set_current
+from detector.reload import ModelWatcher
+from detector.replay import encode_messages, interleave
+from tests.conftest import WINDOW, DemoData, Topics, produce, read_topic, wait_until
+
+
+def _copy_version(registry: Path, source: Path, version: str, threshold_factor: float) -> Path:
+    target = registry / version
+    shutil.copytree(source, target)
+    metadata = json.loads((target / METADATA_FILE).read_text())
+    metadata["version"] = version
+    metadata["threshold"]["value"] *= threshold_factor
+    (target / METADATA_FILE).write_text(json.dumps(metadata))
+    return target
+
+
+def test_watcher_offers_each_new_version_once(tmp_path: Path, demo_data: DemoData) -> None:
+    registry = tmp_path / "models"
+    first = _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    set_current(registry, "v1")
+    now = [0.0]
+    watcher = ModelWatcher(registry, first, interval_s=5, clock=lambda: now[0])
+    now[0] = 10
+    assert watcher.candidate() is None
+    second = _copy_version(registry, demo_data.model.path, "v2", 1.0)
+    set_current(registry, "v2")
+    assert watcher.candidate() is None  # not due yet
+    now[0] = 16
+    assert watcher.candidate() == second.resolve()
+    now[0] = 22
+    assert watcher.candidate() is None  # offered already
+
+
+@pytest.mark.integration
+def test_new_version_is_swapped_in_and_a_bad_one_refused(
+    tmp_path: Path, topics: Topics, demo_data: DemoData, start_daemon
+) -> None:
+    registry = tmp_path / "models"
+    _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    set_current(registry, "v1")
+    readings = interleave(demo_data.anomalous.readings)
+    messages = encode_messages(readings)
+    half = len(messages) // 2
+    daemon = start_daemon(
+        DETECTOR_MODEL__PATH=str(registry), DETECTOR_MODEL__RELOAD_INTERVAL_S="0.2"
+    )
+    produce(topics.bootstrap, topics.readings, messages[:half])
+    wait_until(lambda: daemon.metric("detector_records_consumed_total") == half, 60, "first half")
+
+    # A lower threshold makes the new version visibly different in the alerts it sends.
+    _copy_version(registry, demo_data.model.path, "v2", 0.5)
+    set_current(registry, "v2")
+    wait_until(
+        lambda: daemon.metric('detector_model_reloads_total{result="success"}') == 1, 30, "swap"
+    )
+    info = [k for k, v in daemon.metrics().items() if k.startswith("detector_model_info") and v]
+    assert len(info) == 1 and 'version="v2"' in info[0]
+
+    broken = _copy_version(registry, demo_data.model.path, "v3", 1.0)
+    weights = bytearray((broken / WEIGHTS_FILE).read_bytes())
+    weights[-1] ^= 0xFF
+    (broken / WEIGHTS_FILE).write_bytes(bytes(weights))
+    set_current(registry, "v3")
+    wait_until(
+        lambda: daemon.metric('detector_model_reloads_total{result="rejected"}') == 1, 30, "refusal"
+    )
+    assert "refused model v3, keeping v2" in daemon.log()
+
+    produce(topics.bootstrap, topics.readings, messages[half:])
+    rows = len(readings)
+    wait_until(
+        lambda: daemon.metric("detector_windows_scored_total") == rows - 3 * (WINDOW - 1),
+        60,
+        "every window scored exactly once across the swaps",
+    )
+    assert daemon.process.poll() is None
+    alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+    second_half_start = readings["ts"].iloc[half]
+    late = [a for a in alerts if a["window_end"] >= second_half_start]
+    assert late, "the second half produced alerts"
+    assert {a["model_version"] for a in late} == {"v2"}
+    assert {
+        a["model_version"] for a in alerts if a["window_end"] < readings["ts"].iloc[half - 3]
+    } <= {"v1"}
