@@ -129,8 +129,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_artifact(parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder) -> Path:
-    """Write ``parent/<version>/`` atomically and point ``parent/current`` at it.
+def save_artifact(
+    parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder, make_current: bool = True
+) -> Path:
+    """Write ``parent/<version>/`` atomically and (by default) point ``parent/current`` at it.
 
     ``metadata`` holds every :class:`ArtifactMetadata` field except the weights hash, which is
     computed here. The directory appears complete or not at all (temp dir + rename).
@@ -156,7 +158,8 @@ def save_artifact(parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    set_current(parent, version)
+    if make_current:
+        set_current(parent, version)
     return final
 
 

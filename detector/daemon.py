@@ -547,8 +547,14 @@ class Detector:
                 )
 
     def _broker_reachable(self) -> bool:
-        client_metrics = self.consumer.metrics().get("consumer-metrics", {})
-        return client_metrics.get("connection-count", 0) > 0
+        # A connection still being retried counts as open, so also require a recent heartbeat
+        # answer from the group coordinator (sent every heartbeat_interval_ms while in a group).
+        client_metrics = self.consumer.metrics()
+        connections = client_metrics.get("consumer-metrics", {}).get("connection-count", 0)
+        coordinator = client_metrics.get("consumer-coordinator-metrics", {})
+        heartbeat_age = coordinator.get("last-heartbeat-seconds-ago", float("inf"))
+        recent = heartbeat_age < self.config.kafka.session_timeout_ms / 1000
+        return connections > 0 and (recent or not self.consumer.assignment())
 
     def _waited(self) -> float:
         oldest = self.pending.oldest

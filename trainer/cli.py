@@ -13,24 +13,61 @@ EXIT_CONFIG = 2
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from detector.artifact import ArtifactError, load_artifact
+    from detector.config import KafkaConfig
     from detector.datafiles import DataFileError
     from detector.logs import setup_logging
     from trainer.config import load_config
     from trainer.fit import TrainingError, fit
+    from trainer.kafka_source import parse_time, read_normal_from_kafka
 
     setup_logging("INFO")
     try:
         config = load_config(args.config)
         if args.output:
             config.output.dir = args.output
-        result = fit(config, show_progress=not args.no_progress)
-    except (ConfigError, DataFileError, TrainingError) as exc:
+        data = None
+        if args.from_kafka:
+            if not (args.since and args.until and args.bootstrap_servers):
+                raise DataFileError("--from-kafka needs --since, --until and --bootstrap-servers")
+            sensors = config.data.sensors
+            if sensors is None:
+                try:
+                    sensors = load_artifact(config.output.dir).metadata.feature_names
+                except ArtifactError:
+                    sensors = None
+            data = read_normal_from_kafka(
+                KafkaConfig(bootstrap_servers=args.bootstrap_servers.split(",")),
+                args.from_kafka,
+                parse_time(args.since),
+                parse_time(args.until),
+                sensors,
+            )
+        result = fit(
+            config,
+            show_progress=not args.no_progress,
+            data=data,
+            exclude_flagged=args.exclude_flagged,
+            promote=args.promote,
+        )
+    except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    comparison = (
+        f"; held-out normal windows flagged: new {result.holdout_flag_rate:.4f}"
+        + (
+            f", current {result.current_holdout_flag_rate:.4f}"
+            if result.current_holdout_flag_rate is not None
+            else ""
+        )
+        if result.holdout_flag_rate is not None
+        else ""
+    )
     print(
         f"model {result.version} -> {result.path} "
         f"(threshold {result.threshold:.5g}, validation loss {result.validation_loss:.5f}, "
-        f"{result.epochs} epochs, {result.seconds:.1f} s)"
+        f"{result.epochs} epochs, {result.seconds:.1f} s{comparison}); "
+        + ("now current" if result.promoted else "not promoted, current model kept")
     )
     return 0
 
@@ -111,6 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--output", type=Path, help="override output.dir")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    fit.add_argument("--from-kafka", metavar="TOPIC", help="train on readings from this topic")
+    fit.add_argument("--since", help="with --from-kafka: start time (ISO-8601 or epoch seconds)")
+    fit.add_argument("--until", help="with --from-kafka: end time, exclusive")
+    fit.add_argument("--bootstrap-servers", help="with --from-kafka: comma-separated brokers")
+    fit.add_argument(
+        "--exclude-flagged",
+        action="store_true",
+        help="drop what the current model flags before training",
+    )
+    fit.add_argument(
+        "--promote",
+        choices=["always", "auto", "never"],
+        default="always",
+        help="auto: make the new version current only if it flags no more held-out normal "
+        "windows than the current one",
+    )
     fit.set_defaults(handler=_fit)
 
     models_help = "registry directory (the trainer's output.dir, e.g. models/pumps)"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from detector.artifact import DataSummary, sha256_file
+from detector.artifact import Artifact, DataSummary, sha256_file
 from detector.datafiles import DataFileError, load_table, sensor_columns
 from detector.scaling import StandardScaler
-from detector.windows import sliding_windows
+from detector.scoring import Scorer
+from detector.windows import sliding_windows, window_end_indices
 from trainer.config import DataConfig, ScalingConfig
 
 
@@ -24,6 +24,23 @@ class SplitData:
     train: list[np.ndarray]
     validation: list[np.ndarray]
     summary: DataSummary
+
+
+@dataclass(frozen=True)
+class NormalData:
+    """Normal readings (``ts``, ``device_id``, sensors) and where they came from."""
+
+    table: pd.DataFrame
+    sources: list[str]
+    sha256: str
+
+
+def load_normal_files(config: DataConfig) -> NormalData:
+    """The configured files as :class:`NormalData`, hashed by their bytes."""
+    digest = hashlib.sha256()
+    for path in config.paths:
+        digest.update(sha256_file(path).encode())
+    return NormalData(load_normal_data(config), [str(p) for p in config.paths], digest.hexdigest())
 
 
 def load_normal_data(config: DataConfig) -> pd.DataFrame:
@@ -42,13 +59,14 @@ def load_normal_data(config: DataConfig) -> pd.DataFrame:
         if sensor_columns(table) != names:
             raise DataFileError(f"{path}: sensors {sensor_columns(table)} differ from {names}")
     table = pd.concat(tables, ignore_index=True).dropna()
-    if table.empty:
-        raise DataFileError("no complete rows in the training data")
     return table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
 
 
-def split_by_time(table: pd.DataFrame, validation_fraction: float, paths: list[Path]) -> SplitData:
+def split_by_time(data: NormalData, validation_fraction: float) -> SplitData:
     """Each device's first ``1 - validation_fraction`` of rows train, the rest validate."""
+    table = data.table.dropna()
+    if table.empty:
+        raise DataFileError("no complete rows in the training data")
     names = sensor_columns(table)
     train, validation = [], []
     for _device, rows in table.groupby("device_id", sort=True):
@@ -56,18 +74,42 @@ def split_by_time(table: pd.DataFrame, validation_fraction: float, paths: list[P
         cut = round(len(values) * (1 - validation_fraction))
         train.append(values[:cut])
         validation.append(values[cut:])
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(sha256_file(path).encode())
     summary = DataSummary(
         rows=len(table),
         devices=table["device_id"].nunique(),
         time_start=float(table["ts"].min()),
         time_end=float(table["ts"].max()),
-        sha256=digest.hexdigest(),
-        files=[str(path) for path in paths],
+        sha256=data.sha256,
+        files=data.sources,
     )
     return SplitData(names, train, validation, summary)
+
+
+def exclude_flagged(data: NormalData, artifact: Artifact) -> tuple[NormalData, int]:
+    """Drop rows inside windows the current model flags, so retraining does not learn faults.
+
+    A device's rows are cut where rows were dropped: the pieces become separate series
+    (``<device>#<n>``) so no training window spans a removed stretch. Returns the data and the
+    number of rows dropped.
+    """
+    meta = artifact.metadata
+    length = meta.window_length
+    scorer = Scorer.from_artifact(artifact, "cpu", max_batch_size=4096)
+    pieces, dropped = [], 0
+    for device, rows in data.table.dropna().groupby("device_id", sort=True):
+        values = rows[meta.feature_names].to_numpy(dtype=np.float32)
+        flagged_rows = np.zeros(len(rows), dtype=bool)
+        if len(rows) >= length:
+            scores = scorer.window_scores(scorer.sensor_errors(sliding_windows(values, length)))
+            for end in window_end_indices(len(rows), length)[scores > meta.threshold.value]:
+                flagged_rows[end - length + 1 : end + 1] = True
+        dropped += int(flagged_rows.sum())
+        run_id = np.cumsum(flagged_rows)  # rows between two dropped stretches share an id
+        kept = rows[~flagged_rows].assign(segment=run_id[~flagged_rows])
+        for segment, part in kept.groupby("segment", sort=True):
+            pieces.append(part.drop(columns="segment").assign(device_id=f"{device}#{segment}"))
+    table = pd.concat(pieces, ignore_index=True) if pieces else data.table.iloc[:0]
+    return NormalData(table, data.sources, data.sha256), dropped
 
 
 def fit_scaler(split: SplitData, scaling: ScalingConfig | None = None) -> StandardScaler:

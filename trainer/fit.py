@@ -9,21 +9,31 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.artifact import save_artifact
+from detector.artifact import Artifact, ArtifactError, load_artifact, save_artifact
 from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
 from detector.scoring import Scorer, resolve_device
 from detector.thresholds import fit_threshold, summarize_errors
 from trainer.config import TrainerConfig
-from trainer.data import fit_scaler, load_normal_data, split_by_time, windows_of
+from trainer.data import (
+    NormalData,
+    fit_scaler,
+    load_normal_files,
+    split_by_time,
+    windows_of,
+)
+from trainer.data import exclude_flagged as exclude_flagged_rows
 
 log = logging.getLogger(__name__)
+
+Promotion = Literal["always", "auto", "never"]
 
 
 class TrainingError(Exception):
@@ -41,6 +51,9 @@ class FitResult:
     validation_loss: float
     epochs: int
     seconds: float
+    promoted: bool = True
+    holdout_flag_rate: float | None = None
+    current_holdout_flag_rate: float | None = None
 
 
 def _version_id(config: TrainerConfig, data_sha: str) -> str:
@@ -113,14 +126,32 @@ def _mean_loss(
     return total / windows.numel()
 
 
-def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
-    """Train on the configured normal data and write a new artifact version."""
+def fit(
+    config: TrainerConfig,
+    show_progress: bool = True,
+    data: NormalData | None = None,
+    exclude_flagged: bool = False,
+    promote: Promotion = "always",
+) -> FitResult:
+    """Train on normal data and write a new artifact version into ``config.output.dir``.
+
+    ``data`` defaults to the configured files. With ``exclude_flagged`` the registry's current
+    model first removes what it flags. ``promote``: ``always`` makes the new version current;
+    ``auto`` only if it flags no more of the held-out normal windows than the current model
+    does; ``never`` leaves ``current`` alone (``trainer promote`` can switch later).
+    """
     started = time.monotonic()
     torch.manual_seed(config.training.seed)
     np.random.seed(config.training.seed)
     device = resolve_device(config.training.device)
-    table = load_normal_data(config.data)
-    split = split_by_time(table, config.training.validation_fraction, config.data.paths)
+    data = data if data is not None else load_normal_files(config.data)
+    current = _current_model(config.output.dir)
+    if exclude_flagged:
+        if current is None:
+            raise TrainingError(f"--exclude-flagged needs a current model in {config.output.dir}")
+        data, dropped = exclude_flagged_rows(data, current)
+        log.info("excluded %d rows flagged by model %s", dropped, current.version)
+    split = split_by_time(data, config.training.validation_fraction)
     length, stride = config.window.length, config.window.stride
     scaler = fit_scaler(split, config.scaling)
     train_raw = windows_of(split.train, length, stride)
@@ -174,10 +205,62 @@ def fit(config: TrainerConfig, show_progress: bool = True) -> FitResult:
         },
         "torch_version": torch.__version__,
     }
-    path = save_artifact(config.output.dir, metadata, model.cpu())
+    new_rate = holdout_flag_rate(
+        Scorer(model, scaler, config.training.device, 4096, spec=score_spec), threshold, val_raw
+    )
+    metadata["validation"]["holdout_flag_rate"] = new_rate
+    current_rate = None
+    if current is not None and current.metadata.feature_names == split.feature_names:
+        current_rate = holdout_flag_rate(
+            Scorer.from_artifact(current, config.training.device, 4096),
+            current.metadata.threshold.value,
+            windows_of(split.validation, current.metadata.window_length, 1),
+        )
+        metadata["validation"]["current_model_holdout_flag_rate"] = current_rate
+        log.info(
+            "held-out normal windows flagged: new %.4f, current %s %.4f",
+            new_rate,
+            current.version,
+            current_rate,
+        )
+    promoted = promote == "always" or (
+        promote == "auto" and (current_rate is None or new_rate <= current_rate)
+    )
+    path = save_artifact(config.output.dir, metadata, model.cpu(), make_current=promoted)
     seconds = time.monotonic() - started
-    log.info("wrote %s (threshold %.5g) in %.1f s", path, threshold, seconds)
-    return FitResult(path, metadata["version"], threshold, train_loss, val_loss, epochs, seconds)
+    log.info(
+        "wrote %s (threshold %.5g) in %.1f s; %s",
+        path,
+        threshold,
+        seconds,
+        "now current" if promoted else "current model kept",
+    )
+    return FitResult(
+        path,
+        metadata["version"],
+        threshold,
+        train_loss,
+        val_loss,
+        epochs,
+        seconds,
+        promoted,
+        new_rate,
+        current_rate,
+    )
+
+
+def holdout_flag_rate(scorer: Scorer, threshold: float, windows: np.ndarray) -> float:
+    """Share of held-out normal windows a model scores over its threshold (lower is better)."""
+    if len(windows) == 0:
+        return 0.0
+    return float(np.mean(scorer.window_scores(scorer.sensor_errors(windows)) > threshold))
+
+
+def _current_model(registry: Path) -> Artifact | None:
+    try:
+        return load_artifact(registry)
+    except ArtifactError:
+        return None
 
 
 def _threshold(

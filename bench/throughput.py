@@ -1,0 +1,712 @@
+"""Throughput, latency and memory of the detector daemon on one embedded broker (issue 4).
+
+In one run, on one broker, on the same topic and data (``--devices`` devices x 8 sensors, one JSON
+reading per message as in the README), round after round:
+
+1. **raw consume**: kafka-python with the daemon's consumer settings, no processing;
+2. **pipeline**: the daemon's own :class:`~detector.daemon.Detector` in this process, with a real
+   consumer and alert producer (consume -> parse -> window -> score -> alert -> commit), stride 1;
+3. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
+   size on the same device;
+
+then the pipeline on gateway batches (``--batched`` readings per message, readings/s), the
+latency from a reading's produce time to its alert under a paced load at half the measured
+pipeline rate (the daemon as a child process, as deployed), and the resident memory of the
+daemon's state for ``--memory-devices`` devices. Rates are taken from the first record in hand to
+the last one processed; they are compared as ratios within a round because the machine may be
+shared. Writes ``bench/results/throughput.json``.
+
+Usage: ``python bench/throughput.py [--quick]`` (or ``make bench-throughput``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
+
+from detector.artifact import Artifact, load_artifact
+from detector.config import DetectorConfig, load_config
+from detector.daemon import Detector
+from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.kafka_io import Publisher, build_consumer, build_producer
+from detector.metrics import DetectorMetrics
+from detector.replay import encode_messages, interleave
+from detector.scoring import Scorer
+from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
+from detector.windows import sliding_windows
+from trainer.config import TrainerConfig
+from trainer.fit import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "throughput.json"
+NORMAL_STEPS = 1500  # training rows per device, before the streamed part
+
+log = logging.getLogger("bench")
+
+
+def _revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def _rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc status")
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": list(values),
+    }
+
+
+# --- data and model -----------------------------------------------------------------------------
+
+
+def make_fleet(devices: int, stream_steps: int, seed: int) -> tuple[Fleet, Fleet]:
+    """(normal training part, streamed part with anomalies) of one synthetic fleet."""
+    episodes = max(1, min(4, (stream_steps * 3 // 4) // 250))
+    fleet = generate_fleet(
+        devices,
+        NORMAL_STEPS + stream_steps,
+        seed=seed,
+        anomalies_per_device=episodes,
+        quiet_steps=NORMAL_STEPS,
+    )
+    return split_at(fleet, NORMAL_STEPS)
+
+
+def train_model(normal: Fleet, window: int, workdir: Path) -> Path:
+    """A quickly trained artifact of the default model size (hidden 64, latent 16)."""
+    paths = write_fleet(normal, workdir / "data", "normal")
+    config = TrainerConfig.model_validate(
+        {
+            "data": {"paths": [str(paths["readings"])]},
+            "window": {"length": window, "stride": 4},
+            "training": {
+                "epochs": 4,
+                "batch_size": 256,
+                "learning_rate": 0.005,
+                "patience": 2,
+                "max_train_windows": 4000,
+                "device": "cpu",
+            },
+            "threshold": {"method": "quantile", "quantile": 0.999, "margin": 1.5},
+            "output": {"dir": str(workdir / "models")},
+        }
+    )
+    return fit(config, show_progress=False).path
+
+
+def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    """Send every message as fast as possible and wait for the acks."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20
+    )
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+# --- the three rates ------------------------------------------------------------------------------
+
+
+def daemon_config(
+    bootstrap: str, topic: str, alerts: str, model: Path, args: argparse.Namespace
+) -> DetectorConfig:
+    """configs/detector.yaml (the daemon's defaults) pointed at the bench topics and model."""
+    values = load_config(ROOT / "configs" / "detector.yaml").model_dump()
+    kafka = values["kafka"]
+    kafka.update(
+        bootstrap_servers=[bootstrap],
+        readings_topics=[topic],
+        alerts_topic=alerts,
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        sasl_password=None,
+    )
+    values["model"]["path"] = model
+    values["windows"]["stride"] = 1
+    values["scoring"].update(device=args.device, max_batch_size=args.batch_size)
+    return DetectorConfig.model_validate(values)
+
+
+def measure_raw(config: DetectorConfig, expected: int) -> dict[str, float]:
+    """kafka-python alone, with the daemon's consumer settings: records/s, no processing."""
+    consumer = build_consumer(config.kafka)
+    consumer.subscribe(config.kafka.readings_topics)
+    received = 0
+    first_batch = 0
+    started = finished = 0.0
+    try:
+        while received < expected:
+            batches = consumer.poll(timeout_ms=1000)
+            count = sum(len(batch) for batch in batches.values())
+            if count and not started:
+                started, first_batch = time.perf_counter(), count
+            received += count
+            finished = time.perf_counter()
+    finally:
+        consumer.close(autocommit=False)
+    counted = received - first_batch  # records received after the clock started
+    return {"records": counted, "seconds": finished - started, "rate": counted / (finished - started)}
+
+
+class _TimedDetector(Detector):
+    """The daemon's detector, stopped once ``expected`` records are processed and committed."""
+
+    def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = expected
+        self.started = 0.0
+        self.finished = 0.0
+
+    def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Time the daemon's own ``process`` from the first records in hand to the last commit."""
+        if records and not self.started:
+            self.started = time.perf_counter()
+        super().process(records)
+        if self.records_consumed >= self.expected and not self.finished:
+            self.flush()
+            self.commit(force=True)
+            self.finished = time.perf_counter()
+            self.stop()
+
+
+def measure_pipeline(
+    config: DetectorConfig, artifact: Artifact, scorer: Scorer, expected: int
+) -> dict[str, float]:
+    """The daemon's detector end to end: records/s, windows scored and alerts published."""
+    metrics = DetectorMetrics()
+    producer = build_producer(config.kafka)
+    consumer = build_consumer(config.kafka)
+    detector = _TimedDetector(
+        config,
+        artifact,
+        consumer,
+        Publisher(producer),
+        metrics,
+        scorer=scorer,
+        expected=expected,
+    )
+    try:
+        detector.run()
+    finally:
+        producer.close()
+    seconds = detector.finished - detector.started
+    value = metrics.registry.get_sample_value
+    batches = value("detector_batch_size_count") or 1.0
+    return {
+        "records": detector.records_consumed,
+        "seconds": seconds,
+        "rate": detector.records_consumed / seconds,
+        "readings": value("detector_readings_accepted_total") or 0.0,
+        "readings_rate": (value("detector_readings_accepted_total") or 0.0) / seconds,
+        "windows": value("detector_windows_scored_total") or 0.0,
+        "alerts": (value("detector_alerts_total", {"state": "firing"}) or 0.0)
+        + (value("detector_alerts_total", {"state": "resolved"}) or 0.0),
+        "mean_batch_size": (value("detector_batch_size_sum") or 0.0) / batches,
+    }
+
+
+def measure_model(scorer: Scorer, windows: np.ndarray, min_seconds: float) -> dict[str, float]:
+    """The bare model: windows/s of ``Scorer.sensor_errors`` at its batch size, no Kafka."""
+    batch = scorer.max_batch_size
+    scorer.sensor_errors(windows[:batch])  # warm up at the real batch shape
+    scored = 0
+    started = time.perf_counter()
+    while True:
+        start = (scored // batch * batch) % max(len(windows) - batch, 1)
+        scorer.sensor_errors(windows[start : start + batch])
+        scored += batch
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds and scored >= 3 * batch:
+            return {"windows": scored, "seconds": elapsed, "rate": scored / elapsed}
+
+
+# --- latency ------------------------------------------------------------------------------------
+
+
+def _histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style quantile of cumulative ``(upper bound, count)`` buckets."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def _bucket_quantile(samples: dict, name: str, q: float) -> float:
+    buckets = sorted((float(labels["le"]), value) for labels, value in samples[f"{name}_bucket"])
+    return _histogram_quantile(buckets, q)
+
+
+def _wait_ready(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as page:
+                if page.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"daemon not ready after {timeout_s} s")
+
+
+def _collect_alerts(bootstrap: str, topic: str, stop: threading.Event, out: list) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    while not stop.is_set():
+        for records in consumer.poll(timeout_ms=100).values():
+            received = time.time()
+            out.extend((json.loads(record.value), received) for record in records)
+    consumer.close()
+
+
+def measure_latency(
+    bootstrap: str,
+    model: Path,
+    stream: Fleet,
+    rate: float,
+    seconds: float,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Paced load with wall-clock timestamps through a daemon process; latency of its alerts."""
+    suffix = uuid.uuid4().hex[:8]
+    readings_topic, alerts_topic = f"latency-{suffix}", f"latency-alerts-{suffix}"
+    create_topics(bootstrap, {readings_topic: args.partitions, alerts_topic: 1})
+    port = free_port()
+    env = {
+        **os.environ,
+        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps([bootstrap]),
+        "DETECTOR_KAFKA__READINGS_TOPICS": json.dumps([readings_topic]),
+        "DETECTOR_KAFKA__ALERTS_TOPIC": alerts_topic,
+        "DETECTOR_KAFKA__GROUP_ID": f"latency-{suffix}",
+        "DETECTOR_MODEL__PATH": str(model),
+        "DETECTOR_METRICS__HOST": "127.0.0.1",
+        "DETECTOR_METRICS__PORT": str(port),
+        "DETECTOR_SCORING__DEVICE": args.device,
+        "DETECTOR_SCORING__MAX_BATCH_SIZE": str(args.batch_size),
+        "DETECTOR_WINDOWS__STRIDE": "1",
+        "DETECTOR_LOG_LEVEL": "WARNING",
+    }
+    log_file = (workdir / "latency-daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "detector", "run", "--config", "configs/detector.yaml"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    alerts: list[tuple[dict, float]] = []
+    stop = threading.Event()
+    collector = threading.Thread(
+        target=_collect_alerts, args=(bootstrap, alerts_topic, stop, alerts), daemon=True
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 60)
+        _wait_ready(port, 60)
+        collector.start()
+        table = interleave(stream.readings)
+        features = [c for c in table.columns if c not in ("ts", "device_id")]
+        total = min(len(table), int(rate * seconds))
+        devices = table["device_id"].astype(str).tolist()[:total]
+        rows = table[features].to_numpy(dtype=np.float64)[:total].tolist()
+        keys = [device.encode() for device in devices]
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1)
+        started = time.monotonic()
+        for sent in range(total):
+            # The reading's ts is its produce time, so window_end of an alert is when the reading
+            # that completed the window was sent.
+            value = {
+                "device_id": devices[sent],
+                "ts": time.time(),
+                "sensors": dict(zip(features, rows[sent], strict=True)),
+            }
+            producer.send(readings_topic, key=keys[sent], value=json.dumps(value).encode())
+            ahead = started + (sent + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.flush()
+        produced_s = time.monotonic() - started
+        producer.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            samples = _scrape(port)
+            if samples["detector_records_consumed_total"][0][1] >= total:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # the last batch's alerts reach the collector
+        samples = _scrape(port)
+    finally:
+        stop.set()
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log_file.close()
+        collector.join(timeout=5)
+    firing = [(a, received) for a, received in alerts if a["state"] == "firing"]
+    detected = np.array([a["detected_at"] - a["window_end"] for a, _ in firing])
+    received = np.array([r - a["window_end"] for a, r in firing])
+
+    def pct(values: np.ndarray, q: float) -> float | None:
+        return float(np.percentile(values, q)) if len(values) else None
+
+    return {
+        "offered_rate": rate,
+        "achieved_rate": total / produced_s,
+        "readings": total,
+        "consumed": samples["detector_records_consumed_total"][0][1],
+        "firing_alerts": len(firing),
+        "detected_p50_s": pct(detected, 50),
+        "detected_p99_s": pct(detected, 99),
+        "received_p50_s": pct(received, 50),
+        "received_p99_s": pct(received, 99),
+        "batch_wait_p99_s": _bucket_quantile(samples, "detector_batch_wait_seconds", 0.99),
+        "scoring_p99_s": _bucket_quantile(samples, "detector_scoring_duration_seconds", 0.99),
+        "mean_batch_size": samples["detector_batch_size_sum"][0][1]
+        / max(samples["detector_batch_size_count"][0][1], 1.0),
+    }
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+class _NoConsumer:
+    """Just enough of a consumer for a detector that is fed records directly."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
+
+
+class _NoPublisher:
+    def publish(self, messages: Sequence[Any]) -> None:
+        pass
+
+
+def memory_probe(model: Path, devices: int, partitions: int, batch_size: int) -> dict[str, Any]:
+    """RSS growth of a detector holding ``devices`` full windows, measured in this process.
+
+    The first ``T - 1`` readings of every device go straight into the ring buffer (feeding
+    millions of readings through the parser would take minutes); the last one goes through the
+    daemon's ``process``, which creates every per-device entry the daemon keeps and scores the
+    window, so the alert state exists too.
+    """
+    artifact = load_artifact(model)
+    config = DetectorConfig.model_validate(
+        {"model": {"path": model}, "scoring": {"device": "cpu", "max_batch_size": batch_size}}
+    )
+    detector = Detector(
+        config, artifact, _NoConsumer(), _NoPublisher(), DetectorMetrics()
+    )  # type: ignore[arg-type]
+    meta = artifact.metadata
+    length, n_features = meta.window_length, len(meta.feature_names)
+    detector.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
+    ids = [f"device-{i:07d}" for i in range(devices)]
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(devices, n_features)).astype(np.float32)
+    values = np.asarray(artifact.scaler.mean, np.float32) + base
+    last = np.asarray(
+        [
+            json.dumps(
+                {
+                    "device_id": device,
+                    "ts": 1_700_000_000.0 + length,
+                    "sensors": dict(zip(meta.feature_names, row.tolist(), strict=True)),
+                }
+            ).encode()
+            for device, row in zip(ids, values, strict=True)
+        ],
+        dtype=object,
+    )
+    gc.collect()
+    baseline = _rss_bytes()
+    store = detector.store
+    for device, row in zip(ids, values, strict=True):
+        slot = store.slot(device)
+        for step in range(length - 1):
+            store.append(slot, 1_700_000_000.0 + step, row)
+    store_only = _rss_bytes()
+    tps = [TopicPartition("readings", p) for p in range(partitions)]
+    chunk = 2000
+    for start in range(0, devices, chunk):
+        records: dict[TopicPartition, list[ConsumerRecord]] = {}
+        for i in range(start, min(start + chunk, devices)):
+            tp = tps[i % partitions]
+            record = ConsumerRecord(
+                tp.topic, tp.partition, -1, i, 0, 0, ids[i].encode(), last[i], [], None, 0, 0, 0
+            )
+            records.setdefault(tp, []).append(record)
+        detector.process(records)
+    detector.flush()
+    del records, last
+    gc.collect()
+    final = _rss_bytes()
+    window_bytes = devices * length * n_features * 4
+    return {
+        "devices": devices,
+        "window_length": length,
+        "features": n_features,
+        "rss_baseline_bytes": baseline,
+        "rss_bytes": final,
+        "rss_growth_bytes": final - baseline,
+        "store_growth_bytes": store_only - baseline,
+        "window_data_bytes": window_bytes,
+        "bytes_per_device_beyond_window": (final - baseline - window_bytes) / devices,
+        "windows_scored": detector.metrics.registry.get_sample_value(
+            "detector_windows_scored_total"
+        ),
+        "tracked": {
+            "slots": len(store),
+            "device_partition": len(detector._device_partition),
+            "alert_states": len(detector.tracker.states),
+            "store_capacity": len(store._next),
+        },
+    }
+
+
+def measure_memory(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run :func:`memory_probe` in a fresh interpreter so nothing else inflates its RSS."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--memory-probe",
+            "--model",
+            str(model),
+            "--memory-devices",
+            str(args.memory_devices),
+            "--partitions",
+            str(args.partitions),
+            "--batch-size",
+            str(args.batch_size),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(output.stdout.splitlines()[-1])
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (sizes default to a run of a few minutes on 2 cores)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=100, help="devices in the fleet")
+    parser.add_argument("--messages", type=int, default=150_000, help="messages per rate run")
+    parser.add_argument("--window", type=int, default=64, help="window length T of the model")
+    parser.add_argument("--batch-size", type=int, default=1024, help="scoring.max_batch_size")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the topic")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of raw/pipeline/model")
+    parser.add_argument("--batched", type=int, default=100, help="readings per batched message")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--memory-devices", type=int, default=100_000)
+    parser.add_argument("--device", default="auto", help="scoring device: auto, cpu or cuda")
+    parser.add_argument("--model", type=Path, help="reuse this artifact instead of training one")
+    parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
+    parser.add_argument(
+        "--stages",
+        default="rates,batched,latency,memory",
+        help="comma-separated subset of rates,batched,latency,memory",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.devices = min(args.devices, 50)
+        args.messages = min(args.messages, 30_000)
+        args.rounds = 1
+        args.latency_seconds = min(args.latency_seconds, 10.0)
+        args.memory_devices = min(args.memory_devices, 10_000)
+    return args
+
+
+def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
+    """Every stage against ``bootstrap``; returns the results document."""
+    stages = set(args.stages.split(","))
+    steps = -(-args.messages // args.devices)
+    normal, stream = make_fleet(args.devices, steps, seed=1)
+    if args.model is None:
+        say(f"training a model (T={args.window}, hidden 64, latent 16) on {len(normal.readings)} rows")
+        args.model = train_model(normal, args.window, workdir)
+    artifact = load_artifact(args.model)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()
+            if key not in ("memory_probe", "out")
+        },
+        "revision": _revision(),
+    }
+    scorer = Scorer.from_artifact(artifact, args.device, args.batch_size)
+    result["device"] = str(scorer.device)
+    say(f"scoring device {scorer.device}, torch {torch.__version__}")
+
+    if "rates" in stages:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topics(bootstrap, {topic: args.partitions, f"{topic}-alerts": 1})
+        messages = encode_messages(interleave(stream.readings))[: args.messages]
+        say(f"producing {len(messages)} messages ({args.devices} devices) to {topic}")
+        produce_all(bootstrap, topic, messages)
+        features = artifact.metadata.feature_names
+        series = stream.readings[stream.readings["device_id"] == stream.readings["device_id"][0]]
+        windows = np.ascontiguousarray(
+            sliding_windows(series[features].to_numpy(np.float32), args.window)
+        )
+        rounds = []
+        for number in range(args.rounds):
+            config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
+            raw = measure_raw(config, len(messages))
+            say(f"round {number + 1}: raw consume {raw['rate']:,.0f} records/s")
+            config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
+            pipeline = measure_pipeline(config, artifact, scorer, len(messages))
+            say(
+                f"round {number + 1}: pipeline {pipeline['rate']:,.0f} records/s "
+                f"({pipeline['windows']:.0f} windows, {pipeline['alerts']:.0f} alerts)"
+            )
+            model = measure_model(scorer, windows, min_seconds=5.0)
+            say(f"round {number + 1}: bare model {model['rate']:,.0f} windows/s")
+            rounds.append(
+                {
+                    "raw": raw,
+                    "pipeline": pipeline,
+                    "model": model,
+                    "pipeline_over_raw": pipeline["rate"] / raw["rate"],
+                    "pipeline_over_model": pipeline["rate"] / model["rate"],
+                    "pipeline_over_limit": pipeline["rate"] / min(raw["rate"], model["rate"]),
+                }
+            )
+        result["rounds"] = rounds
+        result["summary"] = {
+            "raw_consume_records_per_s": _spread([r["raw"]["rate"] for r in rounds]),
+            "pipeline_records_per_s": _spread([r["pipeline"]["rate"] for r in rounds]),
+            "bare_model_windows_per_s": _spread([r["model"]["rate"] for r in rounds]),
+            "pipeline_over_raw": _spread([r["pipeline_over_raw"] for r in rounds]),
+            "pipeline_over_model": _spread([r["pipeline_over_model"] for r in rounds]),
+            "pipeline_over_limit": _spread([r["pipeline_over_limit"] for r in rounds]),
+        }
+
+    if "batched" in stages:
+        topic = f"bench-batched-{uuid.uuid4().hex[:8]}"
+        create_topics(bootstrap, {topic: args.partitions, f"{topic}-alerts": 1})
+        messages = encode_messages(interleave(stream.readings), args.batched)
+        say(f"producing {len(messages)} messages of {args.batched} readings to {topic}")
+        produce_all(bootstrap, topic, messages)
+        config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
+        batched = measure_pipeline(config, artifact, scorer, len(messages))
+        say(f"batched: {batched['readings_rate']:,.0f} readings/s")
+        result["batched"] = {"readings_per_message": args.batched, **batched}
+
+    if "latency" in stages:
+        measured = result.get("summary", {}).get("pipeline_records_per_s", {}).get("median")
+        rate = (measured or 4000.0) / 2
+        say(f"latency: paced load at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
+        result["latency"] = measure_latency(
+            bootstrap, args.model, stream, rate, args.latency_seconds, args, workdir
+        )
+
+    if "memory" in stages:
+        say(f"memory: {args.memory_devices} devices, T={args.window}")
+        result["memory"] = measure_memory(args.model, args)
+    return result
+
+
+def say(message: str) -> None:
+    """Progress on stderr, flushed."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its results."""
+    args = parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.model, args.memory_devices, args.partitions, args.batch_size)))
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        workdir = Path(tmp)
+        if args.bootstrap:
+            result = run(args, args.bootstrap, workdir)
+        else:
+            with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+                result = run(args, broker.bootstrap_servers, workdir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("summary", "batched", "latency", "memory") if k in result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Retraining from a Kafka topic over a time range, excluding flagged windows, promoting on merit."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.artifact import CURRENT_POINTER, load_artifact
+from detector.replay import encode_messages, interleave
+from tests.conftest import ROOT, DemoData, Topics, produce
+
+pytestmark = pytest.mark.integration
+
+
+def _trainer_config(tmp_path: Path, registry: Path) -> Path:
+    config = tmp_path / "trainer.yaml"
+    config.write_text(
+        "data:\n  paths: [unused.csv]\n"
+        "window: {length: 16, stride: 2}\n"
+        "model: {hidden_size: 16, latent_size: 4}\n"
+        "training: {epochs: 3, batch_size: 128, learning_rate: 0.005, patience: 2}\n"
+        "threshold: {method: quantile, quantile: 0.999, margin: 2.0}\n"
+        f"output: {{dir: {registry}}}\n"
+    )
+    return config
+
+
+def _fit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", "fit", "--config", str(config), "--no-progress", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_retrain_from_kafka_time_range_excluding_flagged_windows(
+    tmp_path: Path, topics: Topics, demo_data: DemoData
+) -> None:
+    registry = tmp_path / "models"
+    registry.mkdir()
+    shutil.copytree(demo_data.model.path, registry / demo_data.model.version)
+    (registry / CURRENT_POINTER).write_text(demo_data.model.version + "\n")
+    readings = interleave(demo_data.anomalous.readings)
+    produce(topics.bootstrap, topics.readings, encode_messages(readings))
+    stamps = readings["ts"].drop_duplicates().sort_values().to_numpy()
+    since, until = stamps[100], stamps[1100]
+    in_range = int(((readings["ts"] >= since) & (readings["ts"] < until)).sum())
+    config = _trainer_config(tmp_path, registry)
+
+    result = _fit(
+        config,
+        "--from-kafka",
+        topics.readings,
+        "--since",
+        str(since),
+        "--until",
+        str(until),
+        "--bootstrap-servers",
+        topics.bootstrap,
+        "--exclude-flagged",
+        "--promote",
+        "never",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not promoted, current model kept" in result.stdout
+    assert (registry / CURRENT_POINTER).read_text().strip() == demo_data.model.version
+    new = sorted(p for p in registry.iterdir() if p.is_dir() and p.name != demo_data.model.version)
+    assert len(new) == 1
+    meta = load_artifact(new[0]).metadata
+    # The injected anomalies are flagged by the current model and their windows left out.
+    assert 0 < in_range - meta.training_data.rows < 0.2 * in_range
+    assert meta.training_data.time_start >= since and meta.training_data.time_end < until
+    assert meta.training_data.files == [f"kafka://{topics.readings}?since={since}&until={until}"]
+    assert "current_model_holdout_flag_rate" in meta.validation
+    assert meta.feature_names == load_artifact(demo_data.model.path).metadata.feature_names
+
+    auto = _fit(
+        config,
+        "--from-kafka",
+        topics.readings,
+        "--since",
+        str(since),
+        "--until",
+        str(until),
+        "--bootstrap-servers",
+        topics.bootstrap,
+        "--exclude-flagged",
+        "--promote",
+        "auto",
+    )
+    assert auto.returncode == 0, auto.stderr
+    current = (registry / CURRENT_POINTER).read_text().strip()
+    newest = load_artifact(registry / current).metadata.validation
+    if "now current" in auto.stdout:
+        assert current != demo_data.model.version
+        assert newest["holdout_flag_rate"] <= newest["current_model_holdout_flag_rate"]
+    else:
+        assert current == demo_data.model.version
+
+
+def test_from_kafka_without_range_is_a_clear_error(tmp_path: Path) -> None:
+    result = _fit(_trainer_config(tmp_path, tmp_path / "models"), "--from-kafka", "topic")
+    assert result.returncode == 2
+    assert "--since, --until and --bootstrap-servers" in result.stderr
