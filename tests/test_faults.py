@@ -25,6 +25,7 @@ from detector.artifact import load_artifact
 from detector.embedded_broker import EmbeddedProxy, create_topics
 from detector.kafka_io import DLQ_HEADER_PREFIX
 from detector.replay import encode_messages, interleave
+from detector.synthetic import SENSORS
 from tests.conftest import (
     WINDOW,
     Daemon,
@@ -246,26 +247,7 @@ def test_scale_out_handover_rebuilds_windows(
 
 
 def _reading(ts: float, **changes: object) -> dict:
-    sensors = {
-        name: 1.0
-        for name in (
-            "temperature",
-            "pressure",
-            "vibration",
-            "current",
-            "voltage",
-            "flow_rate",
-            "rpm",
-            "humidity",
-        )
-    }
-    base = {"device_id": "rules-dev", "ts": ts, "sensors": sensors}
-    for key, value in changes.items():
-        if key == "sensors":
-            base["sensors"] = value
-        else:
-            base[key] = value
-    return base
+    return {"device_id": "rules-dev", "ts": ts, "sensors": dict.fromkeys(SENSORS, 1.0), **changes}
 
 
 def test_bad_input_is_rejected_by_rule_and_dead_lettered(

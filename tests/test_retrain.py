@@ -53,20 +53,11 @@ def test_retrain_from_kafka_time_range_excluding_flagged_windows(
     in_range = int(((readings["ts"] >= since) & (readings["ts"] < until)).sum())
     config = _trainer_config(tmp_path, registry)
 
-    result = _fit(
-        config,
-        "--from-kafka",
-        topics.readings,
-        "--since",
-        str(since),
-        "--until",
-        str(until),
-        "--bootstrap-servers",
-        topics.bootstrap,
-        "--exclude-flagged",
-        "--promote",
-        "never",
-    )
+    from_kafka = [
+        *("--from-kafka", topics.readings, "--since", str(since), "--until", str(until)),
+        *("--bootstrap-servers", topics.bootstrap, "--exclude-flagged"),
+    ]
+    result = _fit(config, *from_kafka, "--promote", "never")
     assert result.returncode == 0, result.stderr
     assert "not promoted, current model kept" in result.stdout
     assert (registry / CURRENT_POINTER).read_text().strip() == demo_data.model.version
@@ -80,20 +71,7 @@ def test_retrain_from_kafka_time_range_excluding_flagged_windows(
     assert "current_model_holdout_flag_rate" in meta.validation
     assert meta.feature_names == load_artifact(demo_data.model.path).metadata.feature_names
 
-    auto = _fit(
-        config,
-        "--from-kafka",
-        topics.readings,
-        "--since",
-        str(since),
-        "--until",
-        str(until),
-        "--bootstrap-servers",
-        topics.bootstrap,
-        "--exclude-flagged",
-        "--promote",
-        "auto",
-    )
+    auto = _fit(config, *from_kafka, "--promote", "auto")
     assert auto.returncode == 0, auto.stderr
     current = (registry / CURRENT_POINTER).read_text().strip()
     newest = load_artifact(registry / current).metadata.validation
