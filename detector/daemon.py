@@ -258,6 +258,10 @@ class Detector:
         revoked, assigned = self.rebalance.take()
         if not revoked and not assigned:
             return records
+        # Windows already cut are scored with the alert state they were cut under; their
+        # offsets stay uncommitted if the partition left, so its new owner repeats the same
+        # alerts (same alert_id) rather than this daemon inventing ones from a reset state.
+        self.flush()
         moved = revoked | assigned
         for device_id, tp in list(self._device_partition.items()):
             if tp in moved:

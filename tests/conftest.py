@@ -23,6 +23,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from detector.alerts import AlertRule
 from detector.artifact import load_artifact
 from detector.config import load_config
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
@@ -255,15 +256,15 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3)
 
 
 def offline_transitions(
-    model_path: Path, readings: pd.DataFrame
+    model_path: Path, readings: pd.DataFrame, rule: AlertRule | None = None
 ) -> dict[str, list[tuple[float, str]]]:
     """Alert transitions the daemon's own code gives offline: device -> [(window end, state)].
 
-    Uses the alert settings of configs/detector.yaml, as the daemons in these tests do; devices
-    without any transition are left out.
+    ``rule`` defaults to the alert settings of configs/detector.yaml, as the daemons in these
+    tests use; devices without any transition are left out.
     """
     artifact = load_artifact(model_path)
-    rule = load_config(ROOT / "configs" / "detector.yaml").alerts.rule()
+    rule = rule or load_config(ROOT / "configs" / "detector.yaml").alerts.rule()
     scorer = Scorer.from_artifact(artifact, "cpu")
     meta = artifact.metadata
     result = {}
