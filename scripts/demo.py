@@ -150,9 +150,20 @@ def main() -> int:
             printer.join(timeout=5)
         broker.stop()
     episodes = json.loads((WORK / "data" / "stream_episodes.json").read_text())
-    firing = sum(alert["state"] == "firing" for alert in alerts)
+    firing = [alert for alert in alerts if alert["state"] == "firing"]
+
+    def overlaps(alert: dict, episode: dict) -> bool:
+        return (
+            alert["device_id"] == episode["device_id"]
+            and alert["window_end"] >= episode["start_ts"]
+            and alert["window_start"] <= episode["end_ts"]
+        )
+
+    caught = sum(any(overlaps(a, e) for a in firing) for e in episodes)
+    unexplained = sum(not any(overlaps(a, e) for e in episodes) for a in firing)
     say(
-        f"{len(episodes)} anomalies injected, {firing} firing alerts, {len(alerts) - firing} resolved"
+        f"{len(episodes)} anomalies injected, {caught} caught; {len(firing)} firing alerts "
+        f"({unexplained} not overlapping an injected anomaly), {len(alerts) - len(firing)} resolved"
     )
     print(f"alerts: {len(alerts)}", flush=True)
     return 0
