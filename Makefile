@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format-check clean bench-skab
+.PHONY: install demo test lint format-check clean bench-skab soak
 
 install: $(STAMP)
 
@@ -35,3 +35,8 @@ clean:
 
 format-check: install
 	$(VENV)/bin/ruff format --check .
+
+# Not part of make test: a daemon under steady load, RSS and open files printed every minute.
+MINUTES ?= 10
+soak: install
+	MINUTES=$(MINUTES) $(PY) scripts/soak.py
