@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .soak .pytest_cache
 
 format-check: install
 	$(VENV)/bin/ruff format --check .
