@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +50,7 @@ from detector.artifact import Artifact, load_artifact
 from detector.config import DetectorConfig, load_config
 from detector.daemon import Detector
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
-from detector.kafka_io import Publisher, build_consumer, build_producer
+from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
 from detector.metrics import DetectorMetrics
 from detector.replay import encode_messages, interleave
 from detector.scoring import Scorer
@@ -133,9 +133,7 @@ def train_model(normal: Fleet, window: int, workdir: Path) -> Path:
 
 def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     """Send every message as fast as possible and wait for the acks."""
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20
-    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20)
     for key, value in messages:
         producer.send(topic, key=key, value=value)
     producer.flush()
@@ -160,29 +158,54 @@ def daemon_config(
     )
     values["model"]["path"] = model
     values["windows"]["stride"] = 1
-    values["scoring"].update(device=args.device, max_batch_size=args.batch_size)
+    values["scoring"].update(
+        device=args.device, max_batch_size=args.batch_size, threads=args.threads
+    )
     return DetectorConfig.model_validate(values)
+
+
+class _AssignmentClock(ConsumerRebalanceListener):
+    """Notes when the consumer got its partitions: the clock of a rate run starts there."""
+
+    def __init__(self) -> None:
+        self.assigned_at = 0.0
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Nothing to do: every run is one group member from start to end."""
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start the clock at the first assignment."""
+        if assigned and not self.assigned_at:
+            self.assigned_at = time.perf_counter()
 
 
 def measure_raw(config: DetectorConfig, expected: int) -> dict[str, float]:
     """kafka-python alone, with the daemon's consumer settings: records/s, no processing."""
     consumer = build_consumer(config.kafka)
-    consumer.subscribe(config.kafka.readings_topics)
+    clock = _AssignmentClock()
+    consumer.subscribe(config.kafka.readings_topics, listener=clock)
     received = 0
-    first_batch = 0
-    started = finished = 0.0
+    finished = 0.0
     try:
         while received < expected:
-            batches = consumer.poll(timeout_ms=1000)
-            count = sum(len(batch) for batch in batches.values())
-            if count and not started:
-                started, first_batch = time.perf_counter(), count
-            received += count
+            received += sum(len(batch) for batch in consumer.poll(timeout_ms=1000).values())
             finished = time.perf_counter()
     finally:
         consumer.close(autocommit=False)
-    counted = received - first_batch  # records received after the clock started
-    return {"records": counted, "seconds": finished - started, "rate": counted / (finished - started)}
+    seconds = finished - clock.assigned_at
+    return {"records": received, "seconds": seconds, "rate": received / seconds}
+
+
+class _TimedRebalance(RebalanceEvents):
+    """The daemon's rebalance listener, noting when the partitions were first assigned."""
+
+    assigned_at = 0.0
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start the clock, then do what the daemon does."""
+        if assigned and not self.assigned_at:
+            self.assigned_at = time.perf_counter()
+        await super().on_partitions_assigned(assigned)
 
 
 class _TimedDetector(Detector):
@@ -190,14 +213,12 @@ class _TimedDetector(Detector):
 
     def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.rebalance = _TimedRebalance(self.consumer, self.rebalance.safe_offsets)
         self.expected = expected
-        self.started = 0.0
         self.finished = 0.0
 
     def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Time the daemon's own ``process`` from the first records in hand to the last commit."""
-        if records and not self.started:
-            self.started = time.perf_counter()
+        """The daemon's own ``process``; the clock stops once the last record is committed."""
         super().process(records)
         if self.records_consumed >= self.expected and not self.finished:
             self.flush()
@@ -226,7 +247,7 @@ def measure_pipeline(
         detector.run()
     finally:
         producer.close()
-    seconds = detector.finished - detector.started
+    seconds = detector.finished - detector.rebalance.assigned_at
     value = metrics.registry.get_sample_value
     batches = value("detector_batch_size_count") or 1.0
     return {
@@ -236,6 +257,9 @@ def measure_pipeline(
         "readings": value("detector_readings_accepted_total") or 0.0,
         "readings_rate": (value("detector_readings_accepted_total") or 0.0) / seconds,
         "windows": value("detector_windows_scored_total") or 0.0,
+        "windows_rate": (value("detector_windows_scored_total") or 0.0) / seconds,
+        # Forward passes alone, inside the pipeline: compare with the bare model's rate.
+        "scoring_seconds": value("detector_scoring_duration_seconds_sum") or 0.0,
         "alerts": (value("detector_alerts_total", {"state": "firing"}) or 0.0)
         + (value("detector_alerts_total", {"state": "resolved"}) or 0.0),
         "mean_batch_size": (value("detector_batch_size_sum") or 0.0) / batches,
@@ -243,18 +267,31 @@ def measure_pipeline(
 
 
 def measure_model(scorer: Scorer, windows: np.ndarray, min_seconds: float) -> dict[str, float]:
-    """The bare model: windows/s of ``Scorer.sensor_errors`` at its batch size, no Kafka."""
+    """The bare model: windows/s of ``Scorer.sensor_errors`` on full batches, no Kafka."""
     batch = scorer.max_batch_size
-    scorer.sensor_errors(windows[:batch])  # warm up at the real batch shape
+    batches = [
+        windows[start : start + batch] for start in range(0, len(windows) - batch + 1, batch)
+    ]
+    scorer.sensor_errors(batches[0])  # warm up at the real batch shape
     scored = 0
     started = time.perf_counter()
     while True:
-        start = (scored // batch * batch) % max(len(windows) - batch, 1)
-        scorer.sensor_errors(windows[start : start + batch])
+        scorer.sensor_errors(batches[scored // batch % len(batches)])
         scored += batch
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds and scored >= 3 * batch:
             return {"windows": scored, "seconds": elapsed, "rate": scored / elapsed}
+
+
+def model_windows(stream: Fleet, features: list[str], length: int, count: int) -> np.ndarray:
+    """At least ``count`` windows of the streamed data, device after device."""
+    parts, total = [], 0
+    for _, rows in stream.readings.groupby("device_id", sort=False):
+        parts.append(sliding_windows(rows[features].to_numpy(np.float32), length))
+        total += len(parts[-1])
+        if total >= count:
+            break
+    return np.ascontiguousarray(np.concatenate(parts))
 
 
 # --- latency ------------------------------------------------------------------------------------
@@ -285,9 +322,14 @@ def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
-def _bucket_quantile(samples: dict, name: str, q: float) -> float:
+def _bucket_quantile(samples: dict, name: str, q: float) -> dict[str, Any]:
+    """The interpolated quantile and the bounds of the histogram bucket it falls in."""
     buckets = sorted((float(labels["le"]), value) for labels, value in samples[f"{name}_bucket"])
-    return _histogram_quantile(buckets, q)
+    value = _histogram_quantile(buckets, q)
+    bounds = [0.0] + [bound for bound, _ in buckets]
+    upper = next(bound for bound in bounds if bound >= value)
+    lower = max(bound for bound in bounds if bound < upper) if upper > 0 else 0.0
+    return {"value": value, "bucket": [lower, upper]}
 
 
 def _wait_ready(port: int, timeout_s: float) -> None:
@@ -304,7 +346,10 @@ def _wait_ready(port: int, timeout_s: float) -> None:
 
 
 def _collect_alerts(bootstrap: str, topic: str, stop: threading.Event, out: list) -> None:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # A short fetch wait, so the receive time is close to the publish time.
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+    )
     partition = TopicPartition(topic, 0)
     consumer.assign([partition])
     consumer.seek_to_beginning(partition)
@@ -340,8 +385,8 @@ def measure_latency(
         "DETECTOR_METRICS__PORT": str(port),
         "DETECTOR_SCORING__DEVICE": args.device,
         "DETECTOR_SCORING__MAX_BATCH_SIZE": str(args.batch_size),
+        "DETECTOR_SCORING__THREADS": str(args.threads),
         "DETECTOR_WINDOWS__STRIDE": "1",
-        "DETECTOR_LOG_LEVEL": "WARNING",
     }
     log_file = (workdir / "latency-daemon.log").open("wb")
     daemon = subprocess.Popen(
@@ -362,7 +407,8 @@ def measure_latency(
         collector.start()
         table = interleave(stream.readings)
         features = [c for c in table.columns if c not in ("ts", "device_id")]
-        total = min(len(table), int(rate * seconds))
+        # At least a few windows' worth per device, so windows fill and anomalies come round.
+        total = min(len(table), max(int(rate * seconds), 4 * args.window * args.devices))
         devices = table["device_id"].astype(str).tolist()[:total]
         rows = table[features].to_numpy(dtype=np.float64)[:total].tolist()
         keys = [device.encode() for device in devices]
@@ -418,6 +464,7 @@ def measure_latency(
         "detected_p99_s": pct(detected, 99),
         "received_p50_s": pct(received, 50),
         "received_p99_s": pct(received, 99),
+        "batch_wait_p50_s": _bucket_quantile(samples, "detector_batch_wait_seconds", 0.5),
         "batch_wait_p99_s": _bucket_quantile(samples, "detector_batch_wait_seconds", 0.99),
         "scoring_p99_s": _bucket_quantile(samples, "detector_scoring_duration_seconds", 0.99),
         "mean_batch_size": samples["detector_batch_size_sum"][0][1]
@@ -443,75 +490,72 @@ class _NoPublisher:
         pass
 
 
-def memory_probe(model: Path, devices: int, partitions: int, batch_size: int) -> dict[str, Any]:
+def memory_probe(
+    model: Path, devices: int, partitions: int, batch_size: int, threads: int
+) -> dict[str, Any]:
     """RSS growth of a detector holding ``devices`` full windows, measured in this process.
 
     The first ``T - 1`` readings of every device go straight into the ring buffer (feeding
     millions of readings through the parser would take minutes); the last one goes through the
     daemon's ``process``, which creates every per-device entry the daemon keeps and scores the
-    window, so the alert state exists too.
+    window, so the alert state exists too. Everything the daemon keeps (device ids included) is
+    created after the baseline; everything it does not keep is freed before the last sample.
     """
     artifact = load_artifact(model)
     config = DetectorConfig.model_validate(
-        {"model": {"path": model}, "scoring": {"device": "cpu", "max_batch_size": batch_size}}
+        {
+            "model": {"path": model},
+            "scoring": {"device": "cpu", "max_batch_size": batch_size, "threads": threads},
+        }
     )
-    detector = Detector(
-        config, artifact, _NoConsumer(), _NoPublisher(), DetectorMetrics()
-    )  # type: ignore[arg-type]
+    detector = Detector(config, artifact, _NoConsumer(), _NoPublisher(), DetectorMetrics())  # type: ignore[arg-type]
     meta = artifact.metadata
     length, n_features = meta.window_length, len(meta.feature_names)
     detector.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
-    ids = [f"device-{i:07d}" for i in range(devices)]
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(devices, n_features)).astype(np.float32)
-    values = np.asarray(artifact.scaler.mean, np.float32) + base
-    last = np.asarray(
-        [
-            json.dumps(
-                {
-                    "device_id": device,
-                    "ts": 1_700_000_000.0 + length,
-                    "sensors": dict(zip(meta.feature_names, row.tolist(), strict=True)),
-                }
-            ).encode()
-            for device, row in zip(ids, values, strict=True)
-        ],
-        dtype=object,
-    )
+    row = np.asarray(artifact.scaler.mean, np.float32)
+    sensors = dict(zip(meta.feature_names, row.tolist(), strict=True))
+    tps = [TopicPartition("readings", p) for p in range(partitions)]
+    store = detector.store
     gc.collect()
     baseline = _rss_bytes()
-    store = detector.store
-    for device, row in zip(ids, values, strict=True):
-        slot = store.slot(device)
-        for step in range(length - 1):
-            store.append(slot, 1_700_000_000.0 + step, row)
-    store_only = _rss_bytes()
-    tps = [TopicPartition("readings", p) for p in range(partitions)]
+    started = time.perf_counter()
     chunk = 2000
-    for start in range(0, devices, chunk):
+    for first in range(0, devices, chunk):
         records: dict[TopicPartition, list[ConsumerRecord]] = {}
-        for i in range(start, min(start + chunk, devices)):
+        for i in range(first, min(first + chunk, devices)):
+            device = f"device-{i:07d}"
+            slot = store.slot(device)
+            for step in range(length - 1):
+                store.append(slot, 1_700_000_000.0 + step, row)
+            value = json.dumps(
+                {"device_id": device, "ts": 1_700_000_000.0 + length, "sensors": sensors}
+            ).encode()
             tp = tps[i % partitions]
             record = ConsumerRecord(
-                tp.topic, tp.partition, -1, i, 0, 0, ids[i].encode(), last[i], [], None, 0, 0, 0
+                tp.topic, tp.partition, -1, i, 0, 0, device.encode(), value, [], None, 0, 0, 0
             )
             records.setdefault(tp, []).append(record)
         detector.process(records)
     detector.flush()
-    del records, last
+    del records
     gc.collect()
     final = _rss_bytes()
     window_bytes = devices * length * n_features * 4
+    # What the ring buffers hold per device besides the window: timestamps and three counters.
+    store_extra = store._timestamps[0].nbytes + 3 * 8
     return {
         "devices": devices,
         "window_length": length,
         "features": n_features,
+        "seconds": time.perf_counter() - started,
         "rss_baseline_bytes": baseline,
         "rss_bytes": final,
         "rss_growth_bytes": final - baseline,
-        "store_growth_bytes": store_only - baseline,
         "window_data_bytes": window_bytes,
         "bytes_per_device_beyond_window": (final - baseline - window_bytes) / devices,
+        "ring_buffer_bytes_per_device_beyond_window": store_extra,
+        "python_objects_bytes_per_device": (final - baseline - window_bytes) / devices
+        - store_extra,
         "windows_scored": detector.metrics.registry.get_sample_value(
             "detector_windows_scored_total"
         ),
@@ -539,6 +583,8 @@ def measure_memory(model: Path, args: argparse.Namespace) -> dict[str, Any]:
             str(args.partitions),
             "--batch-size",
             str(args.batch_size),
+            "--threads",
+            str(args.threads),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -564,6 +610,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--memory-devices", type=int, default=100_000)
     parser.add_argument("--device", default="auto", help="scoring device: auto, cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="scoring.threads (0: one worker per core)"
+    )
     parser.add_argument("--model", type=Path, help="reuse this artifact instead of training one")
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument(
@@ -590,7 +639,9 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
     steps = -(-args.messages // args.devices)
     normal, stream = make_fleet(args.devices, steps, seed=1)
     if args.model is None:
-        say(f"training a model (T={args.window}, hidden 64, latent 16) on {len(normal.readings)} rows")
+        say(
+            f"training a model (T={args.window}, hidden 64, latent 16) on {len(normal.readings)} rows"
+        )
         args.model = train_model(normal, args.window, workdir)
     artifact = load_artifact(args.model)
     result: dict[str, Any] = {
@@ -610,7 +661,7 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         },
         "revision": _revision(),
     }
-    scorer = Scorer.from_artifact(artifact, args.device, args.batch_size)
+    scorer = Scorer.from_artifact(artifact, args.device, args.batch_size, args.threads)
     result["device"] = str(scorer.device)
     say(f"scoring device {scorer.device}, torch {torch.__version__}")
 
@@ -620,10 +671,8 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         messages = encode_messages(interleave(stream.readings))[: args.messages]
         say(f"producing {len(messages)} messages ({args.devices} devices) to {topic}")
         produce_all(bootstrap, topic, messages)
-        features = artifact.metadata.feature_names
-        series = stream.readings[stream.readings["device_id"] == stream.readings["device_id"][0]]
-        windows = np.ascontiguousarray(
-            sliding_windows(series[features].to_numpy(np.float32), args.window)
+        windows = model_windows(
+            stream, artifact.metadata.feature_names, args.window, 4 * args.batch_size
         )
         rounds = []
         for number in range(args.rounds):
@@ -640,6 +689,7 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
             say(f"round {number + 1}: bare model {model['rate']:,.0f} windows/s")
             rounds.append(
                 {
+                    "load_average": os.getloadavg()[0],
                     "raw": raw,
                     "pipeline": pipeline,
                     "model": model,
@@ -692,7 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its results."""
     args = parse_args(argv)
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.model, args.memory_devices, args.partitions, args.batch_size)))
+        print(
+            json.dumps(
+                memory_probe(
+                    args.model, args.memory_devices, args.partitions, args.batch_size, args.threads
+                )
+            )
+        )
         return 0
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
@@ -704,7 +760,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = run(args, broker.bootstrap_servers, workdir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("summary", "batched", "latency", "memory") if k in result}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("summary", "batched", "latency", "memory") if k in result},
+            indent=2,
+        )
+    )
     return 0
 
 
