@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format-check clean bench-skab soak
+.PHONY: install demo test lint format-check clean bench-skab bench-throughput soak
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ DATA ?= ../shared/data/skab
 bench-skab: install
 	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')
 	$(PY) bench/skab.py --data $(DATA) $(if $(PLOT),--plot $(PLOT))
+
+# Daemon throughput, latency and memory (bench/RESULTS.md): writes bench/results/throughput.json.
+# ARGS passes options, e.g. ARGS=--quick for a smoke run.
+bench-throughput: install
+	$(PY) bench/throughput.py $(ARGS)
 
 test: install
 	$(PY) -m pytest

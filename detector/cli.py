@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"model.expected_features {expected}"
             )
         scorer = Scorer.from_artifact(
-            artifact, config.scoring.device, config.scoring.max_batch_size
+            artifact, config.scoring.device, config.scoring.max_batch_size, config.scoring.threads
         )
     except (ArtifactError, RuntimeError) as exc:
         print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)

@@ -114,6 +114,11 @@ class ScoringConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(1024, ge=1)
     max_wait_ms: int = Field(50, ge=0)
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU: single-threaded workers that score slices of a batch; 0 = one per core",
+    )
     artificial_delay_ms: int = Field(
         0, ge=0, description="test hook: sleep this long per batch to simulate a slow model"
     )

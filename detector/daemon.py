@@ -13,6 +13,7 @@ after a handover are scored with full windows and the alerts match an uninterrup
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -117,7 +118,12 @@ class Detector:
         self._install_model(
             artifact,
             scorer
-            or Scorer.from_artifact(artifact, config.scoring.device, config.scoring.max_batch_size),
+            or Scorer.from_artifact(
+                artifact,
+                config.scoring.device,
+                config.scoring.max_batch_size,
+                config.scoring.threads,
+            ),
         )
         self.watcher = ModelWatcher(
             config.model.path, artifact.path, config.model.reload_interval_s
@@ -194,8 +200,9 @@ class Detector:
             reason = swap_incompatibility(self.artifact.metadata, artifact.metadata)
             if reason is not None:
                 raise ArtifactError(reason)
+            scoring = self.config.scoring
             scorer = Scorer.from_artifact(
-                artifact, self.config.scoring.device, self.config.scoring.max_batch_size
+                artifact, scoring.device, scoring.max_batch_size, scoring.threads
             )
             scorer.warm_up(self.store.length)
         except (ArtifactError, RuntimeError) as exc:
@@ -378,7 +385,9 @@ class Detector:
         if isinstance(placement, RejectReason):
             self._reject(placement, f"{device_id} ts {ts}", record, index, live)
             return
-        if np.isnan(values).any():
+        # Any NaN (a missing sensor): squares are never negative, so only a NaN makes their sum
+        # NaN; one dot product costs a quarter of np.isnan(values).any() on this hot path.
+        if math.isnan(values.dot(values)):
             streak = self._imputed_streak.get(device_id, 0)
             filled = impute_missing(
                 values, self.store.newest_values(slot), streak, self.policy.max_imputed_readings

@@ -18,9 +18,14 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 StrictFloat = Annotated[float, Field(strict=True)]
+_MAX_DEVICE_ID = 256
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_EXACT_INT = 2**53  # integers a float64 holds exactly
+_NUMBER_TYPES = {float, int}  # exact types: bool is an int subclass and is invalid here
 
 
 class Reading(BaseModel):
@@ -28,7 +33,7 @@ class Reading(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    device_id: Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+    device_id: Annotated[str, Field(strict=True, min_length=1, max_length=_MAX_DEVICE_ID)]
     ts: StrictFloat | datetime
     sensors: dict[str, StrictFloat]
 
@@ -103,6 +108,12 @@ class ReadingParser:
             )
             return result
         try:
+            fast = self._parse_valid(orjson.loads(value))
+        except orjson.JSONDecodeError:
+            fast = None  # NaN, a UTF-16 text, a lone surrogate...: the full path decides
+        if fast is not None:
+            return fast
+        try:
             document = json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             result.rejections.append(Rejection(RejectReason.UNPARSABLE, str(exc)[:200]))
@@ -113,6 +124,63 @@ class ReadingParser:
         else:
             self._parse_item(document, result, None)
         return result
+
+    def _parse_valid(self, document: object) -> ParsedMessage | None:
+        """The common case, a message whose readings are all valid, without pydantic.
+
+        Returns ``None`` as soon as anything is unusual (a wrong type, a non-finite or float32
+        overflowing number, an out-of-range ``device_id``, an ISO ``ts``): :meth:`parse` then
+        decodes the message again with the standard library and validates every reading with
+        pydantic, so both paths give the same result (tests/test_readings.py checks that).
+        """
+        items = document if isinstance(document, list) else [document]
+        names = self.feature_names
+        device_ids: list[str] = []
+        timestamps: list[float] = []
+        vectors: list[np.ndarray] = []
+        unknown = 0
+        for item in items:
+            if type(item) is not dict:
+                return None
+            device_id = item.get("device_id")
+            ts = item.get("ts")
+            sensors = item.get("sensors")
+            if type(device_id) is not str or not 0 < len(device_id) <= _MAX_DEVICE_ID:
+                return None
+            if type(ts) is int and -_EXACT_INT <= ts <= _EXACT_INT:
+                ts = float(ts)
+            elif type(ts) is not float or not math.isfinite(ts):
+                return None
+            if type(sensors) is not dict:
+                return None
+            values = sensors.values()
+            kinds = set(map(type, values))
+            if not kinds <= _NUMBER_TYPES:
+                return None  # bool, str, null, ...
+            # NaN or Inf makes the sum non-finite; a float32 overflow is left to the full path.
+            if values and (
+                not math.isfinite(sum(values))
+                or max(values) > _FLOAT32_MAX
+                or min(values) < -_FLOAT32_MAX
+            ):
+                return None
+            row = list(map(sensors.get, names))
+            missing = row.count(None)
+            if missing or int in kinds:
+                # Missing sensors are NaN for admission to decide; ints go through float64 first,
+                # as pydantic converts them, so the float32 rounding is the same.
+                row = [math.nan if number is None else float(number) for number in row]
+            unknown += len(sensors) - (len(names) - missing)
+            device_ids.append(device_id)
+            timestamps.append(ts)
+            vectors.append(np.array(row, dtype=np.float32))
+        return ParsedMessage(
+            device_ids=device_ids,
+            timestamps=timestamps,
+            values=vectors,
+            indices=list(range(len(items))) if isinstance(document, list) else [None],
+            unknown_sensors=unknown,
+        )
 
     def _parse_item(self, item: object, result: ParsedMessage, index: int | None) -> None:
         if not isinstance(item, dict):

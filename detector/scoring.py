@@ -10,6 +10,8 @@ in the daemon.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ from detector.model import Aggregation, LSTMAutoencoder, ScoreSpec
 from detector.scaling import StandardScaler
 
 log = logging.getLogger(__name__)
+
+# Fewest windows worth handing to a worker of their own: below this, fewer workers are used.
+_MIN_WINDOWS_PER_WORKER = 16
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -59,11 +64,43 @@ def top_sensor_shares(
     ]
 
 
+def _one_intra_op_thread() -> None:
+    # torch sets up a thread's intra-op count on first use, from the process default: do that
+    # first, or restoring the default below would later undo this thread's setting.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def single_threaded_workers(count: int) -> ThreadPoolExecutor:
+    """``count`` worker threads whose torch ops each run on one intra-op thread.
+
+    On CPU, torch runs an op on an OpenMP team spanning every core, which waits at a barrier
+    after each of the thousands of small ops of an LSTM forward pass: when anything else needs a
+    core (the Kafka client, the broker, a neighbour on a shared node), the whole team stalls and
+    scoring slows down several-fold. Workers that each score their own slice of a batch on one
+    thread never wait for each other. The intra-op setting is per thread under OpenMP, but it
+    also becomes the default of threads started later, so the caller's is put back afterwards.
+    """
+    previous = torch.get_num_threads()
+    started = threading.Barrier(count)
+    workers = ThreadPoolExecutor(
+        count, thread_name_prefix="scorer", initializer=_one_intra_op_thread
+    )
+    # One task per worker, each held until all have started: every thread exists and ran the
+    # initializer before the caller's setting is restored.
+    list(workers.map(lambda _: started.wait(), range(count)))
+    torch.set_num_threads(previous)
+    return workers
+
+
 class Scorer:
     """Scores batches of raw (unscaled) windows on one device, in chunks of ``max_batch_size``.
 
     The trainer scores its validation windows through this class too, so the threshold is set on
-    exactly the numbers the daemon compares with it.
+    exactly the numbers the daemon compares with it. With ``threads`` > 1 on CPU each chunk is
+    split over that many single-threaded workers (see :func:`single_threaded_workers`); a
+    window's errors do not depend on the other windows it is scored with, so the result is the
+    same; ``threads=0`` means one worker per intra-op thread torch would use (one per core).
     """
 
     def __init__(
@@ -73,9 +110,13 @@ class Scorer:
         device: str = "auto",
         max_batch_size: int = 1024,
         spec: ScoreSpec | None = None,
+        threads: int = 1,
     ) -> None:
         self.device = resolve_device(device)
         self.max_batch_size = max_batch_size
+        # A GPU runs a batch as one stream of kernels: splitting it only adds launches.
+        self.threads = 1 if self.device.type != "cpu" else threads or torch.get_num_threads()
+        self._workers = single_threaded_workers(self.threads) if self.threads > 1 else None
         self.scaler = scaler
         self.spec = spec or ScoreSpec()
         self._divisors = (
@@ -89,11 +130,16 @@ class Scorer:
 
     @classmethod
     def from_artifact(
-        cls, artifact: Artifact, device: str = "auto", max_batch_size: int = 1024
+        cls, artifact: Artifact, device: str = "auto", max_batch_size: int = 1024, threads: int = 1
     ) -> Scorer:
         """A scorer for a loaded artifact."""
         return cls(
-            artifact.model, artifact.scaler, device, max_batch_size, artifact.metadata.scoring
+            artifact.model,
+            artifact.scaler,
+            device,
+            max_batch_size,
+            artifact.metadata.scoring,
+            threads,
         )
 
     def sensor_errors(self, windows: np.ndarray) -> np.ndarray:
@@ -110,10 +156,16 @@ class Scorer:
         chunks = []
         for start in range(0, len(host), self.max_batch_size):
             batch = host[start : start + self.max_batch_size].to(self.device, non_blocking=True)
-            scaled = (batch - self._mean) / self._scale
-            chunks.append(sensor_errors(self.model, scaled))
+            if self._workers is None:
+                chunks.append(self._errors(batch))
+            else:
+                parts = min(self.threads, -(-len(batch) // _MIN_WINDOWS_PER_WORKER))
+                chunks.extend(self._workers.map(self._errors, torch.tensor_split(batch, parts)))
         errors = torch.cat(chunks).float().cpu().numpy()
         return errors if self._divisors is None else errors / self._divisors
+
+    def _errors(self, batch: torch.Tensor) -> torch.Tensor:
+        return sensor_errors(self.model, (batch - self._mean) / self._scale)
 
     def window_scores(self, errors: np.ndarray) -> np.ndarray:
         """One score per window from :meth:`sensor_errors`, aggregated as the spec says."""

@@ -141,8 +141,14 @@ class WindowStore:
 
     def window(self, slot: int, out: np.ndarray | None = None) -> np.ndarray:
         """The device's current window ``(length, features)`` oldest first, copied into ``out``."""
-        order = (self._next[slot] + np.arange(self.length)) % self.length
-        return np.take(self._values[slot], order, axis=0, out=out)
+        buffer = self._values[slot]
+        if out is None:
+            out = np.empty_like(buffer)
+        # Two slice copies around the write position: cheaper than a fancy-indexed take.
+        split = int(self._next[slot])
+        out[: self.length - split] = buffer[split:]
+        out[self.length - split :] = buffer[:split]
+        return out
 
     def window_span(self, slot: int) -> tuple[float, float]:
         """Timestamps of the first and last reading of the device's current window."""
@@ -156,7 +162,10 @@ class WindowStore:
             capacity = max(min(capacity, self.max_devices), len(self._next) + 1)
 
         def extend(array: np.ndarray, fill: float) -> np.ndarray:
-            grown = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
+            # Zeroed memory becomes resident only when written, so the unused part of a doubled
+            # buffer costs address space, not RSS.
+            shape = (capacity, *array.shape[1:])
+            grown = np.zeros(shape, array.dtype) if fill == 0 else np.full(shape, fill, array.dtype)
             grown[: len(array)] = array
             return grown
 

@@ -318,3 +318,120 @@ def test_naive_datetime_is_utc_regardless_of_local_timezone(
         monkeypatch.undo()
         if hasattr(time, "tzset"):
             time.tzset()
+
+
+class _ReferenceParser(ReadingParser):
+    """The parser with its fast path switched off: stdlib JSON and pydantic for every reading."""
+
+    def _parse_valid(self, document: object) -> ParsedMessage | None:
+        return None
+
+
+REFERENCE_PARSER = _ReferenceParser(FEATURES)
+
+
+def _assert_same(value: bytes | None) -> ParsedMessage:
+    """The fast path's result is exactly the reference path's, rejections and details included."""
+    fast, reference = FUZZ_PARSER.parse(value), REFERENCE_PARSER.parse(value)
+    assert fast.device_ids == reference.device_ids
+    assert fast.timestamps == reference.timestamps
+    assert [type(ts) for ts in fast.timestamps] == [type(ts) for ts in reference.timestamps]
+    assert fast.indices == reference.indices
+    assert fast.rejections == reference.rejections
+    assert fast.unknown_sensors == reference.unknown_sensors
+    assert len(fast.values) == len(reference.values)
+    for mine, theirs in zip(fast.values, reference.values, strict=True):
+        assert mine.dtype == theirs.dtype == np.float32
+        np.testing.assert_array_equal(mine, theirs)  # NaN (a missing sensor) equals NaN here
+    return fast
+
+
+_numbers = (
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=-4e38, max_value=4e38)  # around the float32 limit
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=5)
+)
+_valid_ish_reading = st.fixed_dictionaries(
+    {
+        "device_id": st.text(min_size=1, max_size=8) | st.text(min_size=250, max_size=260),
+        "ts": st.floats(min_value=0, max_value=4e9)
+        | st.integers(min_value=-(2**60), max_value=2**60)
+        | st.sampled_from(["2023-11-14T22:13:20Z", "2023-11-14T22:13:20", "1700000000"]),
+        "sensors": st.dictionaries(
+            st.sampled_from([*FEATURES, "humidity", "rpm"]),
+            st.floats(min_value=-1e6, max_value=1e6) | st.integers(-(2**40), 2**40),
+        ),
+    },
+    optional={"firmware": st.text(max_size=3)},
+)
+_odd_reading = st.fixed_dictionaries(
+    {
+        "device_id": st.text(max_size=3) | st.integers() | st.none(),
+        "ts": _numbers,
+        "sensors": st.dictionaries(st.sampled_from([*FEATURES, "x"]), _numbers) | _numbers,
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    document=st.one_of(
+        _valid_ish_reading,
+        st.lists(_valid_ish_reading, max_size=5),
+        st.lists(st.one_of(_valid_ish_reading, _odd_reading), max_size=5),
+        _odd_reading,
+        _json,
+    ),
+    allow_nan=st.booleans(),
+)
+def test_fast_path_equals_reference_path(document: object, allow_nan: bool) -> None:
+    """Property: whatever the document, the fast path and the pydantic path agree exactly."""
+    try:
+        raw = json.dumps(document, allow_nan=allow_nan).encode("utf-8", "surrogatepass")
+    except ValueError:  # NaN with allow_nan=False
+        return
+    _assert_same(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.binary(max_size=256))
+def test_fast_path_equals_reference_path_on_arbitrary_bytes(value: bytes) -> None:
+    _assert_same(value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 3.4028235e38}}',  # float32 max
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 3.4028236e38}}',  # rounds to max
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 3.5e38}}',  # overflows float32
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 1e308, "pressure": 1e308}}',
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 16777217}}',  # 2**24 + 1
+        b'{"device_id": "d", "ts": 9007199254740993, "sensors": {}}',  # 2**53 + 1
+        b'{"device_id": "d", "ts": 1, "sensors": {"temperature": 123456789012345678901234567890}}',
+        b'{"device_id": "d", "ts": -0.0, "sensors": {"temperature": -0.0}}',
+        b'{"device_id": "\\ud800", "ts": 1, "sensors": {}}',  # lone surrogate
+        b'{"device_id": "d", "ts": 1, "sensors": {}, "sensors": {"temperature": 1}}',
+        b'\xef\xbb\xbf{"device_id": "d", "ts": 1, "sensors": {}}',  # UTF-8 byte order mark
+        '{"device_id": "d", "ts": 1, "sensors": {}}'.encode("utf-16"),
+        b'[{"device_id": "d", "ts": 1, "sensors": {}}, {"device_id": "d", "ts": NaN}]',
+        b"[]",
+        b"[[]]",
+        b"17",
+    ],
+)
+def test_fast_path_edge_cases_equal_reference_path(raw: bytes) -> None:
+    _assert_same(raw)
+
+
+def test_fast_path_takes_valid_messages() -> None:
+    """Valid readings, ints and missing sensors included, never need pydantic."""
+    sensors = {"temperature": 60, "pressure": 1.5, "humidity": 3.0}
+    document = [_reading(sensors=sensors), _reading(ts=TS + 1, device_id="d2")]
+    parsed = FUZZ_PARSER._parse_valid(json.loads(_bytes(document)))
+    assert parsed is not None
+    assert parsed.unknown_sensors == 1
+    assert parsed.device_ids == _assert_same(_bytes(document)).device_ids == ["pump-7", "d2"]
