@@ -1,13 +1,14 @@
 """Nothing lost, nothing crashes: kills, broker outages, rebalances, bad input, fuzz, backpressure.
 
 Every test runs the daemon as a process against a real broker (``pytest -m fault`` selects them).
-The figures the issue asks for (kills, duplicates, outage length, lag, RSS) are printed; run with
-``-s`` to see them.
+The figures the issue asks for (kills, duplicates, outage length, lag, RSS) are logged; run with
+``--log-cli-level=INFO`` to see them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import signal
 import time
@@ -40,6 +41,8 @@ from tests.conftest import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+FIGURES = logging.getLogger("fault-figures")
 
 
 def status(daemon: Daemon, path: str) -> tuple[int, dict]:
@@ -126,8 +129,8 @@ def test_kill_9_mid_stream_misses_no_anomaly(
     expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
     assert streamed_transitions(alerts) == expected
     duplicates = len(alerts) - len({a["alert_id"] for a in alerts})
-    print(
-        f"\nkill -9: K={len(demo_data.anomalous.episodes)} anomalies, {kills} kills, "
+    FIGURES.info(
+        f"kill -9: K={len(demo_data.anomalous.episodes)} anomalies, {kills} kills, "
         f"{len(alerts)} alerts, {duplicates} duplicates (same alert_id)"
     )
 
@@ -175,7 +178,7 @@ def test_broker_unreachable_for_30s_then_back(
         alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
         expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
         assert streamed_transitions(alerts) == expected
-        print(f"\noutage {outage_s:.0f} s; caught up {caught_up_s:.1f} s after reconnecting")
+        FIGURES.info(f"outage {outage_s:.0f} s; caught up {caught_up_s:.1f} s after reconnecting")
     finally:
         proxy.stop()
 
@@ -411,7 +414,7 @@ def test_fuzz_leaves_the_valid_stream_untouched(
     ]
     expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
     assert streamed_transitions(alerts) == expected
-    print(f"\nfuzz: {len(fuzz)} messages, {int(rejected)} rejected = dead letters")
+    FIGURES.info(f"fuzz: {len(fuzz)} messages, {int(rejected)} rejected = dead letters")
 
 
 def test_backpressure_keeps_memory_bounded_and_drains(
@@ -457,7 +460,7 @@ def test_backpressure_keeps_memory_bounded_and_drains(
     assert daemon.metric("detector_readings_accepted_total") == rows
     # The slow phase held a few thousand records of lag without buffering them in the process.
     assert peak - baseline < 64 * 1024, f"RSS grew {peak - baseline} KiB"
-    print(f"\nbackpressure: max lag {lag_seen:.0f}, RSS {baseline} -> peak {peak} KiB")
+    FIGURES.info(f"backpressure: max lag {lag_seen:.0f}, RSS {baseline} -> peak {peak} KiB")
 
 
 def test_secrets_never_reach_logs_or_metrics(topics: Topics, start_daemon) -> None:
