@@ -560,14 +560,16 @@ class Detector:
                 )
 
     def _broker_reachable(self) -> bool:
-        # A connection still being retried counts as open, so also require a recent heartbeat
-        # answer from the group coordinator (sent every heartbeat_interval_ms while in a group).
+        # A connection still being retried counts as open, so once the consumer has joined its
+        # group also require a recent heartbeat to the coordinator (sent every
+        # heartbeat_interval_ms by every member, with or without partitions). An outage can
+        # also empty the assignment, so an empty one is no excuse after the first join.
         client_metrics = self.consumer.metrics()
         connections = client_metrics.get("consumer-metrics", {}).get("connection-count", 0)
         coordinator = client_metrics.get("consumer-coordinator-metrics", {})
         heartbeat_age = coordinator.get("last-heartbeat-seconds-ago", float("inf"))
         recent = heartbeat_age < self.config.kafka.session_timeout_ms / 1000
-        return connections > 0 and (recent or not self.consumer.assignment())
+        return connections > 0 and (recent or not self.rebalance.joined)
 
     def _waited(self) -> float:
         oldest = self.pending.oldest

@@ -172,6 +172,7 @@ class RebalanceEvents(AsyncConsumerRebalanceListener):
         self._lock = threading.Lock()
         self._assigned: set[TopicPartition] = set()
         self._revoked: set[TopicPartition] = set()
+        self.joined = False  # a group join has completed at least once
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit what is fully processed on the partitions being given up."""
@@ -189,6 +190,7 @@ class RebalanceEvents(AsyncConsumerRebalanceListener):
         """Queue the new partitions; the main loop rebuilds their devices' windows."""
         with self._lock:
             self._assigned |= set(assigned)
+            self.joined = True
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         """Membership was lost: nothing may be committed, only forgotten."""
