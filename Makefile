@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format-check clean bench-skab bench-throughput soak
+.PHONY: install demo test lint format-check clean bench-skab bench-throughput bench-profile soak
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ bench-skab: install
 # ARGS passes options, e.g. ARGS=--quick for a smoke run.
 bench-throughput: install
 	$(PY) bench/throughput.py $(ARGS)
+
+# Where the pipeline's time goes: py-spy samples one rates round, the top is printed and saved.
+bench-profile: install
+	$(VENV)/bin/py-spy record --rate 200 --format raw --output bench/results/pipeline-profile.raw \
+		-- $(PY) bench/throughput.py --stages rates --rounds 1 --out bench/results/profiled-run.json
+	$(PY) bench/profile_top.py bench/results/pipeline-profile.raw --within measure_pipeline \
+		| tee bench/results/pipeline-profile.txt
 
 test: install
 	$(PY) -m pytest

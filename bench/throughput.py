@@ -9,12 +9,13 @@ reading per message as in the README), round after round:
 3. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
    size on the same device;
 
-then the pipeline on gateway batches (``--batched`` readings per message, readings/s), the
-latency from a reading's produce time to its alert under paced loads at fractions (1/2, 1/4) of the
-measured pipeline rate (the daemon as a child process, as deployed), and the resident memory of the
-daemon's state for ``--memory-devices`` devices. Rates are taken from the first record in hand to
-the last one processed; they are compared as ratios within a round because the machine may be
-shared. Writes ``bench/results/throughput.json``.
+then whether scoring on a worker thread could overlap ingest (the bare model and the daemon's
+parser timed alone and on two threads at once), the pipeline on gateway batches (``--batched``
+readings per message, readings/s), the latency from a reading's produce time to its alert under
+paced loads at fractions (1/2, 1/4) of the measured pipeline rate (the daemon as a child process,
+as deployed), and the resident memory of the daemon's state for ``--memory-devices`` devices.
+Rates are taken from the first record in hand to the last one processed; they are compared as
+ratios within a round because the machine may be shared. Writes ``bench/results/throughput.json``.
 
 Usage: ``python bench/throughput.py [--quick]`` (or ``make bench-throughput``).
 """
@@ -54,6 +55,7 @@ from detector.daemon import Detector
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
 from detector.metrics import DetectorMetrics
+from detector.readings import ReadingParser
 from detector.replay import encode_messages, interleave
 from detector.scoring import Scorer
 from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
@@ -306,6 +308,49 @@ def measure_model(scorer: Scorer, windows: np.ndarray, min_seconds: float) -> di
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds and scored >= 3 * batch:
             return {"windows": scored, "seconds": elapsed, "rate": scored / elapsed}
+
+
+def measure_overlap(
+    scorer: Scorer, windows: np.ndarray, parser: ReadingParser, values: list[bytes]
+) -> dict[str, Any]:
+    """Would scoring on a worker thread while the main thread ingests the next poll pay off?
+
+    Times the bare model and the daemon's parser alone, then both at once on two threads (the
+    shape of an overlapped loop), at the default and at a 10x shorter GIL switch interval.
+    """
+
+    def parse(stop: threading.Event, seconds: float, rates: list[float]) -> None:
+        parsed, started = 0, time.perf_counter()
+        while not stop.is_set() and time.perf_counter() - started < seconds:
+            for value in values[:1000]:
+                parser.parse(value)
+            parsed += min(len(values), 1000)
+        rates.append(parsed / (time.perf_counter() - started))
+
+    alone: list[float] = []
+    parse(threading.Event(), 3.0, alone)
+    result: dict[str, Any] = {
+        "model_alone": measure_model(scorer, windows, min_seconds=3.0)["rate"],
+        "parse_alone": alone[0],
+    }
+    default_interval = sys.getswitchinterval()
+    try:
+        for interval in (default_interval, default_interval / 10):
+            sys.setswitchinterval(interval)
+            stop, rates = threading.Event(), []
+            parsing = threading.Thread(target=parse, args=(stop, float("inf"), rates))
+            parsing.start()
+            model = measure_model(scorer, windows, min_seconds=3.0)["rate"]
+            stop.set()
+            parsing.join()
+            result[f"switch_{interval * 1000:g}ms"] = {
+                "model_while_parsing": model,
+                "parse_while_scoring": rates[0],
+                "model_slowdown": model / result["model_alone"],
+            }
+    finally:
+        sys.setswitchinterval(default_interval)
+    return result
 
 
 def _combined(*runs: dict[str, float]) -> dict[str, float]:
@@ -671,8 +716,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument(
         "--stages",
-        default="rates,batched,latency,memory",
-        help="comma-separated subset of rates,batched,latency,memory",
+        default="rates,overlap,batched,latency,memory",
+        help="comma-separated subset of rates,overlap,batched,latency,memory",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -769,6 +814,18 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
             ),
             "pipeline_over_limit": _spread([r["pipeline_over_limit"] for r in rounds]),
         }
+
+    if "overlap" in stages:
+        values = [value for _, value in encode_messages(interleave(stream.readings))[:10_000]]
+        parser = ReadingParser(artifact.metadata.feature_names)
+        result["overlap"] = overlap = measure_overlap(scorer, windows, parser, values)
+        for key, level in overlap.items():
+            if key.startswith("switch_"):
+                say(
+                    f"overlap ({key}): model {level['model_while_parsing']:,.0f} windows/s while "
+                    f"parsing (alone {overlap['model_alone']:,.0f}), parser "
+                    f"{level['parse_while_scoring']:,.0f} msg/s (alone {overlap['parse_alone']:,.0f})"
+                )
 
     if "batched" in stages:
         topic = f"bench-batched-{uuid.uuid4().hex[:8]}"
