@@ -54,6 +54,7 @@ from detector.config import DetectorConfig, load_config
 from detector.daemon import Detector
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
+from detector.launch import daemon_env, spawn_daemon
 from detector.metrics import DetectorMetrics
 from detector.readings import ReadingParser
 from detector.replay import encode_messages, interleave
@@ -450,28 +451,19 @@ def measure_latency(
     readings_topic, alerts_topic = f"latency-{suffix}", f"latency-alerts-{suffix}"
     create_topics(bootstrap, {readings_topic: args.partitions, alerts_topic: 1})
     port = free_port()
-    env = {
-        **os.environ,
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps([bootstrap]),
-        "DETECTOR_KAFKA__READINGS_TOPICS": json.dumps([readings_topic]),
-        "DETECTOR_KAFKA__ALERTS_TOPIC": alerts_topic,
-        "DETECTOR_KAFKA__GROUP_ID": f"latency-{suffix}",
-        "DETECTOR_MODEL__PATH": str(model),
-        "DETECTOR_METRICS__HOST": "127.0.0.1",
-        "DETECTOR_METRICS__PORT": str(port),
-        "DETECTOR_SCORING__DEVICE": args.device,
-        "DETECTOR_SCORING__MAX_BATCH_SIZE": str(args.batch_size),
-        "DETECTOR_SCORING__THREADS": str(args.threads),
-        "DETECTOR_WINDOWS__STRIDE": "1",
-    }
-    log_file = (workdir / "latency-daemon.log").open("wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "detector", "run", "--config", "configs/detector.yaml"],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+    env = daemon_env(
+        bootstrap,
+        readings_topic,
+        alerts_topic,
+        model,
+        port,
+        DETECTOR_KAFKA__GROUP_ID=f"latency-{suffix}",
+        DETECTOR_SCORING__DEVICE=args.device,
+        DETECTOR_SCORING__MAX_BATCH_SIZE=str(args.batch_size),
+        DETECTOR_SCORING__THREADS=str(args.threads),
+        DETECTOR_WINDOWS__STRIDE="1",
     )
+    daemon = spawn_daemon(ROOT / "configs/detector.yaml", env, workdir / "latency-daemon.log", ROOT)
     alerts: list[tuple[dict, float]] = []
     stop = threading.Event()
     collector = threading.Thread(
@@ -526,7 +518,6 @@ def measure_latency(
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-        log_file.close()
         collector.join(timeout=5)
     firing = [(a, received) for a, received in alerts if a["state"] == "firing"]
     detected = np.array([a["detected_at"] - a["window_end"] for a, _ in firing])

@@ -19,6 +19,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.launch import daemon_env, spawn_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
@@ -81,30 +82,19 @@ def main() -> int:
             train_env,
         )
         metrics_port = free_port()
-        detector_env = {
-            **env,
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps([broker.bootstrap_servers]),
-            "DETECTOR_KAFKA__READINGS_TOPICS": json.dumps([READINGS]),
-            "DETECTOR_KAFKA__ALERTS_TOPIC": ALERTS,
-            "DETECTOR_KAFKA__GROUP_ID": "demo-detector",
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-            "DETECTOR_MODEL__PATH": str(models),
-            "DETECTOR_METRICS__HOST": "127.0.0.1",
-            "DETECTOR_METRICS__PORT": str(metrics_port),
-        }
-        log = (WORK / "detector.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "detector", "run", "--config", "configs/detector.yaml"],
-                cwd=ROOT,
-                env=detector_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        detector_env = daemon_env(
+            broker.bootstrap_servers,
+            READINGS,
+            ALERTS,
+            models,
+            metrics_port,
+            PYTHONUNBUFFERED="1",
+            DETECTOR_KAFKA__GROUP_ID="demo-detector",
         )
+        log = WORK / "detector.log"
+        processes.append(spawn_daemon(ROOT / "configs/detector.yaml", detector_env, log, ROOT))
         wait_for_port("127.0.0.1", metrics_port, 60)
-        say(f"detector running; metrics at http://127.0.0.1:{metrics_port}/metrics, log {log.name}")
+        say(f"detector running; metrics at http://127.0.0.1:{metrics_port}/metrics, log {log}")
         printer = threading.Thread(
             target=print_alerts, args=(broker.bootstrap_servers, stop, alerts)
         )

@@ -6,9 +6,7 @@ last line compares the first and last samples.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,7 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.launch import daemon_env, spawn_daemon
 from detector.replay import encode_messages, interleave
 from detector.synthetic import generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
@@ -91,26 +90,15 @@ def main() -> int:
     with EmbeddedBroker(log_path=WORK / "broker.log") as broker:
         create_topics(broker.bootstrap_servers, {"soak-readings": 4, "soak-alerts": 1})
         port = free_port()
-        env = {
-            **os.environ,
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps([broker.bootstrap_servers]),
-            "DETECTOR_KAFKA__READINGS_TOPICS": '["soak-readings"]',
-            "DETECTOR_KAFKA__ALERTS_TOPIC": "soak-alerts",
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-            "DETECTOR_MODEL__PATH": str(models),
-            "DETECTOR_METRICS__HOST": "127.0.0.1",
-            "DETECTOR_METRICS__PORT": str(port),
-            "DETECTOR_LOG_LEVEL": "WARNING",
-        }
-        log = (WORK / "detector.log").open("wb")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "detector", "run", "--config", "configs/detector.yaml"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        env = daemon_env(
+            broker.bootstrap_servers,
+            "soak-readings",
+            "soak-alerts",
+            models,
+            port,
+            DETECTOR_LOG_LEVEL="WARNING",
         )
+        daemon = spawn_daemon(ROOT / "configs/detector.yaml", env, WORK / "detector.log", ROOT)
         wait_for_port("127.0.0.1", port, 60)
         stop = threading.Event()
         producer = threading.Thread(

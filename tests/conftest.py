@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from detector.alerts import AlertRule
 from detector.artifact import load_artifact
 from detector.config import load_config
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.launch import daemon_env, spawn_daemon
 from detector.offline import evaluate_series
 from detector.scoring import Scorer
 from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
@@ -129,14 +129,7 @@ class Daemon:
     def __init__(self, config_path: Path, env: dict[str, str], log_path: Path, metrics_port: int):
         self.metrics_port = metrics_port
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "detector", "run", "--config", str(config_path)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = spawn_daemon(config_path, env, log_path, ROOT)
         try:
             wait_for_port("127.0.0.1", metrics_port, 60)
         except Exception:
@@ -175,7 +168,6 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
         return self.process.returncode
 
 
@@ -190,21 +182,19 @@ def start_daemon(
         port = free_port()
         config = tmp_path / "detector.yaml"
         config.write_text((ROOT / "configs" / "detector.yaml").read_text())
-        env = {
-            **os.environ,
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps(topics.bootstrap.split(",")),
-            "DETECTOR_KAFKA__READINGS_TOPICS": json.dumps([topics.readings]),
-            "DETECTOR_KAFKA__ALERTS_TOPIC": topics.alerts,
-            "DETECTOR_KAFKA__GROUP_ID": topics.group,
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-            "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
-            "DETECTOR_MODEL__PATH": str(demo_data.model.path),
-            "DETECTOR_METRICS__HOST": "127.0.0.1",
-            "DETECTOR_METRICS__PORT": str(port),
-            "DETECTOR_SCORING__DEVICE": "cpu",
-            **overrides,
-        }
+        env = daemon_env(
+            topics.bootstrap,
+            topics.readings,
+            topics.alerts,
+            demo_data.model.path,
+            port,
+            **{
+                "DETECTOR_KAFKA__GROUP_ID": topics.group,
+                "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
+                "DETECTOR_SCORING__DEVICE": "cpu",
+                **overrides,
+            },
+        )
         daemon = Daemon(config, env, tmp_path / f"detector-{len(started)}.log", port)
         started.append(daemon)
         return daemon
