@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.thresholds import MIN_POT_PEAKS, ThresholdMethod, fit_threshold
+from detector.thresholds import MIN_POT_PEAKS, ThresholdMethod, fit_threshold_with
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,7 @@ class CalibrationRule:
 
     def fit(self, scores: np.ndarray, base: float) -> float:
         """The device threshold from its calibration ``scores``, given the artifact's ``base``."""
-        value = fit_threshold(
-            scores,
-            self.method,
-            quantile=self.quantile,
-            k=self.k,
-            margin=self.margin,
-            risk=self.risk,
-            init_quantile=self.init_quantile,
-        )
+        value = fit_threshold_with(scores, self)
         return float(np.clip(value, self.min_ratio * base, self.max_ratio * base))
 
 

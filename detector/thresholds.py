@@ -6,7 +6,7 @@ Three methods: an empirical ``quantile``, ``mean_std`` (mean + k standard deviat
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -14,6 +14,23 @@ ThresholdMethod = Literal["quantile", "mean_std", "pot"]
 
 # Fewer peaks than this cannot support a two-parameter tail fit.
 MIN_POT_PEAKS = 5
+
+
+class ThresholdSettings(Protocol):
+    """What a threshold section holds (the trainer's ``threshold``, the daemon's calibration)."""
+
+    @property
+    def method(self) -> ThresholdMethod: ...
+    @property
+    def quantile(self) -> float: ...
+    @property
+    def k(self) -> float: ...
+    @property
+    def margin(self) -> float: ...
+    @property
+    def risk(self) -> float: ...
+    @property
+    def init_quantile(self) -> float: ...
 
 
 def summarize_errors(errors: np.ndarray) -> dict[str, float]:
@@ -136,3 +153,16 @@ def fit_threshold(
     else:
         raise ValueError(f"unknown threshold method {method!r}")
     return max(value * margin, float(np.finfo(np.float32).tiny))
+
+
+def fit_threshold_with(errors: np.ndarray, settings: ThresholdSettings) -> float:
+    """:func:`fit_threshold` with the method and parameters of a threshold section."""
+    return fit_threshold(
+        errors,
+        settings.method,
+        quantile=settings.quantile,
+        k=settings.k,
+        margin=settings.margin,
+        risk=settings.risk,
+        init_quantile=settings.init_quantile,
+    )

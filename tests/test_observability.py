@@ -57,26 +57,24 @@ def find_binary(name: str) -> str | None:
     return str(fallback) if fallback.is_file() else None
 
 
+def required_binary(name: str) -> str:
+    """Path of a Prometheus binary, or skip the test that needs it."""
+    binary = find_binary(name)
+    if binary is None:
+        pytest.skip(f"{name} not found on PATH or in /usr/bin (Debian: apt-get install prometheus)")
+    return binary
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """Path of promtool, or skip."""
-    binary = find_binary("promtool")
-    if binary is None:
-        pytest.skip(
-            "promtool not found on PATH or in /usr/bin (Debian: apt-get install prometheus)"
-        )
-    return binary
+    return required_binary("promtool")
 
 
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
     """Path of prometheus, or skip."""
-    binary = find_binary("prometheus")
-    if binary is None:
-        pytest.skip(
-            "prometheus not found on PATH or in /usr/bin (Debian: apt-get install prometheus)"
-        )
-    return binary
+    return required_binary("prometheus")
 
 
 def dashboard_queries(panels: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

@@ -20,7 +20,7 @@ from detector.artifact import Artifact, ArtifactError, load_artifact, save_artif
 from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
 from detector.scoring import Scorer, resolve_device
-from detector.thresholds import fit_threshold, summarize_errors
+from detector.thresholds import fit_threshold_with, summarize_errors
 from trainer.config import TrainerConfig
 from trainer.data import (
     NormalData,
@@ -276,15 +276,7 @@ def _threshold(
     scorer = Scorer(model, scaler, device, max_batch_size=4096, spec=spec)
     scores = scorer.window_scores(scorer.sensor_errors(val_raw))
     settings = config.threshold
-    value = fit_threshold(
-        scores,
-        settings.method,
-        quantile=settings.quantile,
-        k=settings.k,
-        margin=settings.margin,
-        risk=settings.risk,
-        init_quantile=settings.init_quantile,
-    )
+    value = fit_threshold_with(scores, settings)
     params: dict[str, float] = {
         "quantile": {"quantile": settings.quantile},
         "mean_std": {"k": settings.k},
