@@ -563,14 +563,11 @@ class Detector:
 
     def _broker_reachable(self) -> bool:
         # A connection still being retried counts as open, so once the consumer has joined its
-        # group also require a recent heartbeat to the coordinator (sent every
-        # heartbeat_interval_ms by every member, with or without partitions). An outage can
-        # also empty the assignment, so an empty one is no excuse after the first join.
-        client_metrics = self.consumer.metrics()
-        connections = client_metrics.get("consumer-metrics", {}).get("connection-count", 0)
-        coordinator = client_metrics.get("consumer-coordinator-metrics", {})
-        heartbeat_age = coordinator.get("last-heartbeat-seconds-ago", float("inf"))
-        recent = heartbeat_age < self.config.kafka.session_timeout_ms / 1000
+        # group also require a recent heartbeat answer from the coordinator (every member, with
+        # or without partitions, heartbeats every heartbeat_interval_ms). An outage can also
+        # empty the assignment, so an empty one is no excuse after the first join.
+        connections = self.consumer.metrics().get("consumer-metrics", {}).get("connection-count", 0)
+        recent = _heartbeat_answer_age(self.consumer) < self.config.kafka.session_timeout_ms / 1000
         return connections > 0 and (recent or not self.rebalance.joined)
 
     def _waited(self) -> float:
@@ -593,3 +590,18 @@ def install_signal_handlers(detector: Detector) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def _heartbeat_answer_age(consumer: KafkaConsumer) -> float:
+    """Seconds since the group coordinator last answered a heartbeat (``inf``: never).
+
+    kafka-python's ``last-heartbeat-seconds-ago`` metric counts heartbeats *sent*, and it goes on
+    sending (and failing) to a coordinator it has not yet noticed is gone; only its heartbeat
+    object (not public API) records answers, so the metric is the fallback if that changes.
+    """
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    answered = getattr(heartbeat, "last_receive", None)
+    if isinstance(answered, float):
+        return time.monotonic() - answered
+    coordinator = consumer.metrics().get("consumer-coordinator-metrics", {})
+    return float(coordinator.get("last-heartbeat-seconds-ago", math.inf))
