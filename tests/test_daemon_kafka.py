@@ -43,7 +43,7 @@ def test_alerts_for_injected_anomalies_match_offline_scoring(
         60,
         "daemon scored every window",
     )
-    alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+    alerts = read_topic(topics.bootstrap, topics.alerts)
     firing = [a for a in alerts if a["state"] == "firing"]
     for episode in demo_data.anomalous.episodes:
         caught = [
@@ -120,7 +120,7 @@ def test_normal_stream_with_malformed_messages(
     assert metrics["detector_unknown_sensors_total"] == 2
     assert metrics['detector_alerts_total{state="firing"}'] == 0
     assert daemon.process.poll() is None
-    assert read_topic(topics.bootstrap, topics.alerts, expect=None, timeout_s=5) == []
+    assert read_topic(topics.bootstrap, topics.alerts, timeout_s=5) == []
 
 
 def test_sigterm_commits_exactly_what_was_processed(

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
+from kafka import KafkaProducer
 
 from detector.artifact import load_artifact
 from detector.embedded_broker import EmbeddedProxy, create_topics
@@ -35,6 +34,7 @@ from tests.conftest import (
     committed_total,
     offline_transitions,
     produce,
+    read_records,
     read_topic,
     streamed_transitions,
     wait_until,
@@ -53,25 +53,6 @@ def status(daemon: Daemon, path: str) -> tuple[int, dict]:
             return page.status, json.loads(page.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def read_records(bootstrap: str, topic: str, timeout_s: float = 20) -> list[ConsumerRecord]:
-    """Every record on a single-partition topic, with headers."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    partition = TopicPartition(topic, 0)
-    consumer.assign([partition])
-    consumer.seek_to_beginning(partition)
-    end = consumer.end_offsets([partition])[partition]
-    records: list[ConsumerRecord] = []
-    deadline = time.monotonic() + timeout_s
-    while consumer.position(partition) < end and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=200).values():
-            records.extend(batch)
-    position = consumer.position(partition)
-    consumer.close()
-    if position < end:
-        pytest.fail(f"read {topic} only to offset {position} of {end} in {timeout_s} s")
-    return records
 
 
 def rss_kib(daemon: Daemon) -> int:
@@ -123,7 +104,7 @@ def test_kill_9_mid_stream_misses_no_anomaly(
         "the last daemon committed the whole stream",
     )
     assert final.metric("detector_rebuild_records_total") > 0
-    alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+    alerts = read_topic(topics.bootstrap, topics.alerts)
     assert_every_episode_fires(alerts, demo_data)
     # Rebuilt windows and alert state make the unique alerts exactly those of an unbroken run.
     expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
@@ -180,7 +161,7 @@ def test_broker_unreachable_for_30s_then_back(
         )
         caught_up_s = time.monotonic() - reconnected
         wait_until(lambda: status(daemon, "/readyz")[0] == 200, 30, "ready again")
-        alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+        alerts = read_topic(topics.bootstrap, topics.alerts)
         expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
         assert streamed_transitions(alerts) == expected
         FIGURES.info(f"outage {outage_s:.0f} s; caught up {caught_up_s:.1f} s after reconnecting")
@@ -243,7 +224,7 @@ def test_scale_out_handover_rebuilds_windows(
         "everything processed by the survivor",
     )
     assert a.metric("detector_rebuild_records_total") > 0
-    alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+    alerts = read_topic(topics.bootstrap, topics.alerts)
     for alert in alerts:
         assert alert["window_end"] - alert["window_start"] == pytest.approx(WINDOW - 1)
     spiked = {
@@ -414,7 +395,7 @@ def test_fuzz_leaves_the_valid_stream_untouched(
     assert len(read_records(topics.bootstrap, dlq, timeout_s=120)) == rejected
     alerts = [
         a
-        for a in read_topic(topics.bootstrap, topics.alerts, expect=None)
+        for a in read_topic(topics.bootstrap, topics.alerts)
         if not a["device_id"].startswith("fuzz-")
     ]
     expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)

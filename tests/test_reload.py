@@ -84,7 +84,7 @@ def test_new_version_is_swapped_in_and_a_bad_one_refused(
         "every window scored exactly once across the swaps",
     )
     assert daemon.process.poll() is None
-    alerts = read_topic(topics.bootstrap, topics.alerts, expect=None)
+    alerts = read_topic(topics.bootstrap, topics.alerts)
     second_half_start = readings["ts"].iloc[half]
     late = [a for a in alerts if a["window_end"] >= second_half_start]
     assert late, "the second half produced alerts"
