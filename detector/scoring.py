@@ -42,6 +42,18 @@ def sensor_errors(model: LSTMAutoencoder, scaled: torch.Tensor) -> torch.Tensor:
     return (reconstruction - scaled).pow(2).mean(dim=1)
 
 
+def padded_batch_size(count: int) -> int:
+    """The batch size ``count`` windows are scored at: the next step of a bounded ladder.
+
+    Exact up to 16; above, eight steps per doubling (18, 20, ..., 32, 36, 40, ...) with at most
+    an eighth of the batch padding. Sizes up to 1024 use 64 shapes in all.
+    """
+    if count <= 16:
+        return count
+    step = 1 << ((count - 1).bit_length() - 4)
+    return -(-count // step) * step
+
+
 def window_scores(errors: np.ndarray, aggregation: Aggregation = "mean") -> np.ndarray:
     """Collapse per-sensor errors ``(batch, features)`` into one score per window."""
     if aggregation == "max":
@@ -165,7 +177,14 @@ class Scorer:
         return errors if self._divisors is None else errors / self._divisors
 
     def _errors(self, batch: torch.Tensor) -> torch.Tensor:
-        return sensor_errors(self.model, (batch - self._mean) / self._scale)
+        # oneDNN keeps a compiled LSTM primitive for every input shape it meets (up to 1024,
+        # about 0.25 MiB each): scored at whatever size each micro-batch had, the daemon grew
+        # by some 130 MiB before levelling off. Padding to a ladder of 64 sizes bounds that.
+        count = len(batch)
+        padding = padded_batch_size(count) - count
+        if padding:
+            batch = torch.cat([batch, batch.new_zeros((padding, *batch.shape[1:]))])
+        return sensor_errors(self.model, (batch - self._mean) / self._scale)[:count]
 
     def window_scores(self, errors: np.ndarray) -> np.ndarray:
         """One score per window from :meth:`sensor_errors`, aggregated as the spec says."""
