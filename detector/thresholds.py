@@ -19,18 +19,12 @@ MIN_POT_PEAKS = 5
 class ThresholdSettings(Protocol):
     """What a threshold section holds (the trainer's ``threshold``, the daemon's calibration)."""
 
-    @property
-    def method(self) -> ThresholdMethod: ...
-    @property
-    def quantile(self) -> float: ...
-    @property
-    def k(self) -> float: ...
-    @property
-    def margin(self) -> float: ...
-    @property
-    def risk(self) -> float: ...
-    @property
-    def init_quantile(self) -> float: ...
+    method: ThresholdMethod
+    quantile: float
+    k: float
+    margin: float
+    risk: float
+    init_quantile: float
 
 
 def summarize_errors(errors: np.ndarray) -> dict[str, float]:
