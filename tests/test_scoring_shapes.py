@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from detector.model import LSTMAutoencoder, ModelSpec
 from detector.scaling import StandardScaler
-from detector.scoring import Scorer, padded_batch_size
+from detector.scoring import Scorer, ladder_sizes, padded_batch_size
 
 
 @given(st.integers(min_value=0, max_value=1 << 20))
@@ -20,13 +20,15 @@ def test_padded_size_covers_the_batch_with_at_most_an_eighth_padding(count: int)
 
 
 def test_every_size_up_to_1024_maps_onto_64_shapes() -> None:
-    assert len({padded_batch_size(count) for count in range(1, 1025)}) == 64
+    assert len(ladder_sizes(1024)) == 64
+    assert ladder_sizes(20) == [*range(1, 17), 18, 20]
 
 
-def _scorer() -> Scorer:
+def _scorer(max_batch_size: int = 1024, threads: int = 1) -> Scorer:
     torch.manual_seed(0)
     model = LSTMAutoencoder(ModelSpec(n_features=3, hidden_size=8, latent_size=2))
-    return Scorer(model, StandardScaler(mean=np.full(3, 5.0), scale=np.full(3, 2.0)), "cpu", 1024)
+    scaler = StandardScaler(mean=np.full(3, 5.0), scale=np.full(3, 2.0))
+    return Scorer(model, scaler, "cpu", max_batch_size, threads=threads)
 
 
 def test_the_model_only_sees_ladder_sizes_and_padding_does_not_change_errors() -> None:
@@ -41,3 +43,14 @@ def test_the_model_only_sees_ladder_sizes_and_padding_does_not_change_errors() -
         )
     assert seen == {padded_batch_size(count) for count in range(1, 301)}
     assert len(seen) == 50  # instead of one shape per batch size, 300
+
+
+def test_after_warm_up_no_batch_size_meets_a_new_shape() -> None:
+    scorer = _scorer(max_batch_size=200, threads=2)
+    seen: set[int] = set()
+    scorer.model.register_forward_pre_hook(lambda _, args: seen.add(len(args[0])))
+    scorer.warm_up(window_length=4)
+    assert seen == set(ladder_sizes(200))
+    for count in range(1, 401):
+        scorer.sensor_errors(np.zeros((count, 4, 3), np.float32))
+    assert seen == set(ladder_sizes(200))
