@@ -201,9 +201,14 @@ class Scorer:
         Each size's first batch builds and caches its oneDNN primitives: left to the stream,
         the rare large sizes kept the daemon's memory creeping up for hours. Done here, the
         first real batches pay no lazy initialisation either (about 1 s for 64 sizes up to
-        1024 windows of 32 readings, 8 sensors, on one core).
+        1024 windows of 32 readings, 8 sensors, on one core). With several workers the model
+        only meets slices (see :meth:`sensor_errors`), and only their sizes are warmed.
         """
         shape = (window_length, len(self.scaler.mean))
-        for size in ladder_sizes(self.max_batch_size):
+        largest_slice = max(
+            -(-self.max_batch_size // self.threads),
+            min(self.max_batch_size, _MIN_WINDOWS_PER_WORKER),
+        )
+        for size in ladder_sizes(largest_slice):
             self._errors(torch.zeros((size, *shape), device=self.device))
         self.sensor_errors(np.zeros((1, *shape), np.float32))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,12 +46,21 @@ def test_the_model_only_sees_ladder_sizes_and_padding_does_not_change_errors() -
     assert len(seen) == 50  # instead of one shape per batch size, 300
 
 
-def test_after_warm_up_no_batch_size_meets_a_new_shape() -> None:
+@pytest.mark.parametrize(("max_batch_size", "threads"), [(200, 1), (200, 2), (20, 2), (50, 3)])
+def test_after_warm_up_no_batch_size_meets_a_new_shape(max_batch_size: int, threads: int) -> None:
+    scorer = _scorer(max_batch_size, threads)
+    seen: set[int] = set()
+    scorer.model.register_forward_pre_hook(lambda _, args: seen.add(len(args[0])))
+    scorer.warm_up(window_length=4)
+    warmed = set(seen)
+    for count in range(1, 2 * max_batch_size + 1):
+        scorer.sensor_errors(np.zeros((count, 4, 3), np.float32))
+    assert seen == warmed
+
+
+def test_warm_up_with_workers_builds_only_slice_sizes() -> None:
     scorer = _scorer(max_batch_size=200, threads=2)
     seen: set[int] = set()
     scorer.model.register_forward_pre_hook(lambda _, args: seen.add(len(args[0])))
     scorer.warm_up(window_length=4)
-    assert seen == set(ladder_sizes(200))
-    for count in range(1, 401):
-        scorer.sensor_errors(np.zeros((count, 4, 3), np.float32))
-    assert seen == set(ladder_sizes(200))
+    assert seen == set(ladder_sizes(100))  # two workers: slices of at most 100 windows
