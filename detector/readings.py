@@ -115,7 +115,9 @@ class ReadingParser:
             return fast
         try:
             document = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8, bad JSON and integers past Python's int-conversion
+            # limit (4 300 digits), which json raises as a plain ValueError.
             result.rejections.append(Rejection(RejectReason.UNPARSABLE, str(exc)[:200]))
             return result
         if isinstance(document, list):

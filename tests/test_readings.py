@@ -126,8 +126,20 @@ def test_oversized_message_is_rejected_before_parsing() -> None:
         b'{"device_id": "d", "ts": 1',  # truncated JSON
         b'{"device_id": "\xff\xfe", "ts": 1, "sensors": {}}',  # invalid UTF-8
         b"[" * 100_000,  # nesting deeper than the recursion limit
+        # Integers past Python's int-conversion limit (4 300 digits) make json raise ValueError.
+        b"[1" + b"0" * 5000 + b"]",
+        b'{"device_id": "d", "ts": 1' + b"0" * 5000 + b', "sensors": {}}',
     ],
-    ids=["none", "empty", "bad-bytes", "truncated", "invalid-utf8", "deep-nesting"],
+    ids=[
+        "none",
+        "empty",
+        "bad-bytes",
+        "truncated",
+        "invalid-utf8",
+        "deep-nesting",
+        "huge-int",
+        "huge-int-ts",
+    ],
 )
 def test_unparsable(parser: ReadingParser, value: bytes | None) -> None:
     parsed = parser.parse(value)
