@@ -3,7 +3,10 @@
 Pure decisions on timestamps and values (no I/O), applied by the daemon before a reading touches
 the ring buffer: duplicates, late and future readings are rejected; a reading a little out of
 order is inserted in time order; a long gap resets the window so no window spans it; missing
-sensors are filled from the device's previous reading for a limited number of readings.
+sensors are filled from the device's previous reading for a limited number of readings. A run of
+late readings means the device's clock stepped back (or one reading was stamped ahead of it), so
+after a limited number of them the window restarts rather than reject the device's readings until
+its clock catches up with the newest one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class Placement(enum.Enum):
     APPEND = "append"  # newest reading: may complete a window
     INSERT = "insert"  # late but within the grace period: inserted in time order
     RESET = "reset"  # after a gap: the window restarts with this reading
+    CLOCK_RESET = "clock_reset"  # after a run of late readings: the window restarts with this one
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,19 @@ class AdmissionPolicy:
     max_future_skew_s: float = 300.0
     max_gap_s: float | None = None
     max_imputed_readings: int = 0
+    max_late_readings: int | None = None
 
-    def place(self, ts: float, last_ts: float, now: float) -> Placement | RejectReason:
+    def place(
+        self, ts: float, last_ts: float, now: float, late_streak: int = 0
+    ) -> Placement | RejectReason:
         """Decide for a reading at ``ts`` given the device's newest ``last_ts`` and wall-clock ``now``.
 
-        Exact duplicates of the newest timestamp are reported here; duplicates of older
-        timestamps inside the grace period are the caller's to detect (it holds the window).
+        ``late_streak`` counts the device's readings rejected as late just before this one; once
+        ``max_late_readings`` of them were rejected the next late one restarts the window, since
+        a clock that stepped back would otherwise have every reading refused until it caught up
+        (an hour for a one-hour step). Exact duplicates of the newest timestamp are reported here;
+        duplicates of older timestamps inside the grace period are the caller's to detect (it
+        holds the window).
         """
         if ts > now + self.max_future_skew_s:
             return RejectReason.FUTURE_TIMESTAMP
@@ -54,6 +65,8 @@ class AdmissionPolicy:
             return Placement.APPEND
         if last_ts - ts <= self.out_of_order_grace_s:
             return Placement.INSERT
+        if self.max_late_readings is not None and late_streak >= self.max_late_readings:
+            return Placement.CLOCK_RESET
         return RejectReason.LATE
 
 

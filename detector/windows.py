@@ -38,6 +38,11 @@ class WindowStore:
     ``append`` writes one reading in O(features) with no per-reading allocation of Python objects
     beyond the first sight of a device. A device's window is *ready* when its buffer is full and
     ``stride`` readings have arrived since its last ready window.
+
+    Devices also leave: ``remove`` frees a slot for the next new device, so a fleet that replaces
+    its devices reuses memory instead of growing, and ``compact`` shrinks the buffers once the
+    fleet has shrunk to a quarter of them. ``touch`` records when a device was last seen, so
+    ``idle`` and ``longest_idle`` can say whom to forget.
     """
 
     def __init__(
@@ -54,12 +59,18 @@ class WindowStore:
         self.n_features = n_features
         self.stride = stride
         self.max_devices = max_devices
+        self._initial_capacity = initial_capacity
         self._slots: dict[str, int] = {}
+        self._ids: list[str | None] = []  # device of each slot ever handed out; None: free
+        self._free: list[int] = []
         self._values = np.zeros((initial_capacity, length, n_features), dtype=np.float32)
         self._timestamps = np.zeros((initial_capacity, length), dtype=np.float64)
         self._next = np.zeros(initial_capacity, dtype=np.int64)  # next write position
         self._count = np.zeros(initial_capacity, dtype=np.int64)  # readings since last reset
         self._last_ts = np.full(initial_capacity, -np.inf, dtype=np.float64)
+        # When each device was last seen; +inf (never idle) for free slots and untouched devices.
+        self._last_seen = np.full(initial_capacity, np.inf, dtype=np.float64)
+        self._idle_order: list[tuple[int, float]] = []  # longest-idle candidates, oldest last
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -72,17 +83,99 @@ class WindowStore:
         """Devices that have a slot, in first-seen order."""
         return list(self._slots)
 
+    @property
+    def capacity(self) -> int:
+        """Devices the buffers have room for before they grow."""
+        return len(self._next)
+
     def slot(self, device_id: str) -> int:
-        """The slot of ``device_id``, allocated on first sight."""
+        """The slot of ``device_id``, allocated on first sight (a freed one if there is one)."""
         slot = self._slots.get(device_id)
         if slot is None:
             if self.max_devices is not None and len(self._slots) >= self.max_devices:
                 raise OverflowError(f"more than {self.max_devices} devices")
-            slot = len(self._slots)
-            if slot == len(self._next):
-                self._grow()
+            if self._free:
+                slot = self._free.pop()
+                self._ids[slot] = device_id
+            else:
+                slot = len(self._ids)
+                if slot == len(self._next):
+                    self._grow()
+                self._ids.append(device_id)
             self._slots[device_id] = slot
         return slot
+
+    def remove(self, device_id: str) -> None:
+        """Forget a device entirely; its slot goes to the next new device (unknown: no-op)."""
+        slot = self._slots.pop(device_id, None)
+        if slot is None:
+            return
+        self.reset(slot)
+        self._last_seen[slot] = np.inf
+        self._ids[slot] = None
+        self._free.append(slot)
+
+    def touch(self, slot: int, seen: float) -> None:
+        """Record that the device in ``slot`` was seen at time ``seen`` (one array write)."""
+        self._last_seen[slot] = seen
+
+    def idle(self, before: float) -> list[str]:
+        """Devices last seen before ``before`` (devices never touched are never idle)."""
+        slots = np.flatnonzero(self._last_seen[: len(self._ids)] < before)
+        return [self._ids[slot] for slot in slots.tolist()]  # type: ignore[misc]
+
+    def longest_idle(self) -> tuple[str, float] | None:
+        """The device seen longest ago and when, ``None`` if no device was ever touched.
+
+        Candidates are ranked a batch (1 % of the devices) at a time, so that a stream of new
+        devices arriving at ``max_devices``, each replacing the longest-idle one, costs one
+        partial sort per batch rather than a scan of every slot per device. The answer is exact
+        while touch times never decrease (the daemon's stream clock): a device outside the batch
+        was seen no earlier than every device in it.
+        """
+        while True:
+            while self._idle_order:
+                slot, seen = self._idle_order[-1]
+                if self._last_seen[slot] == seen:  # not touched again nor removed since ranked
+                    return self._ids[slot], seen  # type: ignore[return-value]
+                self._idle_order.pop()
+            seen_at = self._last_seen[: len(self._ids)]
+            touched = np.flatnonzero(seen_at < np.inf)
+            if len(touched) == 0:
+                return None
+            batch = min(len(touched), max(1, len(self._slots) // 100))
+            ranked = touched[np.argpartition(seen_at[touched], batch - 1)[:batch]]
+            ranked = ranked[np.argsort(-seen_at[ranked], kind="stable")]
+            self._idle_order = [(slot, float(seen_at[slot])) for slot in ranked.tolist()]
+
+    def compact(self) -> bool:
+        """Shrink the buffers to twice the devices left once they hold under a quarter of them.
+
+        Returns whether it shrank. Slots are renumbered, so no slot number obtained before may
+        be used after; the devices' windows, timestamps and last-seen times are kept.
+        """
+        capacity = len(self._next)
+        if capacity <= self._initial_capacity or 4 * len(self._slots) > capacity:
+            return False
+        keep = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        size = max(self._initial_capacity, 2 * len(keep))
+
+        def shrink(array: np.ndarray, fill: float) -> np.ndarray:
+            shrunk = _buffer((size, *array.shape[1:]), array.dtype, fill)
+            shrunk[: len(keep)] = array[keep]
+            return shrunk
+
+        self._values = shrink(self._values, 0.0)
+        self._timestamps = shrink(self._timestamps, 0.0)
+        self._next = shrink(self._next, 0)
+        self._count = shrink(self._count, 0)
+        self._last_ts = shrink(self._last_ts, -np.inf)
+        self._last_seen = shrink(self._last_seen, np.inf)
+        self._slots = {device_id: slot for slot, device_id in enumerate(self._slots)}
+        self._ids = list(self._slots)
+        self._free = []
+        self._idle_order = []
+        return True
 
     def last_timestamp(self, device_id: str) -> float:
         """Timestamp of the device's newest reading, ``-inf`` if none."""
@@ -162,10 +255,7 @@ class WindowStore:
             capacity = max(min(capacity, self.max_devices), len(self._next) + 1)
 
         def extend(array: np.ndarray, fill: float) -> np.ndarray:
-            # Zeroed memory becomes resident only when written, so the unused part of a doubled
-            # buffer costs address space, not RSS.
-            shape = (capacity, *array.shape[1:])
-            grown = np.zeros(shape, array.dtype) if fill == 0 else np.full(shape, fill, array.dtype)
+            grown = _buffer((capacity, *array.shape[1:]), array.dtype, fill)
             grown[: len(array)] = array
             return grown
 
@@ -174,3 +264,10 @@ class WindowStore:
         self._next = extend(self._next, 0)
         self._count = extend(self._count, 0)
         self._last_ts = extend(self._last_ts, -np.inf)
+        self._last_seen = extend(self._last_seen, np.inf)
+
+
+def _buffer(shape: tuple[int, ...], dtype: np.dtype, fill: float) -> np.ndarray:
+    # Zeroed memory becomes resident only when written, so the unused part of a grown or shrunk
+    # buffer costs address space, not RSS.
+    return np.zeros(shape, dtype) if fill == 0 else np.full(shape, fill, dtype)

@@ -115,3 +115,79 @@ def test_reset_forgets_history_and_last_timestamp() -> None:
     assert store.last_timestamp("d") == -np.inf
     assert store.newest_values(slot) is None
     assert not store.append(slot, 10, np.array([10], np.float32))
+
+
+def _outcomes(policy: AdmissionPolicy, stamps: list[float]) -> list[Placement | RejectReason]:
+    """Feed one device's timestamps through the policy as the daemon does (streak and newest)."""
+    last, streak, outcomes = -np.inf, 0, []
+    for ts in stamps:
+        outcome = policy.place(ts, last, NOW, late_streak=streak)
+        streak = streak + 1 if outcome is RejectReason.LATE else 0
+        if outcome in (Placement.APPEND, Placement.RESET, Placement.CLOCK_RESET):
+            last = ts
+        outcomes.append(outcome)
+    return outcomes
+
+
+def test_a_run_of_late_readings_restarts_the_window_from_the_next() -> None:
+    policy = AdmissionPolicy(max_late_readings=3)
+    assert policy.place(NOW - 100, NOW, NOW, late_streak=2) is RejectReason.LATE
+    assert policy.place(NOW - 100, NOW, NOW, late_streak=3) is Placement.CLOCK_RESET
+    # Inside the grace period a reading is inserted, whatever the streak.
+    assert AdmissionPolicy(5, max_late_readings=1).place(NOW - 1, NOW, NOW, 9) is Placement.INSERT
+
+
+def test_late_readings_never_restart_the_window_when_the_limit_is_off() -> None:
+    policy = AdmissionPolicy(max_late_readings=None)
+    assert policy.place(NOW - 100, NOW, NOW, late_streak=10**9) is RejectReason.LATE
+
+
+@given(
+    before=st.integers(1, 30),
+    after=st.integers(1, 80),
+    step_back=st.floats(100.0, 1e7),
+    limit=st.integers(1, 20),
+)
+def test_clock_step_back_blinds_a_device_for_at_most_the_limit(
+    before: int, after: int, step_back: float, limit: int
+) -> None:
+    """A clock that steps back by any amount costs ``limit`` readings, then all are accepted."""
+    start = NOW - 1e8
+    stamps = [start + i for i in range(before)]
+    stamps += [stamps[-1] - step_back + i for i in range(after)]
+    outcomes = _outcomes(AdmissionPolicy(max_late_readings=limit), stamps)
+    late = min(after, limit)
+    expected = [Placement.APPEND] * before + [RejectReason.LATE] * late
+    if after > limit:
+        expected += [Placement.CLOCK_RESET] + [Placement.APPEND] * (after - limit - 1)
+    assert outcomes == expected
+
+
+@given(
+    before=st.integers(1, 30),
+    ahead=st.integers(2, 1000).map(lambda s: s + 0.5),  # not on the device's 1 s grid
+    after=st.integers(1, 80),
+    limit=st.integers(1, 20),
+)
+def test_one_reading_ahead_blinds_a_device_for_at_most_the_limit(
+    before: int, ahead: float, after: int, limit: int
+) -> None:
+    """One reading ahead of the device's clock: at most ``limit`` of the next are rejected."""
+    start = NOW - 1e8
+    stamps = [start + i for i in range(before)]
+    stamps += [stamps[-1] + ahead] + [stamps[-1] + 1 + i for i in range(after)]
+    outcomes = _outcomes(AdmissionPolicy(max_late_readings=limit), stamps)
+    rejected = [o for o in outcomes[before + 1 :] if isinstance(o, RejectReason)]
+    assert rejected == [RejectReason.LATE] * len(rejected)
+    assert len(rejected) <= limit
+
+
+@given(st.lists(st.floats(NOW - 1e6, NOW), max_size=200), st.integers(1, 10))
+def test_never_more_late_rejections_in_a_row_than_the_limit(
+    stamps: list[float], limit: int
+) -> None:
+    run = longest = 0
+    for outcome in _outcomes(AdmissionPolicy(max_late_readings=limit), stamps):
+        run = run + 1 if outcome is RejectReason.LATE else 0
+        longest = max(longest, run)
+    assert longest <= limit

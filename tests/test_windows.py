@@ -228,3 +228,101 @@ def test_window_end_indices_match_sliding_windows(n_rows: int, length: int, stri
     for window, end in zip(windows, ends, strict=True):
         assert window[-1, 0] == values[end, 0]
         assert window[0, 0] == values[end - length + 1, 0]
+
+
+def test_a_removed_device_frees_its_slot_for_the_next_new_one() -> None:
+    store = WindowStore(length=2, n_features=1, initial_capacity=2, max_devices=2)
+    _feed(store, "a", _rows(2, features=1))
+    _feed(store, "b", _rows(2, features=1))
+    freed = store.slot("a")
+    store.remove("a")
+    assert "a" not in store and len(store) == 1 and store.device_ids == ["b"]
+    assert store.slot("c") == freed  # at max_devices, but the slot is free again
+    assert store.newest_values(freed) is None and store.last_timestamp("c") == -np.inf
+    assert store.capacity == 2
+    store.remove("nobody")  # forgetting an unknown device is a no-op
+
+
+def test_churn_of_short_lived_devices_does_not_grow_the_buffers() -> None:
+    """A fleet that replaces its devices reuses slots: memory follows the live fleet."""
+    store = WindowStore(length=4, n_features=3, initial_capacity=16)
+    for i in range(20_000):
+        _feed(store, f"dev-{i}", _rows(4, features=3))
+        if i >= 10:
+            store.remove(f"dev-{i - 10}")
+    assert len(store) == 10
+    assert store.capacity == 16
+
+
+def test_idle_lists_devices_last_seen_before_the_cutoff() -> None:
+    store = WindowStore(length=2, n_features=1)
+    for device, seen in (("a", 10.0), ("b", 20.0), ("c", 30.0)):
+        store.touch(store.slot(device), seen)
+    store.slot("never-seen")
+    assert sorted(store.idle(before=25.0)) == ["a", "b"]
+    assert store.idle(before=10.0) == []
+    assert store.longest_idle() == ("a", 10.0)
+    store.touch(store.slot("a"), 40.0)
+    assert store.longest_idle() == ("b", 20.0)
+    store.remove("b")
+    assert store.longest_idle() == ("c", 30.0)
+
+
+def test_compact_shrinks_the_buffers_and_keeps_the_survivors_windows() -> None:
+    store = WindowStore(length=3, n_features=2, initial_capacity=4)
+    for i in range(64):
+        _feed(store, f"dev-{i}", _rows(5) + i, ts0=100.0 * i)
+        store.touch(store.slot(f"dev-{i}"), float(i))
+    assert store.capacity == 64
+    for i in range(64):
+        if i % 16:
+            store.remove(f"dev-{i}")
+    assert store.compact()
+    assert store.capacity == 8
+    assert store.device_ids == ["dev-0", "dev-16", "dev-32", "dev-48"]
+    for i in (0, 16, 32, 48):
+        slot = store.slot(f"dev-{i}")
+        np.testing.assert_array_equal(store.window(slot), (_rows(5) + i)[2:5])
+        assert store.last_timestamp(f"dev-{i}") == 100.0 * i + 4
+    assert store.longest_idle() == ("dev-0", 0.0)
+    assert not store.compact()  # already small
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "remove"]), st.integers(0, 30)),
+        max_size=200,
+    )
+)
+def test_store_with_removals_matches_a_dictionary_of_devices(ops: list[tuple[str, int]]) -> None:
+    """Whatever devices come and go, each survivor's window is exactly its own readings."""
+    store = WindowStore(length=3, n_features=1, initial_capacity=1)
+    model: dict[str, list[float]] = {}
+    seen: dict[str, float] = {}
+    for clock, (op, number) in enumerate(ops):
+        device = f"d{number}"
+        if op == "remove":
+            store.remove(device)
+            model.pop(device, None)
+            seen.pop(device, None)
+            continue
+        slot = store.slot(device)
+        value = float(clock)
+        store.append(slot, value, np.array([value], np.float32))
+        store.touch(slot, value)
+        model.setdefault(device, []).append(value)
+        seen[device] = value
+        if clock % 7 == 0:
+            store.compact()
+    assert sorted(store.device_ids) == sorted(model)
+    for device, values in model.items():
+        slot = store.slot(device)
+        filled = min(len(values), 3)
+        np.testing.assert_array_equal(store.window(slot).ravel()[3 - filled :], values[-filled:])
+    if seen:
+        assert store.longest_idle() == min(seen.items(), key=lambda item: item[1])
+        cutoff = sorted(seen.values())[len(seen) // 2]
+        assert sorted(store.idle(cutoff)) == sorted(d for d, t in seen.items() if t < cutoff)
+    else:
+        assert store.longest_idle() is None
