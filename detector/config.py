@@ -5,10 +5,20 @@ Example override: ``DETECTOR_KAFKA__BOOTSTRAP_SERVERS=broker:9092``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from detector.alerts import AlertRule
 from detector.calibration import CalibrationRule
@@ -22,13 +32,47 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+# host, IPv4 or [IPv6], optional port; kafka-python also drops a leading "<protocol>://".
+_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?")
+
+
+def _topic_name(name: str) -> str:
+    """Kafka's rule for topic names, checked here so a bad one fails start-up, not an alert."""
+    if not _TOPIC.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            "not a legal Kafka topic name: 1 to 249 of a-z A-Z 0-9 . _ - (and not . or ..)"
+        )
+    return name
+
+
+def _bootstrap_server(server: str) -> str:
+    match = _SERVER.fullmatch(server)
+    if match is None or not 0 < int(match.group(1) or 9092) < 65536:
+        raise ValueError("expected host:port with a port from 1 to 65535 (or host, port 9092)")
+    return server
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
+BootstrapServer = Annotated[str, AfterValidator(_bootstrap_server)]
+
+
 class KafkaConfig(_Section):
     """Where readings come from and alerts go, and how the consumer group behaves."""
 
-    bootstrap_servers: list[str] = Field(default_factory=lambda: ["localhost:9092"], min_length=1)
-    readings_topics: list[str] = Field(default_factory=lambda: ["sensor-readings"], min_length=1)
-    alerts_topic: str = "sensor-alerts"
-    dead_letter_topic: str | None = None
+    bootstrap_servers: list[BootstrapServer] = Field(
+        default_factory=lambda: ["localhost:9092"], min_length=1
+    )
+    bootstrap_timeout_ms: int = Field(
+        30_000,
+        ge=1000,
+        description="start-up waits this long for a bootstrap server to answer, then exits 2",
+    )
+    readings_topics: list[TopicName] = Field(
+        default_factory=lambda: ["sensor-readings"], min_length=1
+    )
+    alerts_topic: TopicName = "sensor-alerts"
+    dead_letter_topic: TopicName | None = None
     group_id: str = "anomaly-detector"
     client_id: str = "anomaly-detector"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -55,6 +99,17 @@ class KafkaConfig(_Section):
     sasl_password_file: Path | None = Field(
         None, description="read the SASL password from this file (e.g. a mounted secret)"
     )
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable_with_tls(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        # kafka-python only opens these on its first connection and then retries forever.
+        if path is not None and info.data.get("security_protocol") in ("SSL", "SASL_SSL"):
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        return path
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaConfig:
@@ -186,6 +241,15 @@ class MetricsConfig(_Section):
     port: int = Field(9108, ge=0, le=65535)
     liveness_timeout_s: float = Field(
         60.0, gt=0, description="/healthz fails after this long stuck"
+    )
+    max_connections: int = Field(
+        32, ge=1, le=1000, description="open HTTP connections; a new one closes the oldest"
+    )
+    idle_timeout_s: float = Field(
+        5.0, gt=0, description="close a connection that sends or reads nothing for this long"
+    )
+    exposition_cache_s: float = Field(
+        1.0, ge=0, description="/metrics answers with the same page for this long (0: off)"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from detector.config import ENV_PREFIX, DetectorConfig
@@ -304,3 +307,208 @@ def test_cli_missing_model_exits_2_naming_the_model(cli_runs: CliRuns) -> None:
     assert code == 2
     assert "cannot load model" in stderr
     assert str(cli_runs.missing_model_path) in stderr
+
+
+# --- issue 10: topic names, bootstrap servers, TLS files (items 7 and 15) -------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["bad topic", "", "x" * 250, ".", "..", "alerts/eu", "alertes-é", "a\nb"]
+)
+@pytest.mark.parametrize(
+    "variable",
+    ["DETECTOR_KAFKA__ALERTS_TOPIC", "DETECTOR_KAFKA__DEAD_LETTER_TOPIC"],
+)
+def test_illegal_topic_name_is_a_config_error(variable: str, name: str) -> None:
+    field = variable.removeprefix("DETECTOR_KAFKA__").lower()
+    with pytest.raises(ConfigError, match=rf"kafka\.{field}.*\(from {variable}\)"):
+        _detector(**{variable: name})
+
+
+@pytest.mark.parametrize("name", ["bad topic", "", "x" * 250, ".."])
+def test_illegal_readings_topic_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.readings_topics"):
+        _detector(DETECTOR_KAFKA__READINGS_TOPICS=json.dumps(["ok", name]))
+
+
+def test_legal_topic_names_are_accepted() -> None:
+    longest = "t" * 249
+    config = _detector(
+        DETECTOR_KAFKA__ALERTS_TOPIC="plant-1.alerts_v2",
+        DETECTOR_KAFKA__DEAD_LETTER_TOPIC=longest,
+        DETECTOR_KAFKA__READINGS_TOPICS='["a", "B.c-d_e"]',
+    )
+    assert config.kafka.alerts_topic == "plant-1.alerts_v2"
+    assert config.kafka.dead_letter_topic == longest
+
+
+@pytest.mark.parametrize(
+    "server", ["localhost:notaport", "broker:", ":9092", "broker:0", "broker:70000", "", "a b:9092"]
+)
+def test_malformed_bootstrap_server_is_a_config_error(server: str) -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_servers"):
+        _detector(DETECTOR_KAFKA__BOOTSTRAP_SERVERS=json.dumps([server]))
+
+
+def test_bootstrap_server_forms_kafka_accepts() -> None:
+    servers = ["broker", "broker-1.kafka.svc:9093", "10.0.0.7:9092", "[::1]:9092"]
+    config = _detector(DETECTOR_KAFKA__BOOTSTRAP_SERVERS=json.dumps(servers))
+    assert config.kafka.bootstrap_servers == servers
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+@pytest.mark.parametrize("field", ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+def test_missing_tls_file_is_a_config_error(tmp_path: Path, protocol: str, field: str) -> None:
+    sasl = {
+        "DETECTOR_KAFKA__SASL_MECHANISM": "PLAIN",
+        "DETECTOR_KAFKA__SASL_USERNAME": "u",
+        "DETECTOR_KAFKA__SASL_PASSWORD": "p",
+    }
+    for path in (tmp_path / "missing.pem", tmp_path):  # absent, and a directory
+        with pytest.raises(ConfigError, match=rf"kafka\.{field}.*cannot read"):
+            _detector(
+                DETECTOR_KAFKA__SECURITY_PROTOCOL=protocol,
+                **{f"DETECTOR_KAFKA__{field.upper()}": str(path)},
+                **(sasl if protocol == "SASL_SSL" else {}),
+            )
+
+
+def test_readable_tls_files_are_accepted(tmp_path: Path) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = _detector(
+        DETECTOR_KAFKA__SECURITY_PROTOCOL="SSL",
+        DETECTOR_KAFKA__SSL_CAFILE=str(pem),
+        DETECTOR_KAFKA__SSL_CERTFILE=str(pem),
+        DETECTOR_KAFKA__SSL_KEYFILE=str(pem),
+    )
+    assert config.kafka.ssl_cafile == pem
+
+
+def test_tls_files_are_not_checked_without_tls(tmp_path: Path) -> None:
+    config = _detector(DETECTOR_KAFKA__SSL_CAFILE=str(tmp_path / "for-later.pem"))
+    assert config.kafka.security_protocol == "PLAINTEXT"
+
+
+# --- issue 10 item 13: no configuration content in error messages --------------------------------
+
+SECRET = "Zq9-hunter2"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"sasl_password: @{SECRET}: x",
+        f"sasl_password: %{SECRET}",
+        f"sasl_password: `{SECRET}",
+        f"sasl_password: {SECRET}: x",
+        f"sasl_password: *{SECRET}",
+        f"sasl_password: !{SECRET} x",
+        f'sasl_password: "{SECRET}\\q"',
+        f"sasl_password: [{SECRET}",
+    ],
+)
+def test_yaml_syntax_error_never_echoes_the_line(tmp_path: Path, line: str) -> None:
+    path = _write(tmp_path, f"model: {{path: m}}\nkafka:\n  {line}\n")
+    with pytest.raises(ConfigError) as info:
+        _detector(path)
+    message = str(info.value)
+    assert "invalid YAML" in message and str(path) in message
+    assert "line " in message and "column" in message
+    assert "Zq9" not in message and "hunter" not in message
+    assert "\n" not in message
+
+
+def test_yaml_error_points_at_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"model: {{path: m}}\nkafka:\n  sasl_password: @{SECRET}: x\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 18"):
+        _detector(path)
+
+
+def test_yaml_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"model: {path: m}\nkafka: {sasl_password: caf\xe9}\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        _detector(path)
+
+
+@pytest.mark.parametrize(
+    "kafka",
+    [
+        {"sasl_password": {SECRET: 1}},
+        {"sasl_password": [SECRET]},
+        {"security_protocol": SECRET},
+        {"request_timeout_ms": SECRET},
+        {"bootstrap_servers": SECRET},
+    ],
+)
+def test_validation_errors_never_echo_values(tmp_path: Path, kafka: dict) -> None:
+    path = _write(tmp_path, yaml.safe_dump({"model": {"path": "m"}, "kafka": kafka}))
+    with pytest.raises(ConfigError) as info:
+        _detector(path)
+    assert "Zq9" not in str(info.value)
+
+
+def test_every_error_is_on_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        _detector(DETECTOR_SCORING__MAX_BATCH_SIZE="0", DETECTOR_METRICS__PORT="70000")
+    assert "\n" not in str(info.value)
+
+
+# --- issue 10 item 14: environment variables that are not settings -----------------------------
+
+# What Kubernetes injects into every pod of a namespace with a Service named "detector".
+SERVICE_LINKS = {
+    "DETECTOR_SERVICE_HOST": "10.96.0.12",
+    "DETECTOR_SERVICE_PORT": "9108",
+    "DETECTOR_SERVICE_PORT_METRICS": "9108",
+    "DETECTOR_PORT": "tcp://10.96.0.12:9108",
+    "DETECTOR_PORT_9108_TCP": "tcp://10.96.0.12:9108",
+    "DETECTOR_PORT_9108_TCP_ADDR": "10.96.0.12",
+    "DETECTOR_PORT_9108_TCP_PORT": "9108",
+    "DETECTOR_PORT_9108_TCP_PROTO": "tcp",
+}
+
+
+def test_kubernetes_service_links_are_ignored_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="detector.settings"):
+        config = _detector(**SERVICE_LINKS, DETECTOR_KAFKA__GROUP_ID="g")
+    assert config.kafka.group_id == "g"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "detector.settings"]
+    assert len(warnings) == 1
+    assert all(name in warnings[0] for name in SERVICE_LINKS)
+    assert "10.96.0.12" not in warnings[0] and "tcp:" not in warnings[0]  # names, not values
+
+
+def test_trainer_ignores_service_links_too() -> None:
+    config = load_settings(
+        TrainerConfig,
+        TRAINER_YAML,
+        TRAINER_PREFIX,
+        environ={"TRAINER_SERVICE_HOST": "10.0.0.1", "TRAINER_PORT": "tcp://10.0.0.1:80"},
+    )
+    assert config.training.epochs >= 1
+
+
+@pytest.mark.parametrize("password", ["[Zq9", "{Zq9", '["Zq9"]', '{"Zq9": 1}', "[]"])
+def test_string_settings_from_env_are_literal(password: str) -> None:
+    config = _detector(
+        DETECTOR_KAFKA__SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        DETECTOR_KAFKA__SASL_MECHANISM="PLAIN",
+        DETECTOR_KAFKA__SASL_USERNAME="{user}",
+        DETECTOR_KAFKA__SASL_PASSWORD=password,
+        DETECTOR_KAFKA__GROUP_ID="[group]",
+    )
+    assert config.kafka.sasl_password is not None
+    assert config.kafka.sasl_password.get_secret_value() == password
+    assert config.kafka.sasl_username == "{user}"
+    assert config.kafka.group_id == "[group]"
+
+
+def test_invalid_json_error_does_not_echo_the_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        _detector(DETECTOR_KAFKA__READINGS_TOPICS="[Zq9")
+    assert "DETECTOR_KAFKA__READINGS_TOPICS" in str(info.value)
+    assert "Zq9" not in str(info.value)
