@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     metrics = DetectorMetrics()
     health = HealthState(liveness_timeout_s=config.metrics.liveness_timeout_s)
-    server = serve(config.metrics.host, config.metrics.port, metrics.registry, health)
+    server = serve(config.metrics, metrics.registry, health)
     host, port = server.server_address[:2]
     log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
     producer = build_producer(config.kafka)
