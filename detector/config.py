@@ -145,7 +145,21 @@ class WindowConfig(_Section):
     """Rolling-window behaviour; the window length itself comes from the model artifact."""
 
     stride: int = Field(1, ge=1, description="score a device's window every N readings once full")
-    max_devices: int = Field(1_000_000, ge=1)
+    max_devices: int = Field(
+        1_000_000,
+        ge=1,
+        description="devices with a window; at the limit a new one replaces the longest-idle one",
+    )
+    device_idle_timeout_s: float | None = Field(
+        3600.0,
+        gt=0,
+        description="forget a device silent this long (stream time) unless firing; None: never",
+    )
+    capacity_min_idle_s: float = Field(
+        60.0,
+        ge=0,
+        description="at max_devices a new device replaces one only if it is silent this long",
+    )
     out_of_order_grace_s: float = Field(
         5.0, ge=0, description="older readings within this much of the newest are inserted in order"
     )
@@ -155,6 +169,11 @@ class WindowConfig(_Section):
     )
     max_imputed_readings: int = Field(
         3, ge=0, description="consecutive readings whose missing sensors may be filled"
+    )
+    max_late_readings: int | None = Field(
+        10,
+        ge=1,
+        description="late readings in a row rejected before the window restarts (None: never)",
     )
     rebuild_records: int = Field(
         2000,

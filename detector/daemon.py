@@ -141,6 +141,7 @@ class Detector:
             max_future_skew_s=windows.max_future_skew_s,
             max_gap_s=windows.max_gap_s,
             max_imputed_readings=windows.max_imputed_readings,
+            max_late_readings=windows.max_late_readings,
         )
         self.pending = PendingWindows(
             config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
@@ -159,12 +160,20 @@ class Detector:
         self._resume_at: dict[TopicPartition, int] = {}  # below this offset: rebuilding
         self._device_partition: dict[str, TopicPartition] = {}
         self._imputed_streak: dict[str, int] = {}
+        self._late_streak: dict[str, int] = {}  # late readings in a row: a clock that stepped?
+        # Stream time: the newest accepted reading's timestamp, capped at the wall clock. Idle
+        # devices are judged by it, so a broker outage, a stall or a backlog makes none idle.
+        self._stream_time = -math.inf
         self._last_commit = 0.0
         self._last_housekeeping = 0.0
         self._bad_data_log = RateLimitedLog(log)
         self.health.model_loaded = True
         self.health.partitions_assigned = lambda: len(self.consumer.assignment())
         self.health.broker_reachable = self._broker_reachable
+        # Evaluated at each scrape, like /readyz: a loop blocked in a publish retry cannot leave
+        # them stale (the broker gauge stayed 1 through an outage /readyz reported).
+        self.metrics.broker_reachable.set_function(lambda: float(self._broker_reachable()))
+        self.metrics.devices_tracked.set_function(lambda: len(self.store))
 
     def _install_model(self, artifact: Artifact, scorer: Scorer) -> None:
         """Make ``artifact`` the model that scores every following batch."""
@@ -258,7 +267,8 @@ class Detector:
     ) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
         """Act on partitions revoked or assigned during the last poll.
 
-        Devices of a partition that moved start over; a newly assigned partition is rewound
+        Devices of a partition that moved are forgotten (their slots freed; those of a partition
+        that stays are rebuilt with it); a newly assigned partition is rewound
         before its committed offset so its windows are rebuilt before anything is published.
         Returns the poll's records minus those of rewound partitions.
         """
@@ -272,12 +282,7 @@ class Detector:
         moved = revoked | assigned
         for device_id, tp in list(self._device_partition.items()):
             if tp in moved:
-                self.store.reset(self.store.slot(device_id))
-                self.tracker.states.pop(device_id, None)
-                if self.calibrator is not None:
-                    self.calibrator.devices.pop(device_id, None)
-                self._imputed_streak.pop(device_id, None)
-                del self._device_partition[device_id]
+                self._forget(device_id)
                 self.metrics.window_resets.labels(reason="rebalance").inc()
         for tp in moved:
             self._processed.pop(tp, None)
@@ -374,14 +379,23 @@ class Detector:
         live: bool,
         now: float,
     ) -> None:
-        try:
-            slot = self.store.slot(device_id)
-        except OverflowError as exc:
-            self._reject(RejectReason.TOO_MANY_DEVICES, str(exc), record, index, live)
+        slot = self._slot(device_id)
+        if slot is None:
+            detail = f"{device_id}: {len(self.store)} devices, none idle long enough to replace"
+            self._reject(RejectReason.TOO_MANY_DEVICES, detail, record, index, live)
             return
         if self._device_partition.get(device_id) != tp:
             self._device_partition[device_id] = tp
-        placement = self.policy.place(ts, self.store.last_timestamp(device_id), now)
+        late_streak = self._late_streak.get(device_id, 0)
+        placement = self.policy.place(ts, self.store.last_timestamp(device_id), now, late_streak)
+        if placement is RejectReason.LATE:
+            self._late_streak[device_id] = late_streak + 1
+        elif late_streak:
+            del self._late_streak[device_id]
+        if ts > self._stream_time and not isinstance(placement, RejectReason):
+            # Capped so that one reading stamped ahead cannot make the whole fleet look idle.
+            self._stream_time = min(ts, now)
+        self.store.touch(slot, self._stream_time)
         if isinstance(placement, RejectReason):
             self._reject(placement, f"{device_id} ts {ts}", record, index, live)
             return
@@ -417,14 +431,72 @@ class Detector:
             if live:
                 self.metrics.readings_accepted.inc()
             return
-        if placement is Placement.RESET:
+        if placement is Placement.RESET or placement is Placement.CLOCK_RESET:
             self.store.reset(slot)
             if live:
-                self.metrics.window_resets.labels(reason="gap").inc()
+                reason = "gap" if placement is Placement.RESET else "clock"
+                self.metrics.window_resets.labels(reason=reason).inc()
         if live:
             self.metrics.readings_accepted.inc()
         if self.store.append(slot, ts, values):
             self.pending.add(self.store, slot, device_id, live, time.monotonic())
+
+    def _slot(self, device_id: str) -> int | None:
+        """The device's window slot; at ``max_devices`` a new device takes the longest-idle one's.
+
+        Only a device silent for ``capacity_min_idle_s`` is replaced, otherwise the new device
+        is refused (``None``): a fleet larger than the limit whose devices all report would
+        have each device replaced just before its next reading, and none would fill a window.
+        """
+        try:
+            return self.store.slot(device_id)
+        except OverflowError:
+            oldest = self.store.longest_idle()
+            if oldest is None or self._stream_time - oldest[1] < (
+                self.config.windows.capacity_min_idle_s
+            ):
+                return None
+        if self._forget(oldest[0]):
+            self._bad_data_log.warning(
+                "evicted_firing",
+                "replaced firing device %s at max_devices: its episode gets no resolved alert",
+                oldest[0],
+            )
+        self.metrics.devices_evicted.labels(reason="capacity").inc()
+        return self.store.slot(device_id)
+
+    def _forget(self, device_id: str) -> bool:
+        """Drop all of a device's state and free its slot; returns whether it was firing."""
+        self.store.remove(device_id)
+        state = self.tracker.states.pop(device_id, None)
+        if self.calibrator is not None:
+            self.calibrator.devices.pop(device_id, None)
+        self._imputed_streak.pop(device_id, None)
+        self._late_streak.pop(device_id, None)
+        self._device_partition.pop(device_id, None)
+        firing = state is not None and state.firing
+        if firing:
+            self.metrics.alerts_firing.dec()
+        return firing
+
+    def _forget_idle(self) -> None:
+        """Forget devices silent for ``device_idle_timeout_s`` of stream time, unless firing.
+
+        A firing device is kept, so that when it reports again its episode resolves (or goes on)
+        rather than stay open on the alerts topic; at ``max_devices`` it can still be replaced.
+        """
+        timeout = self.config.windows.device_idle_timeout_s
+        if timeout is None:
+            return
+        forgotten = 0
+        for device_id in self.store.idle(before=self._stream_time - timeout):
+            state = self.tracker.states.get(device_id)
+            if state is None or not state.firing:
+                self._forget(device_id)
+                forgotten += 1
+        if forgotten:
+            self.metrics.devices_evicted.labels(reason="idle").inc(forgotten)
+            log.info("forgot %d devices silent for over %g s of stream time", forgotten, timeout)
 
     def _reject(
         self,
@@ -549,8 +621,21 @@ class Detector:
         if now - self._last_housekeeping < _HOUSEKEEPING_INTERVAL_S:
             return
         self._last_housekeeping = now
-        self.metrics.devices_tracked.set(len(self.store))
-        self.metrics.broker_reachable.set(int(self._broker_reachable()))
+        self._forget_idle()
+        # A device forgotten while its window waited in the batch got its alert (and calibration)
+        # state back when the window was scored; every state should belong to a tracked device.
+        store = self.store
+        if len(self.tracker.states) > len(store):
+            self.tracker.states = {d: s for d, s in self.tracker.states.items() if d in store}
+        calibrator = self.calibrator
+        if calibrator is not None and len(calibrator.devices) > len(store):
+            calibrator.devices = {d: c for d, c in calibrator.devices.items() if d in store}
+        if self.store.compact():
+            # Deleting keys never shrinks a dict; copies are sized to what is left.
+            self._device_partition = dict(self._device_partition)
+            self.tracker.states = dict(self.tracker.states)
+            if self.calibrator is not None:
+                self.calibrator.devices = dict(self.calibrator.devices)
         assignment = self.consumer.assignment()
         self.metrics.partitions_assigned.set(len(assignment))
         for tp in assignment:
@@ -566,7 +651,8 @@ class Detector:
         # group also require a recent heartbeat answer from the coordinator (every member, with
         # or without partitions, heartbeats every heartbeat_interval_ms). An outage can also
         # empty the assignment, so an empty one is no excuse after the first join.
-        connections = self.consumer.metrics().get("consumer-metrics", {}).get("connection-count", 0)
+        metrics = self.consumer.metrics() or {}  # None once the consumer is closed
+        connections = metrics.get("consumer-metrics", {}).get("connection-count", 0)
         recent = _heartbeat_answer_age(self.consumer) < self.config.kafka.session_timeout_ms / 1000
         return connections > 0 and (recent or not self.rebalance.joined)
 

@@ -69,6 +69,12 @@ class DetectorMetrics:
         self.devices_tracked = Gauge(
             "detector_devices_tracked", "Devices with a rolling window", registry=r
         )
+        self.devices_evicted = Counter(
+            "detector_devices_evicted",
+            "Devices forgotten (idle: silent past the timeout; capacity: replaced at the limit)",
+            ["reason"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "detector_consumer_lag",
             "Records behind the partition high watermark",
@@ -105,7 +111,8 @@ class DetectorMetrics:
         )
         self.window_resets = Counter(
             "detector_window_resets",
-            "Device windows restarted (gap: no window spans a long gap; rebalance: partition moved)",
+            "Device windows restarted (gap: a long silence; clock: a run of late readings; "
+            "rebalance: partition moved)",
             ["reason"],
             registry=r,
         )
@@ -124,7 +131,10 @@ class DetectorMetrics:
             "detector_partitions_assigned", "Partitions assigned to this daemon", registry=r
         )
         self.broker_reachable = Gauge(
-            "detector_broker_reachable", "1 when the consumer holds a broker connection", registry=r
+            "detector_broker_reachable",
+            "1 when the consumer holds a broker connection and its group heartbeat answers "
+            "(what /readyz reports)",
+            registry=r,
         )
         for reason in RejectReason:
             self.records_rejected.labels(reason=reason.value)
@@ -132,5 +142,7 @@ class DetectorMetrics:
             self.alerts.labels(state=state)
         for result in ("success", "rejected"):
             self.model_reloads.labels(result=result)
-        for reason in ("gap", "rebalance"):
+        for reason in ("gap", "clock", "rebalance"):
             self.window_resets.labels(reason=reason)
+        for reason in ("idle", "capacity"):
+            self.devices_evicted.labels(reason=reason)
