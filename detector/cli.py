@@ -3,21 +3,73 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.settings import ConfigError
+
+if TYPE_CHECKING:
+    from detector.config import KafkaConfig
 
 log = logging.getLogger("detector")
 
 EXIT_CONFIG = 2
 
 
+class _FirstError(logging.Handler):
+    """Keeps the first error kafka-python logs: why the bootstrap servers did not answer."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Remember the first message only."""
+        if self.message is None:
+            self.message = record.getMessage()
+
+
+@contextlib.contextmanager
+def _bootstrapping() -> Iterator[_FirstError]:
+    """Hold back kafka-python's retry logs while a client bootstraps; a failure is one line."""
+    kafka_log = logging.getLogger("kafka")
+    first = _FirstError()
+    kafka_log.addHandler(first)
+    kafka_log.propagate = False
+    try:
+        yield first
+    finally:
+        kafka_log.removeHandler(first)
+        kafka_log.propagate = True
+
+
+def _unreachable(kafka: KafkaConfig, first: _FirstError) -> str:
+    """Why start-up gives up on the bootstrap servers, in one line."""
+    cause = f"; first error: {first.message}" if first.message else ""
+    return (
+        f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)} within "
+        f"{kafka.bootstrap_timeout_ms / 1000:g} s (kafka.bootstrap_timeout_ms){cause}"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from detector.artifact import ArtifactError, load_artifact
     from detector.config import load_config
+
+    # The configuration before torch and the rest: a mistake in it is reported in a second.
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"detector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from kafka.errors import KafkaError
+
+    from detector.artifact import ArtifactError, load_artifact
     from detector.daemon import Detector, install_signal_handlers
     from detector.health import HealthState, serve
     from detector.kafka_io import Publisher, build_consumer, build_producer
@@ -25,11 +77,6 @@ def _run(args: argparse.Namespace) -> int:
     from detector.metrics import DetectorMetrics
     from detector.scoring import Scorer
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"detector: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     setup_logging(config.log_level)
     try:
         artifact = load_artifact(config.model.path)
@@ -47,11 +94,21 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     metrics = DetectorMetrics()
     health = HealthState(liveness_timeout_s=config.metrics.liveness_timeout_s)
-    server = serve(config.metrics, metrics.registry, health)
+    try:
+        server = serve(config.metrics, metrics.registry, health)
+    except OSError as exc:
+        where = f"{config.metrics.host}:{config.metrics.port}"
+        print(f"detector: cannot serve metrics on {where}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     host, port = server.server_address[:2]
     log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
+    with _bootstrapping() as first_error:
+        try:
+            consumer = build_consumer(config.kafka)
+        except KafkaError:
+            print(f"detector: {_unreachable(config.kafka, first_error)}", file=sys.stderr)
+            return EXIT_CONFIG
     producer = build_producer(config.kafka)
-    consumer = build_consumer(config.kafka)
     detector: Detector | None = None
     publisher = Publisher(
         producer,
@@ -72,20 +129,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
     from detector.config import KafkaConfig, load_config
     from detector.datafiles import DataFileError, load_table
     from detector.kafka_io import build_producer
     from detector.logs import setup_logging
     from detector.replay import encode_messages, interleave, replay
+    from detector.settings import validate_settings
 
     setup_logging("INFO")
     try:
         kafka = load_config(args.config).kafka if args.config else KafkaConfig()
+        if args.bootstrap_servers:
+            servers = args.bootstrap_servers.split(",")
+            settings = {**kafka.model_dump(exclude_unset=True), "bootstrap_servers": servers}
+            kafka = validate_settings(KafkaConfig, settings)
     except ConfigError as exc:
         print(f"detector replay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.bootstrap_servers:
-        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers.split(",")})
     try:
         table = load_table(
             args.file, device_column=args.device_column, time_column=args.time_column
@@ -96,7 +158,12 @@ def _replay(args: argparse.Namespace) -> int:
     if args.rebase_time:
         table["ts"] += time.time() - float(table["ts"].min())
     messages = encode_messages(interleave(table), args.batch)
-    producer = build_producer(kafka)
+    with _bootstrapping() as first_error:
+        try:
+            producer = build_producer(kafka)
+        except KafkaError:
+            print(f"detector replay: {_unreachable(kafka, first_error)}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         replay(messages, producer, args.topic, rate=args.rate, readings_per_message=args.batch)
     finally:

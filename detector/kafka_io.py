@@ -26,6 +26,7 @@ def security_kwargs(config: KafkaConfig) -> dict[str, Any]:
         "client_id": config.client_id,
         "security_protocol": config.security_protocol,
         "request_timeout_ms": config.request_timeout_ms,
+        "bootstrap_timeout_ms": config.bootstrap_timeout_ms,
     }
     if config.security_protocol in ("SSL", "SASL_SSL"):
         kwargs.update(

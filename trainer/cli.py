@@ -13,10 +13,13 @@ EXIT_CONFIG = 2
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
     from detector.artifact import ArtifactError, load_artifact
     from detector.config import KafkaConfig
     from detector.datafiles import DataFileError
     from detector.logs import setup_logging
+    from detector.settings import validate_settings
     from trainer.config import load_config
     from trainer.fit import TrainingError, fit
     from trainer.kafka_source import parse_time, read_normal_from_kafka
@@ -36,8 +39,11 @@ def _fit(args: argparse.Namespace) -> int:
                     sensors = load_artifact(config.output.dir).metadata.feature_names
                 except ArtifactError:
                     sensors = None
+            kafka = validate_settings(
+                KafkaConfig, {"bootstrap_servers": args.bootstrap_servers.split(",")}
+            )
             data = read_normal_from_kafka(
-                KafkaConfig(bootstrap_servers=args.bootstrap_servers.split(",")),
+                kafka,
                 args.from_kafka,
                 parse_time(args.since),
                 parse_time(args.until),
@@ -50,7 +56,7 @@ def _fit(args: argparse.Namespace) -> int:
             exclude_flagged=args.exclude_flagged,
             promote=args.promote,
         )
-    except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
+    except (ConfigError, DataFileError, TrainingError, ValueError, KafkaError) as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     comparison = (
