@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
+from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec, weight_shapes
 from detector.scaling import StandardScaler
 
 FORMAT_VERSION = 1
@@ -32,6 +35,26 @@ CURRENT_POINTER = "current"
 # Every change of ``current`` is appended here (``<utc time>\t<action>\t<version>``), so an
 # operator can see what ran when and ``trainer rollback`` can return to the version before.
 HISTORY_FILE = "history"
+
+# The trainer and the daemon often run as different users (the daemon as its own in the systemd
+# setup), and safetensors writes 0600 whatever the umask: every file is made readable by all and
+# every directory the trainer creates traversable. An operator restricts access with the mode of
+# the registry directory itself (e.g. 0750 and the detector's group), which is never changed.
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+# Bounds checked before anything is read or allocated for a version: generous for a sensor
+# autoencoder, small enough that a corrupt or hostile one cannot take the daemon's memory.
+MAX_METADATA_BYTES = 4 << 20
+MAX_POINTER_BYTES = 1024
+MAX_WEIGHTS_HEADER_BYTES = 1 << 20
+# An LSTM over more steps is impractical to train, and the daemon holds this many readings per
+# device and scores batches of max_batch_size such windows (warm-up alone meets every size).
+MAX_WINDOW_LENGTH = 4096
+# Scoring runs in float32: statistics outside its range become 0 or inf there.
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 class ArtifactError(Exception):
@@ -44,7 +67,7 @@ class ThresholdInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    value: float = Field(gt=0)
+    value: float = Field(gt=0, le=_FLOAT32_MAX, allow_inf_nan=False)
     params: dict[str, float] = Field(default_factory=dict)
     error_summary: dict[str, float] = Field(default_factory=dict)
 
@@ -71,7 +94,7 @@ class ArtifactMetadata(BaseModel):
     version: str = Field(min_length=1)
     created_at: datetime
     feature_names: list[str] = Field(min_length=1)
-    window_length: int = Field(ge=2)
+    window_length: int = Field(ge=2, le=MAX_WINDOW_LENGTH)
     model: ModelSpec
     # Absent in artifacts written before it existed: those load with the default mean score.
     scoring: ScoreSpec = Field(default_factory=ScoreSpec)
@@ -93,9 +116,19 @@ class ArtifactMetadata(BaseModel):
         for key in ("mean", "scale"):
             if len(self.scaler.get(key, [])) != n:
                 raise ValueError(f"scaler.{key} must have {n} values")
+        # A scale of 0 or a NaN mean scores every window NaN (never an alert, a poisoned score
+        # sum); an infinite divisor scores them all 0.
+        if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in self.scaler["mean"]):
+            raise ValueError("scaler.mean must be finite float32 values")
+        if not all(_positive_float32(v) for v in self.scaler["scale"]):
+            raise ValueError(f"scaler.scale must be finite float32 values >= {_FLOAT32_TINY:.3g}")
         divisors = self.scoring.sensor_scale
-        if divisors is not None and (len(divisors) != n or min(divisors) <= 0):
-            raise ValueError(f"scoring.sensor_scale must have {n} values > 0")
+        if divisors is not None and (
+            len(divisors) != n or not all(_positive_float32(v) for v in divisors)
+        ):
+            raise ValueError(
+                f"scoring.sensor_scale must have {n} finite float32 values >= {_FLOAT32_TINY:.3g}"
+            )
         if Path(self.weights_file).name != self.weights_file or self.weights_file in (
             "",
             ".",
@@ -103,6 +136,10 @@ class ArtifactMetadata(BaseModel):
         ):
             raise ValueError("weights_file must be a plain file name inside the artifact directory")
         return self
+
+
+def _positive_float32(value: float) -> bool:
+    return math.isfinite(value) and _FLOAT32_TINY <= value <= _FLOAT32_MAX
 
 
 @dataclass(frozen=True)
@@ -129,15 +166,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents as :data:`DIR_MODE`; existing ones keep their mode."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(DIR_MODE)
+
+
 def save_artifact(
     parent: Path, metadata: dict[str, Any], model: LSTMAutoencoder, make_current: bool = True
 ) -> Path:
     """Write ``parent/<version>/`` atomically and (by default) point ``parent/current`` at it.
 
     ``metadata`` holds every :class:`ArtifactMetadata` field except the weights hash, which is
-    computed here. The directory appears complete or not at all (temp dir + rename).
+    computed here. The directory appears complete or not at all (temp dir + rename), readable
+    by other users (:data:`FILE_MODE`, :data:`DIR_MODE`).
     """
-    parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(parent)
     version = metadata["version"]
     final = parent / version
     if final.exists():
@@ -149,11 +195,19 @@ def save_artifact(
             name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
         }
         save_file(state, str(weights), metadata={"version": version})
+        weights.chmod(FILE_MODE)
         complete = ArtifactMetadata.model_validate(
             {**metadata, "weights_file": WEIGHTS_FILE, "weights_sha256": sha256_file(weights)}
         )
-        (staging / METADATA_FILE).write_text(complete.model_dump_json(indent=2) + "\n")
-        staging.chmod(0o755)
+        text = complete.model_dump_json(indent=2) + "\n"
+        if len(text.encode()) > MAX_METADATA_BYTES:
+            raise ArtifactError(
+                f"{METADATA_FILE} would be {len(text.encode())} bytes, more than the detector "
+                f"reads ({MAX_METADATA_BYTES})"
+            )
+        (staging / METADATA_FILE).write_text(text)
+        (staging / METADATA_FILE).chmod(FILE_MODE)
+        staging.chmod(DIR_MODE)
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -175,45 +229,155 @@ def set_current(parent: Path, version: str, action: str = "save") -> None:
         raise ArtifactError(f"no artifact {version!r} in {parent}")
     pointer = parent / f".{CURRENT_POINTER}.tmp"
     pointer.write_text(version + "\n")
+    pointer.chmod(FILE_MODE)
     os.replace(pointer, parent / CURRENT_POINTER)
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    with (parent / HISTORY_FILE).open("a") as history:
-        history.write(f"{stamp}\t{action}\t{version}\n")
+    history = os.open(parent / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        # Created under the umask, or by an older trainer: made readable again by its owner.
+        if os.fstat(history).st_uid == os.geteuid():
+            os.fchmod(history, FILE_MODE)
+        os.write(history, f"{stamp}\t{action}\t{version}\n".encode())
+    finally:
+        os.close(history)
+
+
+def _read_pointer(pointer: Path) -> str:
+    with pointer.open("rb") as handle:
+        raw = handle.read(MAX_POINTER_BYTES + 1)
+    if len(raw) > MAX_POINTER_BYTES:
+        raise ArtifactError(f"{pointer} is longer than {MAX_POINTER_BYTES} bytes")
+    try:
+        return raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{pointer} is not UTF-8 text: {raw[:40]!r}") from None
 
 
 def resolve_artifact_dir(path: Path) -> Path:
-    """An artifact directory itself, or the version named by ``path/current`` in a registry dir."""
-    if (path / METADATA_FILE).is_file():
-        return path
+    """An artifact directory itself, or the version named by ``path/current`` in a registry dir.
+
+    Every way the pointer can fail to name a readable version in ``path`` is an
+    :class:`ArtifactError`, including file-system errors (a name too long, a symlink loop, no
+    permission).
+    """
     pointer = path / CURRENT_POINTER
-    if pointer.is_file():
-        version = pointer.read_text().strip()
+    try:
+        if (path / METADATA_FILE).is_file():
+            return path
+        if not pointer.is_file():
+            raise ArtifactError(
+                f"{path} is not a model artifact (no {METADATA_FILE} and no {CURRENT_POINTER})"
+            )
+        version = _read_pointer(pointer)
         candidate = (path / version).resolve()
         if candidate.parent != path.resolve():
             raise ArtifactError(f"{pointer} points outside {path}: {version!r}")
         if (candidate / METADATA_FILE).is_file():
             return candidate
-        raise ArtifactError(f"{pointer} names {version!r}, which has no {METADATA_FILE}")
-    raise ArtifactError(
-        f"{path} is not a model artifact (no {METADATA_FILE} and no {CURRENT_POINTER})"
+    except (OSError, RuntimeError) as exc:  # pathlib reports a symlink loop as RuntimeError
+        raise ArtifactError(f"cannot follow {pointer}: {_reason(exc)}") from None
+    raise ArtifactError(f"{pointer} names {version!r}, which has no {METADATA_FILE}")
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error as ``strerror: file`` (no errno noise), anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def read_metadata(directory: Path) -> ArtifactMetadata:
+    """Validated ``metadata.json`` of an artifact directory, refused unread when oversized."""
+    path = directory / METADATA_FILE
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_METADATA_BYTES:
+                raise ArtifactError(
+                    f"{path} is {size} bytes, more than the {MAX_METADATA_BYTES} allowed"
+                )
+            raw = handle.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {_reason(exc)}") from None
+    if len(raw) > MAX_METADATA_BYTES:  # grew while being read
+        raise ArtifactError(f"{path} is more than the {MAX_METADATA_BYTES} bytes allowed")
+    try:
+        return ArtifactMetadata.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path} is invalid: {_one_line(exc)}") from None
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'metadata'}: {item['msg']}"
+        for item in error.errors()
     )
 
 
-def load_artifact(path: Path) -> Artifact:
-    """Load and verify an artifact; raises :class:`ArtifactError` with the reason."""
-    directory = resolve_artifact_dir(Path(path))
+def check_weights_header(weights: Path, spec: ModelSpec) -> None:
+    """Refuse a weights file whose tensors are not exactly those of ``spec``, reading only its header.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header naming each
+    tensor's dtype, shape and byte range, then the data: the names, shapes and the file's size
+    are all known before any tensor is read or any model built.
+    """
+    with weights.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ArtifactError(f"weights file {weights} is truncated ({size} bytes)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > MAX_WEIGHTS_HEADER_BYTES or 8 + length > size:
+            raise ArtifactError(f"weights file {weights} declares a header of {length} bytes")
+        raw = handle.read(length)
     try:
-        metadata = ArtifactMetadata.model_validate_json((directory / METADATA_FILE).read_bytes())
-    except ValidationError as exc:
-        raise ArtifactError(f"{directory / METADATA_FILE} is invalid: {exc}") from None
+        header = json.loads(raw)
+        tensors = {
+            name: (entry["dtype"], tuple(entry["shape"]))
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ArtifactError(f"weights file {weights} has no valid safetensors header") from None
+    expected = weight_shapes(spec)
+    wrong = [
+        f"{name}: spec {shape}, file {tensors[name][1] if name in tensors else 'none'}"
+        for name, shape in expected.items()
+        if name not in tensors or tensors[name][1] != shape
+    ]
+    wrong += [f"{name}: not in the spec" for name in sorted(tensors.keys() - expected.keys())]
+    if wrong:
+        raise ArtifactError(f"weights in {weights} do not fit the model spec: {'; '.join(wrong)}")
+    if any(dtype not in _DTYPE_BYTES for dtype, _ in tensors.values()):
+        raise ArtifactError(f"weights in {weights} are not all floating point")
+    data = sum(_DTYPE_BYTES[dtype] * math.prod(shape) for dtype, shape in tensors.values())
+    if size != 8 + length + data:
+        raise ArtifactError(
+            f"weights file {weights} is {size} bytes, its header describes {8 + length + data}: "
+            "modified or truncated"
+        )
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Load and verify an artifact; raises :class:`ArtifactError` with the reason.
+
+    Everything about the weights that the metadata and the file header tell is checked before
+    the model is built, so a version declaring a huge model costs nothing to refuse.
+    """
+    directory = resolve_artifact_dir(Path(path))
+    metadata = read_metadata(directory)
     if metadata.format_version != FORMAT_VERSION:
         raise ArtifactError(
             f"artifact format {metadata.format_version} is not supported (expected {FORMAT_VERSION})"
         )
     weights = directory / metadata.weights_file
-    if not weights.is_file():
-        raise ArtifactError(f"weights file {weights} is missing")
-    actual = sha256_file(weights)
+    try:
+        if not weights.is_file():
+            raise ArtifactError(f"weights file {weights} is missing")
+        check_weights_header(weights, metadata.model)
+        actual = sha256_file(weights)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read weights file {weights}: {_reason(exc)}") from None
     if actual != metadata.weights_sha256:
         raise ArtifactError(
             f"weights file {weights} does not match metadata sha256 "
@@ -224,7 +388,15 @@ def load_artifact(path: Path) -> Artifact:
         state = load_file(str(weights), device="cpu")
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        raise ArtifactError(f"weights in {weights} do not fit the model spec: {exc}") from None
+        # torch lists every mismatch on a line of its own: one line for logs and stderr.
+        detail = " ".join(str(exc).split())
+        raise ArtifactError(f"weights in {weights} do not fit the model spec: {detail}") from None
+    # Checked as float32, after the copy into the model: a float64 1e300 is inf there.
+    broken = [
+        name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        raise ArtifactError(f"weights in {weights} are not finite: {', '.join(broken)}")
     model.eval()
     return Artifact(
         path=directory,

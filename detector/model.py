@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 Aggregation = Literal["mean", "max"]
+
+# 200 MB of float32 weights: thousands of times the default model (about 40 000), small enough
+# that a version declaring more is refused before anything is allocated for it (12 000 hidden
+# units took 4.7 GB to build).
+MAX_PARAMETERS = 50_000_000
+MAX_LAYERS = 16
 
 
 class ModelSpec(BaseModel):
@@ -19,7 +26,43 @@ class ModelSpec(BaseModel):
     n_features: int = Field(ge=1)
     hidden_size: int = Field(64, ge=1)
     latent_size: int = Field(16, ge=1)
-    num_layers: int = Field(1, ge=1)
+    num_layers: int = Field(1, ge=1, le=MAX_LAYERS)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ModelSpec:
+        count = sum(math.prod(shape) for shape in weight_shapes(self).values())
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"{count} parameters is more than the {MAX_PARAMETERS} allowed")
+        return self
+
+
+def _lstm_shapes(
+    prefix: str, input_size: int, hidden: int, layers: int
+) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(layers):
+        inputs = input_size if layer == 0 else hidden
+        shapes[f"{prefix}.weight_ih_l{layer}"] = (4 * hidden, inputs)
+        shapes[f"{prefix}.weight_hh_l{layer}"] = (4 * hidden, hidden)
+        shapes[f"{prefix}.bias_ih_l{layer}"] = (4 * hidden,)
+        shapes[f"{prefix}.bias_hh_l{layer}"] = (4 * hidden,)
+    return shapes
+
+
+def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of :class:`LSTMAutoencoder`'s state dict, without building it.
+
+    Lets a loader compare a weights file with the spec before allocating anything.
+    """
+    hidden, layers = spec.hidden_size, spec.num_layers
+    return {
+        **_lstm_shapes("encoder", spec.n_features, hidden, layers),
+        "to_latent.weight": (spec.latent_size, hidden),
+        "to_latent.bias": (spec.latent_size,),
+        **_lstm_shapes("decoder", spec.latent_size, hidden, layers),
+        "head.weight": (spec.n_features, hidden),
+        "head.bias": (spec.n_features,),
+    }
 
 
 class ScoreSpec(BaseModel):

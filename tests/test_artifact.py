@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from detector.artifact import (
     WEIGHTS_FILE,
     Artifact,
     ArtifactError,
+    ArtifactMetadata,
     DataSummary,
     ThresholdInfo,
     load_artifact,
@@ -32,7 +34,7 @@ from detector.artifact import (
     set_current,
     sha256_file,
 )
-from detector.model import LSTMAutoencoder, ModelSpec
+from detector.model import LSTMAutoencoder, ModelSpec, weight_shapes
 from detector.scaling import StandardScaler
 from detector.scoring import Scorer, top_sensor_shares, window_scores
 
@@ -352,3 +354,173 @@ def test_top_sensor_shares_are_sorted_and_bounded(errors: np.ndarray, count: int
     assert sum(values) <= 1.0 + 0.5e-4 * count
     assert len({item["sensor"] for item in shares}) == count
     assert errors[FEATURES.index(str(shares[0]["sensor"]))] == errors.max()
+
+
+# --- Hostile or broken artifacts (issue 10, items 8-10) ------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _edit_nested(directory: Path, section: str, key: str, value: Any) -> None:
+    path = directory / METADATA_FILE
+    data = json.loads(path.read_text())
+    data[section][key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "reason"),
+    [
+        ("scaler", "scale", [5.0, 0.0, 0.05], "scale"),
+        ("scaler", "scale", [5.0, -0.1, 0.05], "scale"),
+        ("scaler", "scale", [5.0, 1e-50, 0.05], "scale"),  # 0 in float32: divides by zero
+        ("scaler", "scale", [5.0, INF, 0.05], "scale"),
+        ("scaler", "mean", [60.0, NAN, 0.2], "mean"),
+        ("scaler", "mean", [60.0, -INF, 0.2], "mean"),
+        ("scaler", "mean", [60.0, 1e39, 0.2], "mean"),  # inf in float32
+        ("threshold", "value", INF, "threshold"),
+        ("scoring", "sensor_scale", [1.0, NAN, 1.0], "sensor_scale"),
+        ("scoring", "sensor_scale", [1.0, INF, 1.0], "sensor_scale"),
+        ("scoring", "sensor_scale", [1.0, 1e-50, 1.0], "sensor_scale"),
+    ],
+)
+def test_numbers_that_make_scoring_blind_are_refused(
+    registry: Path, section: str, key: str, value: Any, reason: str
+) -> None:
+    """Item 8: a version whose scores would be NaN, inf or never over threshold does not load."""
+    if section == "scoring":
+        _edit_metadata(registry / "v1", scoring={"aggregation": "mean", key: value})
+    else:
+        _edit_nested(registry / "v1", section, key, value)
+    with pytest.raises(ArtifactError, match=reason):
+        load_artifact(registry)
+
+
+def test_weights_with_non_finite_values_are_refused(tmp_path: Path) -> None:
+    model = _model()
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")
+    save_artifact(tmp_path / "models", _metadata(), model)
+    with pytest.raises(ArtifactError, match="not finite"):
+        load_artifact(tmp_path / "models")
+
+
+def test_spec_is_checked_against_the_weights_header_before_building(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 9: a spec that does not fit the weights is refused without building its model."""
+    built: list[ModelSpec] = []
+    monkeypatch.setattr(
+        "detector.artifact.LSTMAutoencoder", lambda spec: built.append(spec) or _model(spec=spec)
+    )
+    _edit_metadata(registry / "v1", model={**SPEC.model_dump(), "hidden_size": 1000})
+    with pytest.raises(ArtifactError, match=r"encoder.weight_ih_l0.*4000, 3.*16, 3"):
+        load_artifact(registry)
+    assert built == []
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ({"hidden_size": 12_000}, "parameters"),
+        ({"latent_size": 5_000_000}, "parameters"),
+        ({"num_layers": 1000}, "num_layers"),
+    ],
+)
+def test_oversized_model_spec_is_refused(registry: Path, model: dict, reason: str) -> None:
+    _edit_metadata(registry / "v1", model={**SPEC.model_dump(), **model})
+    with pytest.raises(ArtifactError, match=reason):
+        load_artifact(registry)
+
+
+@pytest.mark.parametrize("length", [4097, 10**9])
+def test_window_length_is_bounded(registry: Path, length: int) -> None:
+    """Item 9: the daemon allocates per-device buffers of this length; 10^9 exited with 1."""
+    _edit_metadata(registry / "v1", window_length=length)
+    with pytest.raises(ArtifactError, match="window_length"):
+        load_artifact(registry)
+
+
+def test_oversized_metadata_is_refused_before_it_is_read(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 9: a valid but huge metadata.json (a padded ``validation`` section) is not parsed."""
+    _edit_metadata(registry / "v1", validation={f"k{i:07d}": 0.5 for i in range(300_000)})
+    assert (registry / "v1" / METADATA_FILE).stat().st_size > 4 << 20
+    parsed: list[bytes] = []
+    real = ArtifactMetadata.model_validate_json
+    monkeypatch.setattr(
+        ArtifactMetadata,
+        "model_validate_json",
+        lambda data, **kw: parsed.append(data) or real(data, **kw),
+    )
+    with pytest.raises(ArtifactError, match="bytes"):
+        load_artifact(registry)
+    assert parsed == []
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_saved_artifact_is_readable_by_other_users_under_a_strict_umask(tmp_path: Path) -> None:
+    """Item 10: the daemon runs as its own user; safetensors writes 0600 whatever the umask."""
+    previous = os.umask(0o077)
+    try:
+        registry = tmp_path / "registry" / "models"
+        save_artifact(registry, _metadata(), _model())
+        save_artifact(registry, _metadata("v2"), _model())
+        set_current(registry, "v1", action="promote")
+    finally:
+        os.umask(previous)
+    modes = {
+        path.relative_to(tmp_path).as_posix(): _mode(path)
+        for path in [tmp_path / "registry", *sorted((tmp_path / "registry").rglob("*"))]
+    }
+    assert modes == {
+        "registry": 0o755,
+        "registry/models": 0o755,
+        f"registry/models/{CURRENT_POINTER}": 0o644,
+        f"registry/models/{HISTORY_FILE}": 0o644,
+        "registry/models/v1": 0o755,
+        f"registry/models/v1/{METADATA_FILE}": 0o644,
+        f"registry/models/v1/{WEIGHTS_FILE}": 0o644,
+        "registry/models/v2": 0o755,
+        f"registry/models/v2/{METADATA_FILE}": 0o644,
+        f"registry/models/v2/{WEIGHTS_FILE}": 0o644,
+    }
+    # An existing registry keeps its mode: operators restrict who reads models with it (for
+    # example 0750 and the detector's group).
+    restricted = tmp_path / "restricted"
+    restricted.mkdir()
+    restricted.chmod(0o750)
+    save_artifact(restricted, _metadata(), _model())
+    assert _mode(restricted) == 0o750
+
+
+@pytest.mark.parametrize(
+    "pointer", [b"x" * 300 + b"\n", b"\xff\xfe\n", b"v1" * 5000], ids=["long", "binary", "huge"]
+)
+def test_unusable_current_pointer_is_an_artifact_error(registry: Path, pointer: bytes) -> None:
+    """A name too long for the file system raised OSError; a non-UTF-8 one UnicodeDecodeError."""
+    (registry / CURRENT_POINTER).write_bytes(pointer)
+    with pytest.raises(ArtifactError, match=CURRENT_POINTER):
+        load_artifact(registry)
+
+
+def test_current_naming_a_symlink_loop_is_an_artifact_error(registry: Path) -> None:
+    """Path.resolve raised RuntimeError ("Symlink loop"), which the model watcher let through."""
+    (registry / "loop").symlink_to(registry / "loop")
+    (registry / CURRENT_POINTER).write_text("loop\n")
+    with pytest.raises(ArtifactError, match="loop"):
+        load_artifact(registry)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [SPEC, ModelSpec(n_features=8, hidden_size=24, latent_size=8, num_layers=3)],
+    ids=["small", "three-layers"],
+)
+def test_weight_shapes_are_those_of_the_built_model(spec: ModelSpec) -> None:
+    built = {name: tuple(t.shape) for name, t in LSTMAutoencoder(spec).state_dict().items()}
+    assert weight_shapes(spec) == built

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from detector.artifact import (
     CURRENT_POINTER,
     HISTORY_FILE,
+    METADATA_FILE,
     WEIGHTS_FILE,
     DataSummary,
     ThresholdInfo,
@@ -188,3 +190,15 @@ def test_cli_errors_exit_2_with_a_message(
     assert "no model versions" in capsys.readouterr().err
     assert main(["list", "--models", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_list_does_not_parse_an_oversized_metadata_file(registry: Path) -> None:
+    """``trainer list`` reads every version: a padded 8 MiB metadata.json is shown as an error."""
+    path = registry / "b" / METADATA_FILE
+    data = json.loads(path.read_text())
+    data["validation"].update({f"pad{i:07d}": 0.0 for i in range(400_000)})
+    path.write_text(json.dumps(data))
+    versions = {v.version: v for v in list_versions(registry)}
+    assert versions["b"].error is not None and "bytes" in versions["b"].error
+    assert versions["a"].error is None and versions["c"].error is None
+    assert rollback(registry) == ("c", "a")  # the unreadable version is skipped

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from detector.artifact import (
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
     ArtifactError,
-    ArtifactMetadata,
     load_artifact,
+    read_metadata,
     set_current,
 )
 
@@ -72,11 +70,10 @@ def read_current(root: Path) -> str | None:
 
 def _version_info(directory: Path) -> VersionInfo:
     try:
-        meta = ArtifactMetadata.model_validate_json((directory / METADATA_FILE).read_bytes())
-    except (OSError, ValidationError) as exc:
+        meta = read_metadata(directory)
+    except ArtifactError as exc:
         # Listed anyway: an operator looking for a broken version must see it, not miss it.
-        first_line = str(exc).splitlines()[0]
-        return VersionInfo(directory.name, error=f"unreadable {METADATA_FILE}: {first_line}")
+        return VersionInfo(directory.name, error=f"unreadable {METADATA_FILE}: {exc}")
     created = meta.created_at
     if created.tzinfo is None:
         # The trainer writes UTC; a naive time from elsewhere must still sort with the others.
