@@ -260,13 +260,13 @@ def measure_pipeline(
 ) -> dict[str, float]:
     """The daemon's detector end to end: records/s, windows scored and alerts published."""
     metrics = DetectorMetrics()
-    producer = build_producer(config.kafka)
+    publisher = Publisher(lambda: build_producer(config.kafka))
     consumer = build_consumer(config.kafka)
     detector = _TimedDetector(
         config,
         artifact,
         consumer,
-        Publisher(producer),
+        publisher,
         metrics,
         scorer=scorer,
         expected=expected,
@@ -274,7 +274,7 @@ def measure_pipeline(
     try:
         detector.run()
     finally:
-        producer.close()
+        publisher.close()
     seconds = detector.finished - detector.rebalance.assigned_at
     value = metrics.registry.get_sample_value
     batches = value("detector_batch_size_count") or 1.0

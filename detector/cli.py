@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from detector.artifact import ArtifactError, load_artifact
     from detector.daemon import Detector, install_signal_handlers
     from detector.health import HealthState, serve
-    from detector.kafka_io import Publisher, build_consumer, build_producer
+    from detector.kafka_io import Publisher, build_consumer, build_producer, delivery_timeout_s
     from detector.logs import setup_logging
     from detector.metrics import DetectorMetrics
     from detector.scoring import Scorer
@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         scorer = Scorer.from_artifact(
             artifact, config.scoring.device, config.scoring.max_batch_size, config.scoring.threads
         )
-    except (ArtifactError, RuntimeError) as exc:
+    except (ArtifactError, RuntimeError, MemoryError) as exc:
         print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     metrics = DetectorMetrics()
@@ -108,13 +108,15 @@ def _run(args: argparse.Namespace) -> int:
         except KafkaError:
             print(f"detector: {_unreachable(config.kafka, first_error)}", file=sys.stderr)
             return EXIT_CONFIG
-    producer = build_producer(config.kafka)
     detector: Detector | None = None
     publisher = Publisher(
-        producer,
+        lambda: build_producer(config.kafka),
+        timeout_s=delivery_timeout_s(config.kafka) + 1.0,
         on_failure=metrics.publish_failures.inc,
         should_stop=lambda: detector is not None and detector.stopping,
         on_wait=health.progressed,
+        on_producer_replaced=metrics.producer_replacements.inc,
+        on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
     )
     detector = Detector(
         config, artifact, consumer, publisher, metrics, scorer=scorer, health=health
@@ -123,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         detector.run()
     finally:
-        producer.close()
+        publisher.close()
         server.shutdown()
     return 0
 

@@ -186,7 +186,12 @@ class ScoringConfig(_Section):
     """Micro-batching of ready windows and where the model runs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch_size: int = Field(1024, ge=1)
+    max_batch_size: int = Field(
+        1024,
+        ge=1,
+        le=65536,
+        description="windows per forward pass; warm-up scores one batch of every size up to it",
+    )
     max_wait_ms: int = Field(50, ge=0)
     threads: int = Field(
         0,

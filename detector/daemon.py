@@ -199,9 +199,15 @@ class Detector:
         """Swap in the registry's new ``current`` version if it loads, fits and warms up.
 
         Pending windows are scored by the old model first, so every record is scored exactly
-        once; a version that fails is refused and the running model stays.
+        once; a version that fails is refused and the running model stays. So is a pointer that
+        cannot be followed, counted and logged once per distinct problem.
         """
-        candidate = self.watcher.candidate()
+        try:
+            candidate = self.watcher.candidate()
+        except ArtifactError as exc:
+            self.metrics.model_reloads.labels(result="rejected").inc()
+            log.error("refused model pointer, keeping %s: %s", self.artifact.version, exc)
+            return
         if candidate is None:
             return
         try:
@@ -214,7 +220,7 @@ class Detector:
                 artifact, scoring.device, scoring.max_batch_size, scoring.threads
             )
             scorer.warm_up(self.store.length)
-        except (ArtifactError, RuntimeError) as exc:
+        except (ArtifactError, RuntimeError, MemoryError) as exc:
             self.metrics.model_reloads.labels(result="rejected").inc()
             log.error(
                 "refused model %s, keeping %s: %s", candidate.name, self.artifact.version, exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -11,10 +12,12 @@ from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from detector.alerts import Alert
 from detector.config import KafkaConfig
+from detector.kafka_compat import install_lenient_header_keys
+from detector.readings import Rejection, RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ def security_kwargs(config: KafkaConfig) -> dict[str, Any]:
 
 def build_consumer(config: KafkaConfig) -> KafkaConsumer:
     """A consumer-group member with manual commits (subscribe it with a listener)."""
+    install_lenient_header_keys()
     return KafkaConsumer(
         group_id=config.group_id,
         enable_auto_commit=False,
@@ -62,13 +66,30 @@ def build_consumer(config: KafkaConfig) -> KafkaConsumer:
     )
 
 
+# The producer's request size limit (kafka-python's and the broker's usual default): dead letters
+# are cut to fit it.
+MAX_REQUEST_BYTES = 1_048_576
+
+
+def delivery_timeout_s(config: KafkaConfig) -> float:
+    """How long the producer may take to report a record sent or failed (the least it allows)."""
+    return (config.request_timeout_ms + config.producer_linger_ms) / 1000
+
+
 def build_producer(config: KafkaConfig) -> KafkaProducer:
-    """An acks=all producer for alerts and dead letters."""
+    """An acks=all producer for alerts and dead letters whose every wait is bounded.
+
+    kafka-python's defaults let a send wait 60 s for metadata and a record 120 s for delivery;
+    here both follow ``request_timeout_ms`` so a publish attempt fails within one timeout.
+    """
     return KafkaProducer(
         acks="all",
         linger_ms=config.producer_linger_ms,
         compression_type=config.producer_compression,
         retries=5,
+        max_request_size=MAX_REQUEST_BYTES,
+        max_block_ms=config.request_timeout_ms,
+        delivery_timeout_ms=int(delivery_timeout_s(config) * 1000),
         **security_kwargs(config),
     )
 
@@ -81,6 +102,8 @@ class OutboundMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # A dead letter that cannot be sent at all is dropped (logged, counted); an alert never is.
+    dead_letter: bool = False
 
 
 def alert_message(topic: str, alert: Alert) -> OutboundMessage:
@@ -91,41 +114,135 @@ def alert_message(topic: str, alert: Alert) -> OutboundMessage:
 # Kafka Connect's dead-letter headers (``__connect.errors.*``) under this project's prefix, so
 # existing DLQ tooling reads them and nobody confuses the two sources.
 DLQ_HEADER_PREFIX = "__detector.errors."
+# A dead letter lists at most this many of a record's rejected readings (the count is complete).
+_MAX_LISTED_REJECTIONS = 100
+_MAX_DETAIL_BYTES = 1000
+# Room left for the record's own overhead (offsets, varints, batch header) below the byte budget.
+_RECORD_OVERHEAD_BYTES = 1024
+
+
+def _safe_headers(headers: Sequence[tuple[object, object]] | None) -> list[tuple[str, bytes]]:
+    """Headers any producer can send: str keys, bytes values (a null value becomes empty).
+
+    Foreign clients may send what kafka-python never would (null values); the original header
+    names are kept so tooling that routes on them still works.
+    """
+    safe = []
+    for key, value in headers or []:
+        name = key if isinstance(key, str) else str(key)
+        if value is None:
+            data = b""
+        elif isinstance(value, bytes | bytearray | memoryview):
+            data = bytes(value)
+        else:
+            data = str(value).encode("utf-8", "replace")
+        # A lone surrogate cannot be encoded; such a key would make send() raise.
+        safe.append((name.encode("utf-8", "replace").decode("utf-8"), data))
+    return safe
+
+
+def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(key.encode()) + len(value) for key, value in headers)
 
 
 def dead_letter_message(
-    topic: str, record: ConsumerRecord, reason: str, detail: str, index: int | None
+    topic: str,
+    record: ConsumerRecord,
+    rejections: Sequence[Rejection],
+    max_bytes: int,
 ) -> OutboundMessage:
-    """The original record (bytes and headers) plus headers saying why and where it came from."""
-    headers = list(record.headers or [])
-    headers += [
-        (DLQ_HEADER_PREFIX + "reason", reason.encode()),
-        (DLQ_HEADER_PREFIX + "exception.message", detail.encode("utf-8", "replace")[:1000]),
+    """One dead letter for a record, however many of its readings were rejected.
+
+    It carries the original key, headers (made safe) and value, plus ``__detector.errors.*``
+    headers: the first reason, the offending readings' batch indices and reasons (the first
+    hundred; ``rejected.count`` has them all), where the record came from and its size. Key,
+    headers and value together stay within ``max_bytes``: the original headers are dropped if
+    they alone would not fit, and the value is cut to what is left (``value.truncated``), so a
+    dead letter is never refused for its size.
+    """
+    first = rejections[0]
+    listed = [
+        {"index": r.index, "reason": r.reason.value, "detail": r.detail[:200]}
+        for r in rejections[:_MAX_LISTED_REJECTIONS]
+    ]
+    value = record.value or b""
+    key = record.key[: max_bytes // 4] if record.key else record.key
+    ours = [
+        (DLQ_HEADER_PREFIX + "reason", first.reason.value.encode()),
+        (
+            DLQ_HEADER_PREFIX + "exception.message",
+            first.detail.encode("utf-8", "replace")[:_MAX_DETAIL_BYTES],
+        ),
         (DLQ_HEADER_PREFIX + "topic", record.topic.encode()),
         (DLQ_HEADER_PREFIX + "partition", str(record.partition).encode()),
         (DLQ_HEADER_PREFIX + "offset", str(record.offset).encode()),
+        (DLQ_HEADER_PREFIX + "rejected.count", str(len(rejections)).encode()),
+        (DLQ_HEADER_PREFIX + "rejections", json.dumps(listed).encode()),
+        (DLQ_HEADER_PREFIX + "original.size", str(len(value)).encode()),
     ]
-    if index is not None:
-        headers.append((DLQ_HEADER_PREFIX + "batch.index", str(index).encode()))
-    return OutboundMessage(topic, record.key, record.value or b"", headers)
+    if first.index is not None:
+        ours.append((DLQ_HEADER_PREFIX + "batch.index", str(first.index).encode()))
+    budget = max_bytes - _RECORD_OVERHEAD_BYTES - len(key or b"") - _headers_size(ours)
+    original = _safe_headers(record.headers)
+    if _headers_size(original) > budget // 2:
+        ours.append((DLQ_HEADER_PREFIX + "headers.dropped", str(len(original)).encode()))
+        original = []
+    budget -= _headers_size(original) + 64  # the truncation header below
+    if len(value) > budget:
+        value = value[: max(budget, 0)]
+        ours.append((DLQ_HEADER_PREFIX + "value.truncated", b"true"))
+    return OutboundMessage(topic, key, value, original + ours, dead_letter=True)
+
+
+def undecodable_dead_letter(
+    topic: str, source: TopicPartition, offset: int, detail: str
+) -> OutboundMessage:
+    """A dead letter for a record the Kafka client could not decode: where it was, no content."""
+    headers = [
+        (DLQ_HEADER_PREFIX + "reason", RejectReason.UNDECODABLE.value.encode()),
+        (
+            DLQ_HEADER_PREFIX + "exception.message",
+            detail.encode("utf-8", "replace")[:_MAX_DETAIL_BYTES],
+        ),
+        (DLQ_HEADER_PREFIX + "topic", source.topic.encode()),
+        (DLQ_HEADER_PREFIX + "partition", str(source.partition).encode()),
+        (DLQ_HEADER_PREFIX + "offset", str(offset).encode()),
+        (DLQ_HEADER_PREFIX + "rejected.count", b"1"),
+    ]
+    return OutboundMessage(topic, None, b"", headers, dead_letter=True)
 
 
 class Publisher:
-    """Publishes records and returns only once the broker acknowledged every one of them."""
+    """Publishes records and returns only once the broker acknowledged every one of them.
+
+    Every wait is bounded: a send attempt gets ``timeout_s`` to be acknowledged, and after a
+    failed attempt the records are sent again through a new producer, since a producer can
+    wedge for good (an idempotent producer whose id a restarted broker no longer knows fails
+    every batch with ``UnknownProducerIdError``, attempt after attempt). A dead letter the
+    producer refuses outright (too large, unsendable headers) is sent once more without its
+    content, then dropped if even that is refused; an alert is retried until it is acknowledged.
+    """
 
     def __init__(
         self,
-        producer: KafkaProducer,
+        producer_factory: Callable[[], KafkaProducer],
+        timeout_s: float = 30.0,
         on_failure: Callable[[], None] = lambda: None,
         retry_backoff_s: float = 1.0,
         should_stop: Callable[[], bool] = lambda: False,
         on_wait: Callable[[], None] = lambda: None,
+        on_producer_replaced: Callable[[], None] = lambda: None,
+        on_dropped: Callable[[OutboundMessage], None] = lambda message: None,
     ) -> None:
-        self.producer = producer
+        self.producer_factory = producer_factory
+        self.timeout_s = timeout_s
         self.on_failure = on_failure
         self.retry_backoff_s = retry_backoff_s
         self.should_stop = should_stop
         self.on_wait = on_wait
+        self.on_producer_replaced = on_producer_replaced
+        self.on_dropped = on_dropped
+        self._producer: KafkaProducer | None = producer_factory()
 
     def publish(self, messages: Sequence[OutboundMessage]) -> None:
         """Send and wait for acks, retrying failed sends until they succeed.
@@ -137,26 +254,111 @@ class Publisher:
         pending = list(messages)
         backoff = self.retry_backoff_s
         while pending:
-            futures = [
-                (m, self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers))
-                for m in pending
-            ]
-            self.producer.flush()
-            failed = []
-            for message, future in futures:
-                try:
-                    future.get(timeout=0)
-                except KafkaError as exc:
-                    failed.append(message)
-                    log.warning("publish to %s not acknowledged (%s); retrying", message.topic, exc)
+            failed, broken = self._attempt(pending)
             if failed:
                 self.on_failure()
                 if self.should_stop():
                     raise RuntimeError(f"stopping with {len(failed)} messages unpublished")
+                if broken:
+                    self._replace_producer()
                 self.on_wait()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
             pending = failed
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the producer, waiting at most ``timeout_s`` for what it still holds."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout_s)
+            except KafkaError as exc:
+                log.warning("producer closed with records unsent (%s)", exc)
+
+    def _attempt(self, messages: Sequence[OutboundMessage]) -> tuple[list[OutboundMessage], bool]:
+        """One bounded send: the messages to send again, and whether the producer failed."""
+        producer = self._producer
+        if producer is None:
+            return list(messages), True  # the last replacement failed: build one again
+        failed: list[OutboundMessage] = []
+        futures = []
+        for message in messages:
+            try:
+                future = producer.send(
+                    message.topic, key=message.key, value=message.value, headers=message.headers
+                )
+            except KafkaTimeoutError as exc:  # no metadata within max_block_ms: broker away
+                log.warning("publish to %s timed out (%s); retrying", message.topic, exc)
+                failed.append(message)
+            except (KafkaError, TypeError, ValueError) as exc:  # refused before it was sent
+                failed.extend(self._refused(message, exc))
+            else:
+                futures.append((message, future))
+        broken = bool(failed)
+        try:
+            producer.flush(timeout=self.timeout_s)
+        except KafkaTimeoutError:
+            log.warning("producer did not finish sending in %.0f s", self.timeout_s)
+        for message, future in futures:
+            if not future.is_done:
+                failed.append(message)
+                broken = True
+                continue
+            try:
+                future.get(timeout=0)
+            except KafkaError as exc:
+                if exc.retriable or not message.dead_letter:
+                    log.warning("publish to %s not acknowledged (%s); retrying", message.topic, exc)
+                    failed.append(message)
+                    broken = True
+                else:
+                    failed.extend(self._refused(message, exc))
+        return failed, broken
+
+    def _refused(self, message: OutboundMessage, exc: Exception) -> list[OutboundMessage]:
+        """What to send instead of a message the producer or broker refuses for what it is."""
+        if not message.dead_letter:
+            log.error("alert to %s refused (%s); retrying", message.topic, exc)
+            return [message]
+        where = {k: v for k, v in message.headers if k.startswith(DLQ_HEADER_PREFIX)}
+        if message.value or message.key:
+            log.error("dead letter refused (%s); sending it without key and value", exc)
+            ours = [
+                *where.items(),
+                (DLQ_HEADER_PREFIX + "value.dropped", type(exc).__name__.encode()),
+            ]
+            return [OutboundMessage(message.topic, None, b"", ours, dead_letter=True)]
+        log.error(
+            "dead letter for %s[%s] offset %s refused even without content (%s); dropped",
+            where.get(DLQ_HEADER_PREFIX + "topic", b"?").decode(errors="replace"),
+            where.get(DLQ_HEADER_PREFIX + "partition", b"?").decode(errors="replace"),
+            where.get(DLQ_HEADER_PREFIX + "offset", b"?").decode(errors="replace"),
+            exc,
+        )
+        self.on_dropped(message)
+        return []
+
+    def _replace_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            # kafka-python's close() only stops its sender once every batch is done, and a batch
+            # is done at the latest when its delivery timeout expires: close in the background.
+            threading.Thread(
+                target=self._close_quietly, args=(old, self.timeout_s), daemon=True
+            ).start()
+        try:
+            self._producer = self.producer_factory()
+        except KafkaError as exc:
+            log.warning("cannot create a new producer yet (%s); will retry", exc)
+            return
+        self.on_producer_replaced()
+
+    @staticmethod
+    def _close_quietly(producer: KafkaProducer, timeout_s: float) -> None:
+        try:
+            producer.close(timeout=timeout_s)
+        except KafkaError as exc:
+            log.info("replaced producer closed with records unsent (%s)", exc)
 
 
 class RebalanceEvents(AsyncConsumerRebalanceListener):

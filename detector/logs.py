@@ -36,8 +36,11 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> bool:
-        """Log ``message`` under ``key`` unless it was logged recently; returns whether it logged."""
+    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> bool:
+        """Log ``message`` under ``key`` unless it was logged recently; returns whether it logged.
+
+        ``exc_info`` adds the traceback of the exception being handled.
+        """
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
@@ -45,6 +48,6 @@ class RateLimitedLog:
             return False
         suppressed = self._suppressed.pop(key, 0)
         suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
-        self.logger.warning(message + suffix, *args)
+        self.logger.warning(message + suffix, *args, exc_info=exc_info)
         self._last[key] = now
         return True

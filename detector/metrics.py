@@ -86,6 +86,16 @@ class DetectorMetrics:
             "Alert publishes that failed and were retried",
             registry=r,
         )
+        self.producer_replacements = Counter(
+            "detector_producer_replacements",
+            "Producers closed and built anew after a failed publish attempt (a wedged producer)",
+            registry=r,
+        )
+        self.dead_letters_dropped = Counter(
+            "detector_dead_letters_dropped",
+            "Dead letters the broker refused even without their content; offsets are in the log",
+            registry=r,
+        )
         self.commits = Counter(
             "detector_offset_commits", "Offset commits that succeeded", registry=r
         )

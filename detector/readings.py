@@ -58,6 +58,8 @@ class RejectReason(str, enum.Enum):
     LATE = "late"
     FUTURE_TIMESTAMP = "future_timestamp"
     TOO_MANY_DEVICES = "too_many_devices"
+    UNDECODABLE = "undecodable"  # the Kafka client could not decode the record itself
+    INTERNAL_ERROR = "internal_error"  # a bug met while ingesting it: logged with the traceback
 
 
 @dataclass(frozen=True)

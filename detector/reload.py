@@ -25,7 +25,8 @@ class ModelWatcher:
     """Polls a model registry's ``current`` pointer every ``interval_s`` seconds.
 
     A version is offered once: after a failed load it is not retried until the pointer names
-    something else, so a bad model costs one attempt and one log line, not one per poll.
+    something else, so a bad model costs one attempt and one log line, not one per poll. A
+    pointer that cannot be followed is reported the same way: once, until it changes.
     """
 
     def __init__(
@@ -40,16 +41,26 @@ class ModelWatcher:
         self.clock = clock
         self._offered = loaded.resolve()
         self._next_check = clock() + interval_s
+        self._bad_pointer: str | None = None
 
     def candidate(self) -> Path | None:
-        """The newly current artifact directory, when the pointer moved since the last offer."""
+        """The newly current artifact directory, when the pointer moved since the last offer.
+
+        Raises :class:`ArtifactError` when the pointer cannot be followed (outside the registry,
+        a missing or unreadable version), once per distinct problem; the next good pointer
+        clears it.
+        """
         if self.interval_s <= 0 or self.clock() < self._next_check:
             return None
         self._next_check = self.clock() + self.interval_s
         try:
             current = resolve_artifact_dir(self.registry).resolve()
-        except ArtifactError:
-            return None  # a half-written pointer or missing version: look again next time
+        except ArtifactError as exc:
+            if str(exc) == self._bad_pointer:
+                return None
+            self._bad_pointer = str(exc)
+            raise
+        self._bad_pointer = None
         if current == self._offered:
             return None
         self._offered = current

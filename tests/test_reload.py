@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from detector.artifact import METADATA_FILE, WEIGHTS_FILE, set_current
+from detector.artifact import (
+    CURRENT_POINTER,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    ArtifactError,
+    set_current,
+)
 from detector.reload import ModelWatcher
 from detector.replay import encode_messages, interleave
 from tests.conftest import WINDOW, DemoData, Topics, produce, read_topic, wait_until
@@ -39,6 +45,37 @@ def test_watcher_offers_each_new_version_once(tmp_path: Path, demo_data: DemoDat
     assert watcher.candidate() == second.resolve()
     now[0] = 22
     assert watcher.candidate() is None  # offered already
+
+
+def test_watcher_reports_each_bad_pointer_once(tmp_path: Path, demo_data: DemoData) -> None:
+    """Item 11: a pointer that cannot be followed is refused visibly, once per distinct value."""
+    registry = tmp_path / "models"
+    first = _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    set_current(registry, "v1")
+    now = [0.0]
+    watcher = ModelWatcher(registry, first, interval_s=1, clock=lambda: now[0])
+
+    def poll() -> Path | None:
+        now[0] += 1
+        return watcher.candidate()
+
+    pointer = registry / CURRENT_POINTER
+    for value, reason in [
+        (b"../elsewhere\n", "outside"),
+        (b"v9\n", "v9"),
+        (b"x" * 300 + b"\n", "x" * 20),  # too long for a file name: was an uncaught OSError
+        (b"\xff\xfe\n", "UTF-8"),  # was an uncaught UnicodeDecodeError
+    ]:
+        pointer.write_bytes(value)
+        with pytest.raises(ArtifactError, match=reason):
+            poll()
+        assert poll() is None  # the same bad value again: no second report
+    second = _copy_version(registry, demo_data.model.path, "v2", 1.0)
+    set_current(registry, "v2")
+    assert poll() == second.resolve()
+    pointer.write_bytes(b"v9\n")  # bad again after a good version: reported again
+    with pytest.raises(ArtifactError, match="v9"):
+        poll()
 
 
 @pytest.mark.integration
