@@ -153,7 +153,8 @@ class WindowConfig(_Section):
     device_idle_timeout_s: float | None = Field(
         3600.0,
         gt=0,
-        description="forget a device silent this long (stream time) unless firing; None: never",
+        description="forget a device silent this long, unless firing (None: never); counts only "
+        "time with the broker reachable",
     )
     capacity_min_idle_s: float = Field(
         60.0,

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_MS = 200
 _HOUSEKEEPING_INTERVAL_S = 1.0
+_MAX_IDLE_TICK_S = 5.0  # a longer gap between housekeeping runs is a stalled loop, not idleness
 
 
 class PendingWindows:
@@ -161,9 +162,9 @@ class Detector:
         self._device_partition: dict[str, TopicPartition] = {}
         self._imputed_streak: dict[str, int] = {}
         self._late_streak: dict[str, int] = {}  # late readings in a row: a clock that stepped?
-        # Stream time: the newest accepted reading's timestamp, capped at the wall clock. Idle
-        # devices are judged by it, so a broker outage, a stall or a backlog makes none idle.
-        self._stream_time = -math.inf
+        # Seconds the loop ran with the broker reachable: devices are idle by this clock, so a
+        # broker outage or a stalled loop makes none idle, and no device's own clock counts.
+        self._idle_clock = 0.0
         self._last_commit = 0.0
         self._last_housekeeping = 0.0
         self._bad_data_log = RateLimitedLog(log)
@@ -398,10 +399,7 @@ class Detector:
             self._late_streak[device_id] = late_streak + 1
         elif late_streak:
             del self._late_streak[device_id]
-        if ts > self._stream_time and not isinstance(placement, RejectReason):
-            # Capped so that one reading stamped ahead cannot make the whole fleet look idle.
-            self._stream_time = min(ts, now)
-        self.store.touch(slot, self._stream_time)
+        self.store.touch(slot, self._idle_clock)
         if isinstance(placement, RejectReason):
             self._reject(placement, f"{device_id} ts {ts}", record, index, live)
             return
@@ -458,7 +456,7 @@ class Detector:
             return self.store.slot(device_id)
         except OverflowError:
             oldest = self.store.longest_idle()
-            if oldest is None or self._stream_time - oldest[1] < (
+            if oldest is None or self._idle_clock - oldest[1] < (
                 self.config.windows.capacity_min_idle_s
             ):
                 return None
@@ -486,7 +484,7 @@ class Detector:
         return firing
 
     def _forget_idle(self) -> None:
-        """Forget devices silent for ``device_idle_timeout_s`` of stream time, unless firing.
+        """Forget devices silent for ``device_idle_timeout_s`` of the idle clock, unless firing.
 
         A firing device is kept, so that when it reports again its episode resolves (or goes on)
         rather than stay open on the alerts topic; at ``max_devices`` it can still be replaced.
@@ -495,14 +493,14 @@ class Detector:
         if timeout is None:
             return
         forgotten = 0
-        for device_id in self.store.idle(before=self._stream_time - timeout):
+        for device_id in self.store.idle(before=self._idle_clock - timeout):
             state = self.tracker.states.get(device_id)
             if state is None or not state.firing:
                 self._forget(device_id)
                 forgotten += 1
         if forgotten:
             self.metrics.devices_evicted.labels(reason="idle").inc(forgotten)
-            log.info("forgot %d devices silent for over %g s of stream time", forgotten, timeout)
+            log.info("forgot %d devices silent for over %g s", forgotten, timeout)
 
     def _reject(
         self,
@@ -626,6 +624,8 @@ class Detector:
         now = time.monotonic()
         if now - self._last_housekeeping < _HOUSEKEEPING_INTERVAL_S:
             return
+        if self._broker_reachable():
+            self._idle_clock += min(now - self._last_housekeeping, _MAX_IDLE_TICK_S)
         self._last_housekeeping = now
         self._forget_idle()
         # A device forgotten while its window waited in the batch got its alert (and calibration)

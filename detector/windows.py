@@ -130,7 +130,7 @@ class WindowStore:
         Candidates are ranked a batch (1 % of the devices) at a time, so that a stream of new
         devices arriving at ``max_devices``, each replacing the longest-idle one, costs one
         partial sort per batch rather than a scan of every slot per device. The answer is exact
-        while touch times never decrease (the daemon's stream clock): a device outside the batch
+        while touch times never decrease (the daemon's idle clock): a device outside the batch
         was seen no earlier than every device in it.
         """
         while True:
