@@ -23,7 +23,7 @@ from types import FrameType
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from detector.admission import AdmissionPolicy, Placement, impute_missing
@@ -32,16 +32,19 @@ from detector.artifact import Artifact, ArtifactError, describe, load_artifact
 from detector.calibration import ThresholdCalibrator
 from detector.config import DetectorConfig
 from detector.health import HealthState
+from detector.kafka_compat import undecodable_position
 from detector.kafka_io import (
+    MAX_REQUEST_BYTES,
     OutboundMessage,
     Publisher,
     RebalanceEvents,
     alert_message,
     dead_letter_message,
+    undecodable_dead_letter,
 )
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
-from detector.readings import ReadingParser, RejectReason
+from detector.readings import ReadingParser, Rejection, RejectReason
 from detector.reload import ModelWatcher, swap_incompatibility
 from detector.scoring import Scorer, top_sensor_shares
 from detector.windows import WindowStore
@@ -153,6 +156,7 @@ class Detector:
         self._batches_scored = 0
         self._stop = threading.Event()
         self._outbox: list[OutboundMessage] = []
+        self._record_rejections: list[Rejection] = []  # of the record being ingested
         self._processed: dict[TopicPartition, int] = {}  # next offset after what was ingested
         self._committed: dict[TopicPartition, int] = {}
         # Offsets whose windows are all scored and whose output is acknowledged; replaced (never
@@ -253,7 +257,11 @@ class Detector:
         try:
             while not self._stop.is_set():
                 self.reload_if_changed()
-                records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
+                try:
+                    records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
+                except CorruptRecordError as exc:
+                    self._skip_undecodable(exc)
+                    continue
                 records = self.handle_rebalance(records)
                 self.process(records)
                 self.health.progressed()
@@ -268,6 +276,34 @@ class Detector:
                 self.records_consumed,
                 {f"{tp.topic}[{tp.partition}]": off for tp, off in sorted(self._committed.items())},
             )
+
+    def _skip_undecodable(self, error: CorruptRecordError) -> None:
+        """Move past a record the Kafka client cannot decode: dead-letter where it was, go on.
+
+        Its offset counts as processed, so the commit moves past it and a restart does not
+        meet it again; while rebuilding it was already counted when first consumed.
+        """
+        found = undecodable_position(self.consumer)
+        if found is None:
+            raise error  # nowhere known to seek to: a restart is the only way on
+        tp, offset = found
+        self.consumer.seek(tp, offset + 1)
+        self._processed[tp] = offset + 1
+        resume = self._resume_at.get(tp)
+        live = resume is None or offset >= resume
+        if not live:
+            return
+        self.metrics.records_rejected.labels(reason=RejectReason.UNDECODABLE.value).inc()
+        self._bad_data_log.warning(
+            RejectReason.UNDECODABLE.value,
+            "skipped undecodable record %s offset %d: %s",
+            tp,
+            offset,
+            error,
+        )
+        topic = self.config.kafka.dead_letter_topic
+        if topic:
+            self._outbox.append(undecodable_dead_letter(topic, tp, offset, str(error)))
 
     def handle_rebalance(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]
@@ -365,15 +401,42 @@ class Detector:
         }
 
     def _ingest(self, tp: TopicPartition, record: ConsumerRecord, live: bool, now: float) -> None:
-        message = self.parser.parse(record.value)
-        for rejection in message.rejections:
-            self._reject(rejection.reason, rejection.detail, record, rejection.index, live)
-        if message.unknown_sensors and live:
-            self.metrics.unknown_sensors.inc(message.unknown_sensors)
-        for device_id, ts, values, index in zip(
-            message.device_ids, message.timestamps, message.values, message.indices, strict=True
-        ):
-            self._admit(tp, record, device_id, ts, values, index, live, now)
+        """Parse and admit one record's readings; its rejections make one dead letter.
+
+        Nothing a record holds may stop the partition: an unexpected error while ingesting it
+        rejects the rest of it (``internal_error``, logged with the traceback) and the loop goes
+        on with the next record.
+        """
+        self._record_rejections = []
+        try:
+            message = self.parser.parse(record.value)
+            for rejection in message.rejections:
+                self._reject(rejection.reason, rejection.detail, record, rejection.index, live)
+            if message.unknown_sensors and live:
+                self.metrics.unknown_sensors.inc(message.unknown_sensors)
+            for device_id, ts, values, index in zip(
+                message.device_ids,
+                message.timestamps,
+                message.values,
+                message.indices,
+                strict=True,
+            ):
+                self._admit(tp, record, device_id, ts, values, index, live, now)
+        except Exception as exc:
+            if live:
+                self._bad_data_log.warning(
+                    "internal_error.trace",
+                    "cannot ingest %s offset %d",
+                    tp,
+                    record.offset,
+                    exc_info=True,
+                )
+            self._reject(RejectReason.INTERNAL_ERROR, repr(exc)[:200], record, None, live)
+        topic = self.config.kafka.dead_letter_topic
+        if topic and self._record_rejections:
+            self._outbox.append(
+                dead_letter_message(topic, record, self._record_rejections, MAX_REQUEST_BYTES)
+            )
 
     def _admit(
         self,
@@ -514,9 +577,7 @@ class Detector:
             return  # counted and dead-lettered when it was first consumed
         self.metrics.records_rejected.labels(reason=reason.value).inc()
         self._bad_data_log.warning(reason.value, "rejected reading (%s): %s", reason.value, detail)
-        topic = self.config.kafka.dead_letter_topic
-        if topic:
-            self._outbox.append(dead_letter_message(topic, record, reason.value, detail, index))
+        self._record_rejections.append(Rejection(reason, detail, index))
 
     def flush(self) -> None:
         """Score every pending window, run the alert rule and publish alerts and dead letters."""
@@ -591,7 +652,7 @@ class Detector:
             return
         messages, self._outbox = self._outbox, []
         self.publisher.publish(messages)
-        dead = sum(1 for m in messages if m.topic == self.config.kafka.dead_letter_topic)
+        dead = sum(1 for m in messages if m.dead_letter)
         if dead:
             self.metrics.dead_letters.inc(dead)
 
