@@ -12,6 +12,8 @@ after a handover are scored with full windows and the alerts match an uninterrup
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import math
 import signal
@@ -703,6 +705,7 @@ class Detector:
             self.tracker.states = dict(self.tracker.states)
             if self.calibrator is not None:
                 self.calibrator.devices = dict(self.calibrator.devices)
+            _return_freed_memory()
         assignment = self.consumer.assignment()
         self.metrics.partitions_assigned.set(len(assignment))
         for tp in assignment:
@@ -743,6 +746,18 @@ def install_signal_handlers(detector: Detector) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def _return_freed_memory() -> None:
+    """Give the heap that forgotten devices freed back to the OS (glibc only; else a no-op).
+
+    glibc keeps freed small blocks for reuse: with 300 000 devices forgotten RSS stayed at
+    359 MiB (285 at start, 533 with them), 309 after a trim alone, 295 with a collection first.
+    """
+    gc.collect()  # parsed records and their readings can sit in reference cycles
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _heartbeat_answer_age(consumer: KafkaConsumer) -> float:

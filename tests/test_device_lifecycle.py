@@ -164,6 +164,7 @@ def test_idle_and_replaced_devices_are_forgotten_and_new_ones_admitted(
     assert second["detector_readings_accepted_total"] == 2 * fleet
     assert evicted_capacity >= 1
     assert tracked_end == 0
+    assert rss_end - rss_start < (rss_second - rss_start) / 2  # most of the growth given back
     assert evicted_idle + end['detector_devices_evicted_total{reason="capacity"}'] == 2 * fleet
     assert daemon.process.poll() is None
 
