@@ -320,7 +320,11 @@ class Publisher:
         if not message.dead_letter:
             log.error("alert to %s refused (%s); retrying", message.topic, exc)
             return [message]
-        where = {k: v for k, v in message.headers if k.startswith(DLQ_HEADER_PREFIX)}
+        where = {
+            k: v
+            for k, v in message.headers
+            if isinstance(k, str) and k.startswith(DLQ_HEADER_PREFIX) and isinstance(v, bytes)
+        }
         if message.value or message.key:
             log.error("dead letter refused (%s); sending it without key and value", exc)
             ours = [

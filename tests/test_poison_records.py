@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 
+from detector.config import KafkaConfig
 from detector.embedded_broker import create_topics
-from detector.kafka_io import DLQ_HEADER_PREFIX, MAX_REQUEST_BYTES, dead_letter_message
+from detector.kafka_io import (
+    DLQ_HEADER_PREFIX,
+    MAX_REQUEST_BYTES,
+    OutboundMessage,
+    Publisher,
+    build_producer,
+    dead_letter_message,
+)
 from detector.readings import Rejection, RejectReason
 from detector.replay import encode_messages, interleave
 from tests.conftest import (
@@ -194,3 +203,28 @@ def test_poison_records_are_dead_lettered_and_the_stream_around_them_is_scored(
         f"{max(len(letter.value or b'') for letter in letters)} B; RSS {baseline_rss:.0f} -> "
         f"{peak_rss:.0f} MiB; alerts equal the offline run"
     )
+
+
+@pytest.mark.integration
+def test_publisher_sends_a_refused_dead_letter_without_content_and_drops_what_cannot_go(
+    kafka_bootstrap: str,
+) -> None:
+    topic = f"dlq-{uuid.uuid4().hex[:10]}"
+    create_topics(kafka_bootstrap, {topic: 1})
+    where = [(DLQ_HEADER_PREFIX + "offset", b"7"), (DLQ_HEADER_PREFIX + "reason", b"oversized")]
+    too_big = OutboundMessage(topic, b"k", b"v" * (2 * MAX_REQUEST_BYTES), where, dead_letter=True)
+    # A header key that is not a str: kafka-python refuses it before sending, content or not.
+    unsendable = OutboundMessage(topic, None, b"", [(b"raw-key", b"v")], dead_letter=True)  # type: ignore[list-item]
+    dropped: list[OutboundMessage] = []
+    config = KafkaConfig(bootstrap_servers=[kafka_bootstrap])
+    publisher = Publisher(lambda: build_producer(config), timeout_s=10, on_dropped=dropped.append)
+    try:
+        publisher.publish([too_big, unsendable])
+    finally:
+        publisher.close()
+    assert dropped == [unsendable]
+    [letter] = read_records(kafka_bootstrap, topic)
+    assert letter.value in (b"", None) and letter.key is None
+    headers = dict(letter.headers)
+    assert headers[DLQ_HEADER_PREFIX + "offset"] == b"7"
+    assert headers[DLQ_HEADER_PREFIX + "value.dropped"] == b"MessageSizeTooLargeError"
