@@ -70,7 +70,7 @@ class WindowStore:
         self._last_ts = np.full(initial_capacity, -np.inf, dtype=np.float64)
         # When each device was last seen; +inf (never idle) for free slots and untouched devices.
         self._last_seen = np.full(initial_capacity, np.inf, dtype=np.float64)
-        self._idle_order: list[tuple[int, float]] = []  # longest-idle candidates, oldest last
+        self._idle_order: list[tuple[int, str, float]] = []  # longest-idle first, oldest last
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -121,8 +121,8 @@ class WindowStore:
 
     def idle(self, before: float) -> list[str]:
         """Devices last seen before ``before`` (devices never touched are never idle)."""
-        slots = np.flatnonzero(self._last_seen[: len(self._ids)] < before)
-        return [self._ids[slot] for slot in slots.tolist()]  # type: ignore[misc]
+        slots = np.flatnonzero(self._last_seen[: len(self._ids)] < before).tolist()
+        return [device_id for slot in slots if (device_id := self._ids[slot]) is not None]
 
     def longest_idle(self) -> tuple[str, float] | None:
         """The device seen longest ago and when, ``None`` if no device was ever touched.
@@ -135,9 +135,11 @@ class WindowStore:
         """
         while True:
             while self._idle_order:
-                slot, seen = self._idle_order[-1]
-                if self._last_seen[slot] == seen:  # not touched again nor removed since ranked
-                    return self._ids[slot], seen  # type: ignore[return-value]
+                slot, device_id, seen = self._idle_order[-1]
+                # Still in its slot (a freed slot can hold a newer device seen in the same tick)
+                # and not seen again since it was ranked.
+                if self._ids[slot] == device_id and self._last_seen[slot] == seen:
+                    return device_id, seen
                 self._idle_order.pop()
             seen_at = self._last_seen[: len(self._ids)]
             touched = np.flatnonzero(seen_at < np.inf)
@@ -146,7 +148,11 @@ class WindowStore:
             batch = min(len(touched), max(1, len(self._slots) // 100))
             ranked = touched[np.argpartition(seen_at[touched], batch - 1)[:batch]]
             ranked = ranked[np.argsort(-seen_at[ranked], kind="stable")]
-            self._idle_order = [(slot, float(seen_at[slot])) for slot in ranked.tolist()]
+            self._idle_order = [
+                (slot, device_id, float(seen_at[slot]))
+                for slot in ranked.tolist()
+                if (device_id := self._ids[slot]) is not None
+            ]
 
     def compact(self) -> bool:
         """Shrink the buffers to twice the devices left once they hold under a quarter of them.

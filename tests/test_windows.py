@@ -326,3 +326,23 @@ def test_store_with_removals_matches_a_dictionary_of_devices(ops: list[tuple[str
         assert sorted(store.idle(cutoff)) == sorted(d for d, t in seen.items() if t < cutoff)
     else:
         assert store.longest_idle() is None
+
+
+def test_a_device_in_a_freed_slot_is_not_taken_for_the_one_it_replaced() -> None:
+    """At max_devices each new device replaces the longest-idle one, never the previous new one.
+
+    All seen in the same clock tick: the candidates ranked before must still come first.
+    """
+    store = WindowStore(length=2, n_features=1)
+    for i in range(300):
+        store.touch(store.slot(f"old-{i}"), 10.0)
+    replaced = []
+    for i in range(3):
+        candidate = store.longest_idle()
+        assert candidate is not None
+        oldest = candidate[0]
+        replaced.append(oldest)
+        store.remove(oldest)
+        store.touch(store.slot(f"new-{i}"), 10.0)
+    assert all(device.startswith("old-") for device in replaced)
+    assert len(set(replaced)) == 3
