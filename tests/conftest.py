@@ -193,6 +193,9 @@ def start_daemon(
                 "DETECTOR_KAFKA__GROUP_ID": topics.group,
                 "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
                 "DETECTOR_SCORING__DEVICE": "cpu",
+                # Tests poll metrics every 0.1 s to catch a moment (e.g. the first record
+                # consumed); the page cache that spares a scraped daemon would hide it.
+                "DETECTOR_METRICS__EXPOSITION_CACHE_S": "0",
                 **overrides,
             },
         )
