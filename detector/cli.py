@@ -102,22 +102,22 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = server.server_address[:2]
     log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
+    detector: Detector | None = None
     with _bootstrapping() as first_error:
         try:
             consumer = build_consumer(config.kafka)
+            publisher = Publisher(
+                lambda: build_producer(config.kafka),
+                timeout_s=delivery_timeout_s(config.kafka) + 1.0,
+                on_failure=metrics.publish_failures.inc,
+                should_stop=lambda: detector is not None and detector.stopping,
+                on_wait=health.progressed,
+                on_producer_replaced=metrics.producer_replacements.inc,
+                on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
+            )
         except KafkaError:
             print(f"detector: {_unreachable(config.kafka, first_error)}", file=sys.stderr)
             return EXIT_CONFIG
-    detector: Detector | None = None
-    publisher = Publisher(
-        lambda: build_producer(config.kafka),
-        timeout_s=delivery_timeout_s(config.kafka) + 1.0,
-        on_failure=metrics.publish_failures.inc,
-        should_stop=lambda: detector is not None and detector.stopping,
-        on_wait=health.progressed,
-        on_producer_replaced=metrics.producer_replacements.inc,
-        on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
-    )
     detector = Detector(
         config, artifact, consumer, publisher, metrics, scorer=scorer, health=health
     )
