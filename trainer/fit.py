@@ -6,6 +6,7 @@ import copy
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,14 @@ from trainer.data import exclude_flagged as exclude_flagged_rows
 log = logging.getLogger(__name__)
 
 Promotion = Literal["always", "auto", "never"]
+
+# A validation error this share of the data's variance or more means the model learned little
+# (1.0: it reconstructs a window no better than the sensors' means would).
+POOR_FIT_ERROR_SHARE = 0.5
+# Fewer validation windows than this make the threshold's tail a guess.
+MIN_CALIBRATION_WINDOWS = 100
+# A model that flags more of its own normal windows than this pages on normal data.
+MAX_OWN_FLAG_RATE = 0.01
 
 
 class TrainingError(Exception):
@@ -205,10 +214,18 @@ def fit(
         },
         "torch_version": torch.__version__,
     }
-    new_rate = holdout_flag_rate(
-        Scorer(model, scaler, config.training.device, 4096, spec=score_spec), threshold, val_raw
+    new_scorer = Scorer(model, scaler, config.training.device, 4096, spec=score_spec)
+    new_rate = holdout_flag_rate(new_scorer, threshold, val_raw)
+    metadata["validation"].update(
+        {
+            "holdout_flag_rate": new_rate,
+            "train_flag_rate": holdout_flag_rate(new_scorer, threshold, train_raw),
+            "train_error_share": train_loss / _variance(scaler.transform(train_raw)),
+            "validation_error_share": val_loss / _variance(scaler.transform(val_raw)),
+        }
     )
-    metadata["validation"]["holdout_flag_rate"] = new_rate
+    for warning in fit_warnings(metadata["validation"]):
+        log.warning(warning)
     current_rate = None
     if current is not None and current.metadata.feature_names == split.feature_names:
         current_rate = holdout_flag_rate(
@@ -247,6 +264,45 @@ def fit(
         new_rate,
         current_rate,
     )
+
+
+def fit_warnings(validation: Mapping[str, float]) -> list[str]:
+    """What a user must hear about a fit: it barely learned, or its threshold is shaky.
+
+    ``validation`` is the artifact's ``validation`` section (error shares, window counts and the
+    shares of its own training and validation windows the new model flags).
+    """
+    warnings = []
+    share = validation["validation_error_share"]
+    if share >= POOR_FIT_ERROR_SHARE:
+        warnings.append(
+            f"the model barely learned: its validation error is {share:.0%} of the data's "
+            "variance (100% = it reconstructs nothing); train longer (training.epochs), use a "
+            "smaller training.batch_size, or add data"
+        )
+    windows = int(validation["validation_windows"])
+    if windows < MIN_CALIBRATION_WINDOWS:
+        warnings.append(
+            f"the threshold comes from only {windows} validation windows (fewer than "
+            f"{MIN_CALIBRATION_WINDOWS}): its false-alarm rate is a guess; add data or raise "
+            "training.validation_fraction"
+        )
+    for part in ("train", "holdout"):
+        rate = validation[f"{part}_flag_rate"]
+        if rate > MAX_OWN_FLAG_RATE:
+            name = "training" if part == "train" else "validation"
+            warnings.append(
+                f"the model flags {rate:.1%} of its own {name} windows (more than "
+                f"{MAX_OWN_FLAG_RATE:.0%}): it will page on normal data like this; raise "
+                "threshold.margin or add data"
+            )
+    return warnings
+
+
+def _variance(scaled_windows: np.ndarray) -> float:
+    """Mean per-sensor variance of scaled windows: what reconstructing nothing would cost."""
+    flat = scaled_windows.reshape(-1, scaled_windows.shape[-1])
+    return max(float(flat.var(axis=0, dtype=np.float64).mean()), np.finfo(np.float32).tiny)
 
 
 def holdout_flag_rate(scorer: Scorer, threshold: float, windows: np.ndarray) -> float:
