@@ -48,8 +48,18 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """Optimisation and validation split."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(
+        30, ge=1, description="passes over the data at most, unless min_steps needs more"
+    )
+    batch_size: int = Field(
+        256, ge=1, description="at most; smaller when the data would make under 10 steps a pass"
+    )
+    min_steps: int = Field(
+        500,
+        ge=0,
+        description="optimiser steps at least, however little data: passes are added until "
+        "reached, and early stopping waits for them",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     patience: int = Field(5, ge=1, description="epochs without validation improvement before stop")

@@ -38,7 +38,7 @@ Promotion = Literal["always", "auto", "never"]
 
 # A validation error this share of the data's variance or more means the model learned little
 # (1.0: it reconstructs a window no better than the sensors' means would).
-POOR_FIT_ERROR_SHARE = 0.5
+POOR_FIT_ERROR_SHARE = 0.9
 # Fewer validation windows than this make the threshold's tail a guess.
 MIN_CALIBRATION_WINDOWS = 100
 # A model that flags more of its own normal windows than this pages on normal data.
@@ -71,6 +71,16 @@ def _version_id(config: TrainerConfig, data_sha: str) -> str:
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{digest}"
 
 
+# Fewer optimiser steps than this per pass over the data shrink the batch: on a few hundred
+# windows a batch of 256 is one or two steps an epoch, and the model barely moves.
+MIN_STEPS_PER_EPOCH = 10
+
+
+def effective_batch_size(windows: int, batch_size: int) -> int:
+    """``batch_size``, or less so that a pass over ``windows`` takes ``MIN_STEPS_PER_EPOCH`` steps."""
+    return max(1, min(batch_size, windows // MIN_STEPS_PER_EPOCH))
+
+
 def train_autoencoder(
     model: LSTMAutoencoder,
     train: torch.Tensor,
@@ -81,9 +91,23 @@ def train_autoencoder(
 ) -> tuple[float, float, int]:
     """Adam on MSE with early stopping on validation loss; leaves the best weights in ``model``.
 
+    Trains up to ``training.epochs`` passes, or more until ``training.min_steps`` optimiser steps
+    are done, so small data gets as many steps as large; early stopping may end it only once the
+    step budget is spent.
     Returns (train loss, best validation loss, epochs run).
     """
     settings = config.training
+    batch_size = effective_batch_size(len(train), settings.batch_size)
+    steps_per_epoch = -(-len(train) // batch_size)
+    planned = max(settings.epochs, -(-settings.min_steps // steps_per_epoch))
+    if batch_size < settings.batch_size or planned > settings.epochs:
+        log.info(
+            "%d windows: batch size %d, %d epochs (%d optimiser steps)",
+            len(train),
+            batch_size,
+            planned,
+            planned * steps_per_epoch,
+        )
     generator = torch.Generator().manual_seed(settings.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     loss_fn = nn.MSELoss()
@@ -93,30 +117,29 @@ def train_autoencoder(
         0,
         0.0,
     )
-    epochs = tqdm(
-        range(1, settings.epochs + 1), desc="training", unit="epoch", disable=not show_progress
-    )
+    epochs = tqdm(range(1, planned + 1), desc="training", unit="epoch", disable=not show_progress)
     epoch = 0
     for epoch in epochs:
         model.train()
         order = torch.randperm(len(train), generator=generator)
         total = 0.0
-        for start in range(0, len(train), settings.batch_size):
-            batch = train[order[start : start + settings.batch_size]].to(device)
+        for start in range(0, len(train), batch_size):
+            batch = train[order[start : start + batch_size]].to(device)
             optimiser.zero_grad()
             loss = loss_fn(model(batch), batch)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / len(train)
-        val_loss = _mean_loss(model, validation, settings.batch_size, device)
+        val_loss = _mean_loss(model, validation, batch_size, device)
         epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         log.info("epoch %d: train loss %.5f, validation loss %.5f", epoch, train_loss, val_loss)
         if val_loss < best_val - 1e-7:
             best_val, stale, best_state = val_loss, 0, copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= settings.patience:
+            learned = epoch * steps_per_epoch >= settings.min_steps
+            if stale >= settings.patience and learned:
                 log.info("early stop after %d epochs (best validation loss %.5f)", epoch, best_val)
                 break
     model.load_state_dict(best_state)
