@@ -128,7 +128,7 @@ def _promote(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"current: {previous or '(none)'} -> {args.version} (restart the detector to load it)")
+    print(f"current: {previous or '(none)'} -> {args.version} (a running detector swaps it in at its next registry check)")
     return 0
 
 
@@ -140,7 +140,7 @@ def _rollback(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"current: {previous} -> {target} (restart the detector to load it)")
+    print(f"current: {previous} -> {target} (a running detector swaps it in at its next registry check)")
     return 0
 
 
