@@ -86,3 +86,41 @@ def test_from_kafka_without_range_is_a_clear_error(tmp_path: Path) -> None:
     result = _fit(_trainer_config(tmp_path, tmp_path / "models"), "--from-kafka", "topic")
     assert result.returncode == 2
     assert "--since, --until and --bootstrap-servers" in result.stderr
+
+
+def test_kafka_settings_come_from_a_detector_config_with_its_security(tmp_path: Path) -> None:
+    from trainer.cli import _kafka_settings
+
+    config = tmp_path / "detector.yaml"
+    config.write_text(
+        "kafka:\n  bootstrap_servers: [secure-1:9093]\n  security_protocol: SASL_SSL\n"
+        "  sasl_mechanism: SCRAM-SHA-512\n  sasl_username: trainer\n  sasl_password: pw-91f2\n"
+        f"model: {{path: {tmp_path}}}\n"
+    )
+    kafka = _kafka_settings(config, None)
+    assert kafka.security_protocol == "SASL_SSL" and kafka.sasl_username == "trainer"
+    assert kafka.sasl_password is not None and kafka.sasl_password.get_secret_value() == "pw-91f2"
+    assert _kafka_settings(config, "other:9093").bootstrap_servers == ["other:9093"]
+    assert _kafka_settings(config, "other:9093").sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_retrain_from_kafka_with_a_detector_config_for_the_cluster(
+    tmp_path: Path, topics: Topics, demo_data: DemoData
+) -> None:
+    registry = tmp_path / "models"
+    readings = interleave(demo_data.normal.readings)
+    produce(topics.bootstrap, topics.readings, encode_messages(readings))
+    stamps = readings["ts"].drop_duplicates().sort_values().to_numpy()
+    since, until = stamps[0], stamps[600]
+    detector_config = tmp_path / "detector.yaml"
+    detector_config.write_text(
+        f"kafka: {{bootstrap_servers: ['{topics.bootstrap}']}}\nmodel: {{path: {registry}}}\n"
+    )
+    result = _fit(
+        _trainer_config(tmp_path, registry),
+        *("--from-kafka", topics.readings, "--since", str(since), "--until", str(until)),
+        *("--kafka-config", str(detector_config)),
+    )
+    assert result.returncode == 0, result.stderr
+    meta = load_artifact(registry).metadata
+    assert meta.training_data.files == [f"kafka://{topics.readings}?since={since}&until={until}"]

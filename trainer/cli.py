@@ -6,20 +6,37 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.settings import ConfigError
 
+if TYPE_CHECKING:
+    from detector.config import KafkaConfig
+
 EXIT_CONFIG = 2
+
+
+def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> KafkaConfig:
+    """The Kafka section of a detector config (TLS, SASL, ``DETECTOR_KAFKA__*`` overrides).
+
+    Without ``config``, plain settings for ``bootstrap_servers``; with both, the servers are
+    replaced and everything else is the config's.
+    """
+    from detector.config import KafkaConfig, load_config
+    from detector.settings import validate_settings
+
+    settings = load_config(config).kafka.model_dump(exclude_unset=True) if config else {}
+    if bootstrap_servers:
+        settings["bootstrap_servers"] = bootstrap_servers.split(",")
+    return validate_settings(KafkaConfig, settings)
 
 
 def _fit(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     from detector.artifact import ArtifactError, load_artifact
-    from detector.config import KafkaConfig
     from detector.datafiles import DataFileError
     from detector.logs import setup_logging
-    from detector.settings import validate_settings
     from trainer.config import load_config
     from trainer.fit import TrainingError, fit
     from trainer.kafka_source import parse_time, read_normal_from_kafka
@@ -31,17 +48,17 @@ def _fit(args: argparse.Namespace) -> int:
             config.output.dir = args.output
         data = None
         if args.from_kafka:
-            if not (args.since and args.until and args.bootstrap_servers):
-                raise DataFileError("--from-kafka needs --since, --until and --bootstrap-servers")
+            if not (args.since and args.until and (args.bootstrap_servers or args.kafka_config)):
+                raise DataFileError(
+                    "--from-kafka needs --since, --until and --bootstrap-servers or --kafka-config"
+                )
             sensors = config.data.sensors
             if sensors is None:
                 try:
                     sensors = load_artifact(config.output.dir).metadata.feature_names
                 except ArtifactError:
                     sensors = None
-            kafka = validate_settings(
-                KafkaConfig, {"bootstrap_servers": args.bootstrap_servers.split(",")}
-            )
+            kafka = _kafka_settings(args.kafka_config, args.bootstrap_servers)
             data = read_normal_from_kafka(
                 kafka,
                 args.from_kafka,
@@ -128,7 +145,9 @@ def _promote(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"current: {previous or '(none)'} -> {args.version} (a running detector swaps it in at its next registry check)")
+    print(
+        f"current: {previous or '(none)'} -> {args.version} (a running detector swaps it in at its next registry check)"
+    )
     return 0
 
 
@@ -140,7 +159,9 @@ def _rollback(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"current: {previous} -> {target} (a running detector swaps it in at its next registry check)")
+    print(
+        f"current: {previous} -> {target} (a running detector swaps it in at its next registry check)"
+    )
     return 0
 
 
@@ -158,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--since", help="with --from-kafka: start time (ISO-8601 or epoch seconds)")
     fit.add_argument("--until", help="with --from-kafka: end time, exclusive")
     fit.add_argument("--bootstrap-servers", help="with --from-kafka: comma-separated brokers")
+    fit.add_argument(
+        "--kafka-config",
+        type=Path,
+        help="with --from-kafka: a detector config whose kafka section (TLS, SASL, "
+        "DETECTOR_KAFKA__* overrides) reaches the cluster",
+    )
     fit.add_argument(
         "--exclude-flagged",
         action="store_true",
