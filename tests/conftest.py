@@ -156,6 +156,25 @@ class Daemon:
         """One sample's value (0 if absent)."""
         return self.metrics().get(name, 0.0)
 
+    def http_status(self, path: str) -> tuple[int, dict]:
+        """HTTP status and JSON body of ``/healthz`` or ``/readyz``."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as page:
+                return page.status, json.loads(page.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def rss_kib(self) -> int:
+        """Resident set size of the daemon process."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
     def log(self) -> str:
         """Everything the daemon has logged so far."""
         return self.log_path.read_text(errors="replace")

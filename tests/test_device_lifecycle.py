@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -28,22 +25,6 @@ from tests.conftest import WINDOW, Daemon, DemoData, Topics, committed_total, pr
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 FIGURES = logging.getLogger("fault-figures")
-
-
-def _readyz(daemon: Daemon) -> tuple[int, dict]:
-    url = f"http://127.0.0.1:{daemon.metrics_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as page:
-            return page.status, json.loads(page.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _rss_mib(daemon: Daemon) -> float:
-    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def _settle(daemon: Daemon, name: str, expected: float, timeout_s: float) -> float:
@@ -134,10 +115,10 @@ def test_idle_and_replaced_devices_are_forgotten_and_new_ones_admitted(
         DETECTOR_WINDOWS__CAPACITY_MIN_IDLE_S="0",
     )
     wait_until(lambda: daemon.metric("detector_partitions_assigned") == 3, 60, "assigned")
-    rss_start = _rss_mib(daemon)
+    rss_start = daemon.rss_kib() / 1024
     produce(topics.bootstrap, topics.readings, _one_reading_each("first", fleet, t0))
     assert _settle(daemon, "detector_devices_tracked", fleet, 30) == fleet
-    rss_first = _rss_mib(daemon)
+    rss_first = daemon.rss_kib() / 1024
     produce(topics.bootstrap, topics.readings, _one_reading_each("second", fleet, t0 + 60))
     wait_until(
         lambda: daemon.metric("detector_records_consumed_total") == 2 * fleet // 500,
@@ -145,14 +126,14 @@ def test_idle_and_replaced_devices_are_forgotten_and_new_ones_admitted(
         "the second fleet consumed",
     )
     second = daemon.metrics()
-    rss_second = _rss_mib(daemon)
+    rss_second = daemon.rss_kib() / 1024
     tracked_second = second["detector_devices_tracked"]
     rejected = second['detector_records_rejected_total{reason="too_many_devices"}']
     evicted_capacity = second.get('detector_devices_evicted_total{reason="capacity"}', 0)
     # No new readings: within the idle timeout (plus a housekeeping round) all are forgotten.
     tracked_end = _settle(daemon, "detector_devices_tracked", 0, idle_s + 15)
     end = daemon.metrics()
-    rss_end = _rss_mib(daemon)
+    rss_end = daemon.rss_kib() / 1024
     evicted_idle = end.get('detector_devices_evicted_total{reason="idle"}', 0)
     FIGURES.info(
         f"device churn: RSS {rss_start:.0f} -> {rss_first:.0f} MiB ({fleet} devices) -> "
@@ -237,14 +218,14 @@ def test_broker_reachable_gauge_agrees_with_readyz_in_an_outage(
         assert _settle(daemon, "detector_broker_reachable", 1, 3) == 1
         proxy.stop()
         wait_until(
-            lambda: _readyz(daemon)[1]["broker_reachable"] is False,
+            lambda: daemon.http_status("/readyz")[1]["broker_reachable"] is False,
             30,
             "/readyz says the broker is unreachable",
         )
         time.sleep(1.5)  # let a cached /metrics page from before the verdict expire
         disagreements = []
         for _ in range(10):
-            ready = _readyz(daemon)[1]["broker_reachable"]
+            ready = daemon.http_status("/readyz")[1]["broker_reachable"]
             gauge = daemon.metric("detector_broker_reachable")
             if gauge != int(ready):
                 disagreements.append((ready, gauge))

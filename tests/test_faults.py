@@ -14,7 +14,6 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,6 @@ from detector.replay import encode_messages, interleave
 from detector.synthetic import SENSORS
 from tests.conftest import (
     WINDOW,
-    Daemon,
     DemoData,
     Topics,
     committed_total,
@@ -43,24 +41,6 @@ from tests.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 FIGURES = logging.getLogger("fault-figures")
-
-
-def status(daemon: Daemon, path: str) -> tuple[int, dict]:
-    """HTTP status and JSON body of /healthz or /readyz."""
-    url = f"http://127.0.0.1:{daemon.metrics_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as page:
-            return page.status, json.loads(page.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def rss_kib(daemon: Daemon) -> int:
-    """Resident set size of the daemon process."""
-    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def assert_every_episode_fires(alerts: list[dict], demo_data: DemoData) -> None:
@@ -131,7 +111,7 @@ def test_broker_unreachable_for_30s_then_back(
         wait_until(
             lambda: daemon.metric("detector_records_consumed_total") == half, 60, "first half"
         )
-        wait_until(lambda: status(daemon, "/readyz")[0] == 200, 10, "ready before the outage")
+        wait_until(lambda: daemon.http_status("/readyz")[0] == 200, 10, "ready before the outage")
 
         proxy.stop()
         outage_started = time.monotonic()
@@ -139,14 +119,14 @@ def test_broker_unreachable_for_30s_then_back(
         # The partitions can go before the last heartbeat answer is a session timeout old, so the
         # body may lag the 503 by a few seconds; within the deadline it must name the broker.
         def unready_without_broker() -> bool:
-            code, body = status(daemon, "/readyz")
+            code, body = daemon.http_status("/readyz")
             return code == 503 and body["broker_reachable"] is False
 
         wait_until(unready_without_broker, 30, "not ready, and saying the broker is unreachable")
         produce(topics.bootstrap, topics.readings, messages[half:])  # data keeps arriving
         while time.monotonic() - outage_started < 30:
             assert daemon.process.poll() is None, "daemon died during the outage"
-            assert status(daemon, "/healthz")[0] == 200
+            assert daemon.http_status("/healthz")[0] == 200
             time.sleep(1)
         outage_s = time.monotonic() - outage_started
 
@@ -160,7 +140,7 @@ def test_broker_unreachable_for_30s_then_back(
             "every record processed and committed after the broker returned",
         )
         caught_up_s = time.monotonic() - reconnected
-        wait_until(lambda: status(daemon, "/readyz")[0] == 200, 30, "ready again")
+        wait_until(lambda: daemon.http_status("/readyz")[0] == 200, 30, "ready again")
         alerts = read_topic(topics.bootstrap, topics.alerts)
         expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
         assert streamed_transitions(alerts) == expected
@@ -418,14 +398,14 @@ def test_backpressure_keeps_memory_bounded_and_drains(
         DETECTOR_SCORING__MAX_BATCH_SIZE="16",
         DETECTOR_KAFKA__MAX_POLL_RECORDS="50",
     )
-    baseline = rss_kib(daemon)
+    baseline = daemon.rss_kib()
     produce(topics.bootstrap, topics.readings, messages)
     lag_seen = 0.0
     peak = baseline
 
     def lag_visible() -> bool:
         nonlocal lag_seen, peak
-        peak = max(peak, rss_kib(daemon))
+        peak = max(peak, daemon.rss_kib())
         lag_seen = max(
             lag_seen,
             sum(v for k, v in daemon.metrics().items() if k.startswith("detector_consumer_lag")),
@@ -439,7 +419,7 @@ def test_backpressure_keeps_memory_bounded_and_drains(
         120,
         "lag drained once scoring recovered",
     )
-    peak = max(peak, rss_kib(daemon))
+    peak = max(peak, daemon.rss_kib())
     wait_until(
         lambda: (
             sum(v for k, v in daemon.metrics().items() if k.startswith("detector_consumer_lag"))

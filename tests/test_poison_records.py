@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -108,13 +107,6 @@ def test_dead_letter_headers_are_made_sendable() -> None:
         assert isinstance(value, bytes)
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.integration
 @pytest.mark.fault
 def test_poison_records_are_dead_lettered_and_the_stream_around_them_is_scored(
@@ -136,7 +128,7 @@ def test_poison_records_are_dead_lettered_and_the_stream_around_them_is_scored(
         ("bad-readings", json.dumps(bad_batch).encode(), []),
     ]
     daemon = start_daemon(DETECTOR_KAFKA__DEAD_LETTER_TOPIC=dlq)
-    baseline_rss = _rss_mib(daemon.process.pid)
+    baseline_rss = daemon.rss_kib() / 1024
 
     producer = KafkaProducer(
         bootstrap_servers=topics.bootstrap, acks="all", max_request_size=4 * MAX_REQUEST_BYTES
@@ -168,7 +160,7 @@ def test_poison_records_are_dead_lettered_and_the_stream_around_them_is_scored(
         "every record, poison included, committed",
     )
     assert daemon.process.poll() is None, "daemon died"
-    peak_rss = _rss_mib(daemon.process.pid)
+    peak_rss = daemon.rss_kib() / 1024
     metrics = daemon.metrics()
     assert metrics["detector_records_consumed_total"] == total
     wait_until(
