@@ -630,8 +630,8 @@ def memory_probe(
             [
                 store._slots,
                 detector._device_partition,
-                detector.tracker.states,
-                detector._imputed_streak,
+                detector.judge.devices,
+                detector.admitter.imputed_streak,
             ]
         )
         / devices,
@@ -641,7 +641,7 @@ def memory_probe(
         "tracked": {
             "slots": len(store),
             "device_partition": len(detector._device_partition),
-            "alert_states": len(detector.tracker.states),
+            "alert_states": len(detector.judge.devices),
             "store_capacity": len(store._next),
         },
     }

@@ -11,7 +11,7 @@ threshold keep an episode open instead of flapping). After a resolve, no new epi
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,32 +100,6 @@ class DeviceAlertState:
         return self.update(rule, *rule.levels(score, threshold))
 
 
-@dataclass
-class AlertTracker:
-    """Alert-rule state for every device seen."""
-
-    rule: AlertRule
-    states: dict[str, DeviceAlertState] = field(default_factory=dict)
-
-    def update(self, device_id: str, over: bool, clear: bool | None = None) -> AlertState | None:
-        """Feed one window verdict for ``device_id``; returns a transition or ``None``."""
-        return self._state(device_id).update(self.rule, over, clear)
-
-    def observe(self, device_id: str, score: float, threshold: float) -> AlertState | None:
-        """Feed one window score for ``device_id`` against its threshold."""
-        return self._state(device_id).observe(self.rule, score, threshold)
-
-    def _state(self, device_id: str) -> DeviceAlertState:
-        state = self.states.get(device_id)
-        if state is None:
-            state = self.states[device_id] = DeviceAlertState()
-        return state
-
-    def firing_count(self) -> int:
-        """How many devices are firing now."""
-        return sum(state.firing for state in self.states.values())
-
-
 class TopSensor(BaseModel):
     """A sensor and its share of the window's reconstruction error."""
 
@@ -154,3 +128,30 @@ class Alert(BaseModel):
 def alert_id(device_id: str, window_end: float, model_version: str, state: AlertState) -> str:
     """Deterministic id for an alert, identical for redeliveries of the same alert."""
     return str(uuid.uuid5(_ALERT_NAMESPACE, f"{device_id}|{window_end!r}|{model_version}|{state}"))
+
+
+def make_alert(
+    transition: AlertState,
+    device_id: str,
+    span: tuple[float, float],
+    score: float,
+    threshold: float,
+    model_version: str,
+    top_sensors: list[dict[str, float | str]],
+    detected_at: float,
+) -> Alert:
+    """The message for a device's transition at the window spanning ``span`` (start, end)."""
+    start, end = span
+    return Alert(
+        alert_id=alert_id(device_id, end, model_version, transition),
+        state=transition,
+        device_id=device_id,
+        window_start=start,
+        window_end=end,
+        score=score,
+        threshold=threshold,
+        severity=score / threshold,
+        model_version=model_version,
+        top_sensors=[TopSensor.model_validate(item) for item in top_sensors],
+        detected_at=detected_at,
+    )

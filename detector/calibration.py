@@ -74,19 +74,3 @@ class DeviceCalibration:
             self.threshold = rule.fit(np.asarray(self.scores), base)
             self.scores = []
         return base
-
-
-@dataclass
-class ThresholdCalibrator:
-    """Per-device thresholds for a fleet; devices are calibrated independently on first sight."""
-
-    rule: CalibrationRule
-    base: float
-    devices: dict[str, DeviceCalibration] = field(default_factory=dict)
-
-    def threshold_for(self, device_id: str, score: float) -> float:
-        """The threshold for ``device_id``'s window with ``score`` (see :class:`DeviceCalibration`)."""
-        device = self.devices.get(device_id)
-        if device is None:
-            device = self.devices[device_id] = DeviceCalibration()
-        return device.threshold_for(self.rule, self.base, score)

@@ -20,8 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+from detector.adaptation import AdaptationRule
+from detector.admission import AdmissionPolicy
 from detector.alerts import AlertRule
 from detector.calibration import CalibrationRule
+from detector.judge import Judge
 from detector.settings import load_settings
 from detector.thresholds import ThresholdMethod
 
@@ -182,6 +185,16 @@ class WindowConfig(_Section):
         description="records re-read before the committed offset of a newly assigned partition",
     )
 
+    def policy(self) -> AdmissionPolicy:
+        """The pure admission policy these settings describe."""
+        return AdmissionPolicy(
+            out_of_order_grace_s=self.out_of_order_grace_s,
+            max_future_skew_s=self.max_future_skew_s,
+            max_gap_s=self.max_gap_s,
+            max_imputed_readings=self.max_imputed_readings,
+            max_late_readings=self.max_late_readings,
+        )
+
 
 class ScoringConfig(_Section):
     """Micro-batching of ready windows and where the model runs."""
@@ -233,6 +246,29 @@ class CalibrationConfig(_Section):
         return self
 
 
+class AdaptationConfig(_Section):
+    """A device's threshold follows the median of its recent scores (off while ``windows`` is 0)."""
+
+    windows: int = Field(
+        0,
+        ge=0,
+        description="recent scores per device whose median scales its threshold (0: off)",
+    )
+    max_ratio: float = Field(10.0, ge=1, description="the threshold is raised at most this much")
+
+    def rule(self) -> AdaptationRule | None:
+        """The pure rule, or ``None`` when adaptation is off."""
+        if self.windows == 0:
+            return None
+        return AdaptationRule(self.windows, self.max_ratio)
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> AdaptationConfig:
+        if self.windows:
+            self.rule()
+        return self
+
+
 class AlertConfig(_Section):
     """When a device starts and stops firing."""
 
@@ -245,6 +281,7 @@ class AlertConfig(_Section):
     cooldown: int = Field(0, ge=0, description="windows after a resolve with no new firing")
     top_sensors: int = Field(3, ge=1)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -256,6 +293,16 @@ class AlertConfig(_Section):
         """The pure alert rule these settings describe."""
         return AlertRule(
             self.fire_k, self.fire_n, self.resolve_after, self.resolve_ratio, self.cooldown
+        )
+
+    def judge(self, threshold: float, reference_score: float) -> Judge:
+        """A fleet's judge for a model with ``threshold`` and validation median ``reference_score``."""
+        return Judge(
+            self.rule(),
+            threshold,
+            self.calibration.rule(),
+            self.adaptation.rule(),
+            reference_score,
         )
 
 

@@ -28,10 +28,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from detector.admission import AdmissionPolicy, Placement, impute_missing
-from detector.alerts import Alert, AlertTracker, TopSensor, alert_id
+from detector.admission import Admitter, Placement
+from detector.alerts import make_alert
 from detector.artifact import Artifact, ArtifactError, describe, load_artifact
-from detector.calibration import ThresholdCalibrator
 from detector.config import DetectorConfig
 from detector.health import HealthState
 from detector.kafka_compat import undecodable_position
@@ -121,6 +120,7 @@ class Detector:
         self.health = health or HealthState()
         meta = artifact.metadata
         self.feature_names = meta.feature_names
+        self.judge = config.alerts.judge(meta.threshold.value, 0.0)
         self._install_model(
             artifact,
             scorer
@@ -142,17 +142,10 @@ class Detector:
             stride=windows.stride,
             max_devices=windows.max_devices,
         )
-        self.policy = AdmissionPolicy(
-            out_of_order_grace_s=windows.out_of_order_grace_s,
-            max_future_skew_s=windows.max_future_skew_s,
-            max_gap_s=windows.max_gap_s,
-            max_imputed_readings=windows.max_imputed_readings,
-            max_late_readings=windows.max_late_readings,
-        )
+        self.admitter = Admitter(windows.policy(), self.store, meta.feature_names)
         self.pending = PendingWindows(
             config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
         )
-        self.tracker = AlertTracker(config.alerts.rule())
         self.rebalance = RebalanceEvents(consumer, lambda: self._safe_offsets)
         self.records_consumed = 0
         self._batches_scored = 0
@@ -166,8 +159,6 @@ class Detector:
         self._safe_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         self._resume_at: dict[TopicPartition, int] = {}  # below this offset: rebuilding
         self._device_partition: dict[str, TopicPartition] = {}
-        self._imputed_streak: dict[str, int] = {}
-        self._late_streak: dict[str, int] = {}  # late readings in a row: a clock that stepped?
         # Seconds the loop ran with the broker reachable: devices are idle by this clock, so a
         # broker outage or a stalled loop makes none idle, and no device's own clock counts.
         self._idle_clock = 0.0
@@ -188,10 +179,8 @@ class Detector:
         self.artifact = artifact
         self.scorer = scorer
         self.threshold = meta.threshold.value
-        calibration = self.config.alerts.calibration.rule()
-        self.calibrator = (
-            None if calibration is None else ThresholdCalibrator(calibration, self.threshold)
-        )
+        reference = meta.threshold.error_summary.get("p50", 0.0)
+        self.judge.install(self.threshold, reference)
         self.metrics.model_info.info(
             {
                 "version": meta.version,
@@ -458,56 +447,20 @@ class Detector:
             return
         if self._device_partition.get(device_id) != tp:
             self._device_partition[device_id] = tp
-        late_streak = self._late_streak.get(device_id, 0)
-        placement = self.policy.place(ts, self.store.last_timestamp(device_id), now, late_streak)
-        if placement is RejectReason.LATE:
-            self._late_streak[device_id] = late_streak + 1
-        elif late_streak:
-            del self._late_streak[device_id]
         self.store.touch(slot, self._idle_clock)
-        if isinstance(placement, RejectReason):
-            self._reject(placement, f"{device_id} ts {ts}", record, index, live)
+        admission = self.admitter.admit(slot, device_id, ts, values, now)
+        if admission.imputed and live:
+            self.metrics.imputed_readings.inc()
+        if admission.reason is not None:
+            self._reject(admission.reason, admission.detail, record, index, live)
             return
-        # Any NaN (a missing sensor) makes the sum NaN; the parser let only finite float32
-        # numbers through, whose float64 sum cannot overflow. A Python sum, unlike a numpy
-        # reduction, keeps the GIL: a numpy call here let kafka-python's IO thread cut in on
-        # every reading (py-spy: 10 % of the pipeline's busy time on this line).
-        if math.isnan(sum(values.tolist())):
-            streak = self._imputed_streak.get(device_id, 0)
-            filled = impute_missing(
-                values, self.store.newest_values(slot), streak, self.policy.max_imputed_readings
-            )
-            if filled is None:
-                missing = [
-                    n for n, v in zip(self.feature_names, values, strict=True) if np.isnan(v)
-                ]
-                self._reject(
-                    RejectReason.MISSING_SENSORS, f"{device_id}: {missing}", record, index, live
-                )
-                return
-            values = filled
-            self._imputed_streak[device_id] = streak + 1
-            if live:
-                self.metrics.imputed_readings.inc()
-        elif device_id in self._imputed_streak:
-            del self._imputed_streak[device_id]
-        if placement is Placement.INSERT:
-            if not self.store.insert(slot, ts, values):
-                duplicate = self.store.holds_timestamp(slot, ts)
-                reason = RejectReason.DUPLICATE if duplicate else RejectReason.LATE
-                self._reject(reason, f"{device_id} ts {ts}", record, index, live)
-                return
-            if live:
-                self.metrics.readings_accepted.inc()
-            return
-        if placement is Placement.RESET or placement is Placement.CLOCK_RESET:
-            self.store.reset(slot)
-            if live:
-                reason = "gap" if placement is Placement.RESET else "clock"
-                self.metrics.window_resets.labels(reason=reason).inc()
         if live:
             self.metrics.readings_accepted.inc()
-        if self.store.append(slot, ts, values):
+            placement = admission.placement
+            if placement is Placement.RESET or placement is Placement.CLOCK_RESET:
+                reason = "gap" if placement is Placement.RESET else "clock"
+                self.metrics.window_resets.labels(reason=reason).inc()
+        if admission.ready:
             self.pending.add(self.store, slot, device_id, live, time.monotonic())
 
     def _slot(self, device_id: str) -> int | None:
@@ -537,13 +490,9 @@ class Detector:
     def _forget(self, device_id: str) -> bool:
         """Drop all of a device's state and free its slot; returns whether it was firing."""
         self.store.remove(device_id)
-        state = self.tracker.states.pop(device_id, None)
-        if self.calibrator is not None:
-            self.calibrator.devices.pop(device_id, None)
-        self._imputed_streak.pop(device_id, None)
-        self._late_streak.pop(device_id, None)
+        self.admitter.forget(device_id)
         self._device_partition.pop(device_id, None)
-        firing = state is not None and state.firing
+        firing = self.judge.forget(device_id)
         if firing:
             self.metrics.alerts_firing.dec()
         return firing
@@ -559,8 +508,7 @@ class Detector:
             return
         forgotten = 0
         for device_id in self.store.idle(before=self._idle_clock - timeout):
-            state = self.tracker.states.get(device_id)
-            if state is None or not state.firing:
+            if not self.judge.firing(device_id):
                 self._forget(device_id)
                 forgotten += 1
         if forgotten:
@@ -613,28 +561,19 @@ class Detector:
             if live[i]:
                 self.metrics.anomaly_score.observe(score)
             device_id = self.pending.device_ids[i]
-            threshold = (
-                self.threshold
-                if self.calibrator is None
-                else self.calibrator.threshold_for(device_id, score)
-            )
-            transition = self.tracker.observe(device_id, score, threshold)
+            threshold, transition = self.judge.judge(device_id, score)
             if transition is None or not live[i]:
                 continue
-            start, end = self.pending.spans[i]
             top = top_sensor_shares(errors[i], self.feature_names, self.config.alerts.top_sensors)
-            alert = Alert(
-                alert_id=alert_id(device_id, end, self.artifact.version, transition),
-                state=transition,
-                device_id=device_id,
-                window_start=start,
-                window_end=end,
-                score=score,
-                threshold=threshold,
-                severity=score / threshold,
-                model_version=self.artifact.version,
-                top_sensors=[TopSensor.model_validate(item) for item in top],
-                detected_at=detected_at,
+            alert = make_alert(
+                transition,
+                device_id,
+                self.pending.spans[i],
+                score,
+                threshold,
+                self.artifact.version,
+                top,
+                detected_at,
             )
             self._outbox.append(alert_message(topic, alert))
             self.metrics.alerts.labels(state=transition).inc()
@@ -647,7 +586,7 @@ class Detector:
                 top[0]["sensor"] if top else "-",
             )
         self.pending.clear()
-        self.metrics.alerts_firing.set(self.tracker.firing_count())
+        self.metrics.alerts_firing.set(self.judge.firing_count())
 
     def _publish_outbox(self) -> None:
         if not self._outbox:
@@ -691,20 +630,16 @@ class Detector:
             self._idle_clock += min(now - self._last_housekeeping, _MAX_IDLE_TICK_S)
         self._last_housekeeping = now
         self._forget_idle()
-        # A device forgotten while its window waited in the batch got its alert (and calibration)
-        # state back when the window was scored; every state should belong to a tracked device.
+        # A device forgotten while its window waited in the batch got its decision state back
+        # when the window was scored; every state should belong to a tracked device.
         store = self.store
-        if len(self.tracker.states) > len(store):
-            self.tracker.states = {d: s for d, s in self.tracker.states.items() if d in store}
-        calibrator = self.calibrator
-        if calibrator is not None and len(calibrator.devices) > len(store):
-            calibrator.devices = {d: c for d, c in calibrator.devices.items() if d in store}
+        if len(self.judge.devices) > len(store):
+            self.judge.retain(store)
         if self.store.compact():
             # Deleting keys never shrinks a dict; copies are sized to what is left.
             self._device_partition = dict(self._device_partition)
-            self.tracker.states = dict(self.tracker.states)
-            if self.calibrator is not None:
-                self.calibrator.devices = dict(self.calibrator.devices)
+            self.judge.retain(store)
+            self.admitter.retain(store)
             _return_freed_memory()
         assignment = self.consumer.assignment()
         self.metrics.partitions_assigned.set(len(assignment))

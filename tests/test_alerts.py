@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from detector.alerts import Alert, AlertRule, AlertTracker, DeviceAlertState, alert_id
+from detector.alerts import Alert, AlertRule, DeviceAlertState, alert_id
 
 
 def _run(rule: AlertRule, verdicts: list[bool]) -> list[str | None]:
@@ -53,20 +53,6 @@ def test_can_fire_again_after_resolving() -> None:
     # Without the reset, index 3 would see over,over,under,over (3 of 4) and fire at once.
     verdicts = [True, True, False, True, True]
     assert _transitions(rule, verdicts) == [(1, "firing"), (2, "resolved"), (4, "firing")]
-
-
-def test_tracker_keeps_devices_independent() -> None:
-    tracker = AlertTracker(AlertRule(fire_k=2, fire_n=2, resolve_after=1))
-    assert tracker.update("a", True) is None
-    assert tracker.update("b", True) is None
-    assert tracker.update("a", True) == "firing"
-    assert tracker.firing_count() == 1
-    assert tracker.update("b", False) is None
-    assert tracker.update("b", True) is None  # b's history is over, under, over: 1 of last 2
-    assert tracker.update("b", True) == "firing"
-    assert tracker.firing_count() == 2
-    assert tracker.update("a", False) == "resolved"
-    assert tracker.firing_count() == 1
 
 
 @given(

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from detector.calibration import CalibrationRule, DeviceCalibration, ThresholdCalibrator
+from detector.calibration import CalibrationRule, DeviceCalibration
 from detector.config import AlertConfig, CalibrationConfig
 
 
@@ -28,18 +28,6 @@ def test_calibrated_threshold_is_clamped_around_the_base(
 ) -> None:
     rule = CalibrationRule(windows=5, min_ratio=0.5, max_ratio=4.0)
     assert rule.fit(np.asarray(scores), base=10.0) == pytest.approx(expected)
-
-
-def test_devices_calibrate_independently() -> None:
-    calibrator = ThresholdCalibrator(
-        CalibrationRule(windows=3, method="mean_std", k=0.0, max_ratio=100.0), base=1.0
-    )
-    for score in [2.0, 2.0, 2.0]:
-        calibrator.threshold_for("quiet", score)
-    calibrator.threshold_for("noisy", 50.0)
-    assert calibrator.threshold_for("quiet", 0.0) == pytest.approx(2.0)
-    assert calibrator.threshold_for("noisy", 0.0) == 1.0  # still calibrating: base
-    assert calibrator.devices["noisy"].threshold is None
 
 
 def test_pot_calibration() -> None:

@@ -1,0 +1,68 @@
+"""Adaptation to a moving normal: a pure core (no I/O) shared by the daemon and ``evaluate``.
+
+A device whose normal level shifts and stays would otherwise page for as long as it runs. With
+adaptation on, each device keeps its last ``windows`` scores, and its threshold is scaled by how
+far the median of them sits above the median the model scored on its own validation windows:
+
+    threshold = base x clip(median(recent) / validation median, 1, max_ratio)
+
+A sudden change still pages, since the median of many recent windows moves only once about half
+of them are elevated; a new steady state stops paging after about ``windows / 2`` windows. The
+factor never goes below 1 (a quiet device is not made more sensitive) nor above ``max_ratio`` (a
+device that breaks for good does not silence itself completely).
+
+The state is bounded (``windows`` floats per device) and is a function of the device's last
+``windows`` scores only, so a replay that re-scores that many windows rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["AdaptationRule", "DeviceAdaptation"]
+
+
+@dataclass(frozen=True)
+class AdaptationRule:
+    """How many recent scores a device remembers and how far its threshold may be raised."""
+
+    windows: int
+    max_ratio: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.windows < 2:
+            raise ValueError("adaptation windows must be >= 2")
+        if self.max_ratio < 1.0:
+            raise ValueError("adaptation max_ratio must be >= 1")
+
+
+@dataclass
+class DeviceAdaptation:
+    """One device's recent scores (a ring buffer) and the factor they give its threshold."""
+
+    rule: AdaptationRule
+    reference: float  # the validation windows' median score
+    _recent: np.ndarray = field(init=False, repr=False)
+    _count: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._recent = np.empty(self.rule.windows, dtype=np.float64)
+
+    def factor(self) -> float:
+        """What the device's threshold is multiplied by now: 1 until ``windows`` scores are in."""
+        if self._count < self.rule.windows or self.reference <= 0.0:
+            return 1.0
+        ratio = float(np.median(self._recent)) / self.reference
+        return min(max(ratio, 1.0), self.rule.max_ratio)
+
+    def observe(self, score: float) -> float:
+        """The factor to judge this window by, then remember its score.
+
+        A window is judged before it joins the recent scores, so it never raises its own bar.
+        """
+        factor = self.factor()
+        self._recent[self._count % self.rule.windows] = score
+        self._count += 1
+        return factor

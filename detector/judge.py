@@ -1,0 +1,93 @@
+"""Scores to alert transitions: each device's threshold, then the alert rule (pure, no I/O).
+
+A window's score is judged against the device's threshold: the artifact's, or the one its first
+windows calibrated (:mod:`detector.calibration`), times the factor its recent scores give it
+(:mod:`detector.adaptation`). The alert rule (:mod:`detector.alerts`) turns the verdicts into
+``firing`` and ``resolved`` transitions. The daemon and ``detector evaluate`` both judge through
+a :class:`Judge`, so the offline backtest gives the alerts the daemon would publish.
+
+All per-device decision state lives in one :class:`DeviceJudgement`, so forgetting a device is
+one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass, field
+
+from detector.adaptation import AdaptationRule, DeviceAdaptation
+from detector.alerts import AlertRule, AlertState, DeviceAlertState
+from detector.calibration import CalibrationRule, DeviceCalibration
+
+__all__ = ["DeviceJudgement", "Judge"]
+
+
+@dataclass
+class DeviceJudgement:
+    """One device's decision state: alert rule position, calibration and adaptation."""
+
+    alert: DeviceAlertState = field(default_factory=DeviceAlertState)
+    calibration: DeviceCalibration | None = None
+    adaptation: DeviceAdaptation | None = None
+
+
+class Judge:
+    """Per-device thresholds and alert-rule state for a fleet scored by one model."""
+
+    def __init__(
+        self,
+        rule: AlertRule,
+        threshold: float,
+        calibration: CalibrationRule | None = None,
+        adaptation: AdaptationRule | None = None,
+        reference_score: float = 0.0,
+    ) -> None:
+        """``threshold`` is the artifact's; ``reference_score`` its validation median score."""
+        self.rule = rule
+        self.calibration = calibration
+        self.adaptation = adaptation
+        self.threshold = threshold
+        self.reference_score = reference_score
+        self.devices: dict[str, DeviceJudgement] = {}
+
+    def install(self, threshold: float, reference_score: float) -> None:
+        """A new model scores from now on: thresholds calibrate and adapt again, alerts go on."""
+        self.threshold = threshold
+        self.reference_score = reference_score
+        for device in self.devices.values():
+            device.calibration = None
+            device.adaptation = None
+
+    def judge(self, device_id: str, score: float) -> tuple[float, AlertState | None]:
+        """The threshold ``device_id``'s window with ``score`` is judged by, and any transition."""
+        device = self.devices.get(device_id)
+        if device is None:
+            device = self.devices[device_id] = DeviceJudgement()
+        threshold = self.threshold
+        if self.calibration is not None:
+            if device.calibration is None:
+                device.calibration = DeviceCalibration()
+            threshold = device.calibration.threshold_for(self.calibration, threshold, score)
+        if self.adaptation is not None:
+            if device.adaptation is None:
+                device.adaptation = DeviceAdaptation(self.adaptation, self.reference_score)
+            threshold *= device.adaptation.observe(score)
+        return threshold, device.alert.observe(self.rule, score, threshold)
+
+    def firing(self, device_id: str) -> bool:
+        """Whether the device is in a firing episode."""
+        device = self.devices.get(device_id)
+        return device is not None and device.alert.firing
+
+    def forget(self, device_id: str) -> bool:
+        """Drop everything about a device; returns whether it was firing."""
+        device = self.devices.pop(device_id, None)
+        return device is not None and device.alert.firing
+
+    def retain(self, keep: Container[str]) -> None:
+        """Keep only the devices in ``keep``, in a dict sized to them (deleting never shrinks)."""
+        self.devices = {d: j for d, j in self.devices.items() if d in keep}
+
+    def firing_count(self) -> int:
+        """How many devices are firing now."""
+        return sum(device.alert.firing for device in self.devices.values())
