@@ -50,11 +50,13 @@ def load_table(
     device_column: str | None = None,
     sensors: Sequence[str] | None = None,
     default_device: str | None = None,
+    extra_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Load a file into columns ``ts`` (epoch seconds), ``device_id``, then sensor columns.
+    """Load a file into columns ``ts`` (epoch seconds), ``device_id``, sensor columns, extras.
 
     Sensors default to every numeric column that is not time, device or a label column. Without a
-    device column every row belongs to ``default_device`` (the file's stem if not given). Rows are
+    device column every row belongs to ``default_device`` (the file's stem if not given).
+    ``extra_columns`` (e.g. labels) are carried along as they are, after the sensors. Rows are
     sorted by device and time.
     """
     path = Path(path)
@@ -79,6 +81,9 @@ def load_table(
     missing = [name for name in sensors if name not in frame.columns]
     if missing:
         raise DataFileError(f"{path}: sensor columns not found: {missing}")
+    absent = [name for name in extra_columns if name not in frame.columns]
+    if absent:
+        raise DataFileError(f"{path}: columns not found: {absent}")
     if not sensors:
         raise DataFileError(f"{path}: no numeric sensor columns")
     devices = (
@@ -89,6 +94,9 @@ def load_table(
     table = pd.DataFrame({"ts": _epoch_seconds(frame[time_column], path), "device_id": devices})
     for name in sensors:
         table[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float64)
+    for name in extra_columns:
+        if name not in table.columns:
+            table[name] = frame[name].to_numpy()
     return table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
 
 
