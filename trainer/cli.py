@@ -76,6 +76,12 @@ def _fit(args: argparse.Namespace) -> int:
     except (ConfigError, DataFileError, TrainingError, ValueError, KafkaError) as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    calibration = (
+        f" from {result.validation_windows} validation + {result.threshold_train_windows} "
+        f"training windows, training scores x{result.train_score_factor:.3g}"
+        if result.threshold_train_windows
+        else ""
+    )
     comparison = (
         f"; held-out normal windows flagged: new {result.holdout_flag_rate:.4f}"
         + (
@@ -86,10 +92,17 @@ def _fit(args: argparse.Namespace) -> int:
         if result.holdout_flag_rate is not None
         else ""
     )
+    own = (
+        f"; training windows flagged {result.train_flag_rate:.4f} "
+        f"(warning above {result.max_flag_rate:.4f})"
+        if result.train_flag_rate is not None and result.max_flag_rate is not None
+        else ""
+    )
     print(
         f"model {result.version} -> {result.path} "
-        f"(threshold {result.threshold:.5g}, validation loss {result.validation_loss:.5f}, "
-        f"{result.epochs} epochs, {result.seconds:.1f} s{comparison}); "
+        f"(threshold {result.threshold:.5g}{calibration}, validation loss "
+        f"{result.validation_loss:.5f}, {result.epochs} epochs, {result.seconds:.1f} s"
+        f"{comparison}{own}); "
         + ("now current" if result.promoted else "not promoted, current model kept")
     )
     return 0

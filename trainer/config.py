@@ -91,7 +91,7 @@ class ScoringConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """How the alert threshold is derived from validation reconstruction errors."""
+    """How the alert threshold is derived from validation reconstruction errors, and trusted."""
 
     method: ThresholdMethod = "quantile"
     quantile: float = Field(0.995, gt=0, lt=1)
@@ -99,6 +99,19 @@ class ThresholdConfig(_Section):
     margin: float = Field(1.0, gt=0)
     risk: float = Field(1e-3, gt=0, lt=1, description="pot: tail probability of the threshold")
     init_quantile: float = Field(0.98, gt=0, lt=1, description="pot: where the tail starts")
+    min_calibration_windows: int = Field(
+        100,
+        ge=1,
+        description="fewer validation windows: the training windows' scores join them, scaled "
+        "up by the validation / training median score",
+    )
+    max_flag_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="the share of its own training or validation windows a model may score "
+        "over its threshold before the trainer warns (every method)",
+    )
 
     @model_validator(mode="after")
     def _pot_levels(self) -> ThresholdConfig:

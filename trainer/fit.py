@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,12 +18,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.artifact import Artifact, ArtifactError, load_artifact, save_artifact
+from detector.artifact import (
+    Artifact,
+    ArtifactError,
+    ThresholdInfo,
+    load_artifact,
+    save_artifact,
+)
 from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
 from detector.scoring import Scorer, resolve_device
-from detector.thresholds import fit_threshold_with, summarize_errors
-from trainer.config import TrainerConfig
+from detector.thresholds import MIN_POT_PEAKS, fit_threshold_with, summarize_errors
+from trainer.config import ThresholdConfig, TrainerConfig
 from trainer.data import (
     NormalData,
     fit_scaler,
@@ -39,10 +46,9 @@ Promotion = Literal["always", "auto", "never"]
 # A validation error this share of the data's variance or more means the model learned little
 # (1.0: it reconstructs a window no better than the sensors' means would).
 POOR_FIT_ERROR_SHARE = 0.9
-# Fewer validation windows than this make the threshold's tail a guess.
-MIN_CALIBRATION_WINDOWS = 100
-# A model that flags more of its own normal windows than this pages on normal data.
-MAX_OWN_FLAG_RATE = 0.01
+# Fewer window scores than this place no threshold, wherever they come from: with 20 the 0.99
+# quantile is already the largest score and the standard deviation is a guess.
+MIN_THRESHOLD_WINDOWS = 20
 
 
 class TrainingError(Exception):
@@ -63,6 +69,13 @@ class FitResult:
     promoted: bool = True
     holdout_flag_rate: float | None = None
     current_holdout_flag_rate: float | None = None
+    train_flag_rate: float | None = None
+    max_flag_rate: float | None = None
+    validation_windows: int = 0
+    # Training windows among the threshold's scores (0: validation windows only), and the factor
+    # their scores were multiplied by.
+    threshold_train_windows: int = 0
+    train_score_factor: float = 1.0
 
 
 def _version_id(config: TrainerConfig, data_sha: str) -> str:
@@ -198,6 +211,8 @@ def fit(
             len(train_raw), config.training.max_train_windows, replace=False
         )
         train_raw = train_raw[np.sort(keep)]
+    # Before training: a threshold that cannot be placed should not cost the training time first.
+    require_threshold_windows(len(val_raw), len(train_raw), config)
     log.info(
         "training on %d windows, validating on %d (length %d, %d sensors, %d devices) on %s",
         len(train_raw),
@@ -217,7 +232,26 @@ def fit(
         device,
         show_progress,
     )
-    score_spec, threshold, threshold_meta = _threshold(model, scaler, val_raw, config)
+    score_spec = _score_spec(model, scaler, val_raw, config)
+    new_scorer = Scorer(model, scaler, config.training.device, 4096, spec=score_spec)
+    val_scores = new_scorer.window_scores(new_scorer.sensor_errors(val_raw))
+    train_scores = new_scorer.window_scores(new_scorer.sensor_errors(train_raw))
+    threshold_info = calibrate(val_scores, train_scores, config.threshold)
+    threshold = threshold_info.value
+    # Both shares are of the model's own normal windows scored as the daemon will score (training
+    # scores uncorrected): how often it would page on data like what it was fitted on.
+    new_rate = float(np.mean(val_scores > threshold))
+    train_rate = float(np.mean(train_scores > threshold))
+    max_rate = config.threshold.max_flag_rate
+    log.info(
+        "windows over the threshold: %s of %d training, %s of %d validation "
+        "(threshold.max_flag_rate %s)",
+        _percent(train_rate),
+        len(train_scores),
+        _percent(new_rate),
+        len(val_scores),
+        _percent(max_rate),
+    )
     metadata = {
         "version": _version_id(config, split.summary.sha256),
         "created_at": datetime.now(timezone.utc),
@@ -226,7 +260,7 @@ def fit(
         "model": spec,
         "scoring": score_spec,
         "scaler": scaler.to_dict(),
-        "threshold": threshold_meta,
+        "threshold": threshold_info,
         "training_data": split.summary,
         "validation": {
             "train_loss": train_loss,
@@ -237,12 +271,11 @@ def fit(
         },
         "torch_version": torch.__version__,
     }
-    new_scorer = Scorer(model, scaler, config.training.device, 4096, spec=score_spec)
-    new_rate = holdout_flag_rate(new_scorer, threshold, val_raw)
     metadata["validation"].update(
         {
             "holdout_flag_rate": new_rate,
-            "train_flag_rate": holdout_flag_rate(new_scorer, threshold, train_raw),
+            "train_flag_rate": train_rate,
+            "max_flag_rate": max_rate,
             "train_error_share": train_loss / _variance(scaler.transform(train_raw)),
             "validation_error_share": val_loss / _variance(scaler.transform(val_raw)),
         }
@@ -275,6 +308,7 @@ def fit(
         seconds,
         "now current" if promoted else "current model kept",
     )
+    params = threshold_info.params
     return FitResult(
         path,
         metadata["version"],
@@ -286,14 +320,20 @@ def fit(
         promoted,
         new_rate,
         current_rate,
+        train_rate,
+        max_rate,
+        len(val_raw),
+        int(params.get("train_windows", 0)),
+        params.get("train_score_factor", 1.0),
     )
 
 
 def fit_warnings(validation: Mapping[str, float]) -> list[str]:
-    """What a user must hear about a fit: it barely learned, or its threshold is shaky.
+    """What a user must hear about a fit: it barely learned, or it flags too much normal data.
 
-    ``validation`` is the artifact's ``validation`` section (error shares, window counts and the
-    shares of its own training and validation windows the new model flags).
+    ``validation`` is the artifact's ``validation`` section (error shares, the shares of its own
+    training and validation windows the new model flags and the ``max_flag_rate`` they may reach).
+    A threshold from too few validation windows is :func:`calibrate`'s warning.
     """
     warnings = []
     share = validation["validation_error_share"]
@@ -303,23 +343,22 @@ def fit_warnings(validation: Mapping[str, float]) -> list[str]:
             "variance (100% = it reconstructs nothing); train longer (training.epochs), use a "
             "smaller training.batch_size, or add data"
         )
-    windows = int(validation["validation_windows"])
-    if windows < MIN_CALIBRATION_WINDOWS:
-        warnings.append(
-            f"the threshold comes from only {windows} validation windows (fewer than "
-            f"{MIN_CALIBRATION_WINDOWS}): its false-alarm rate is a guess; add data or raise "
-            "training.validation_fraction"
-        )
+    limit = validation["max_flag_rate"]
     for part in ("train", "holdout"):
         rate = validation[f"{part}_flag_rate"]
-        if rate > MAX_OWN_FLAG_RATE:
+        if rate > limit:
             name = "training" if part == "train" else "validation"
             warnings.append(
-                f"the model flags {rate:.1%} of its own {name} windows (more than "
-                f"{MAX_OWN_FLAG_RATE:.0%}): it will page on normal data like this; raise "
-                "threshold.margin or add data"
+                f"the model flags {_percent(rate)} of its own {name} windows (more than "
+                f"threshold.max_flag_rate {_percent(limit)}): it will page on normal data like "
+                "this; raise threshold.margin or add data"
             )
     return warnings
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage with three significant digits: 0.0005 is 0.05 %, not 0.0 %."""
+    return f"{share * 100:.3g}%"
 
 
 def _variance(scaled_windows: np.ndarray) -> float:
@@ -335,6 +374,94 @@ def holdout_flag_rate(scorer: Scorer, threshold: float, windows: np.ndarray) -> 
     return float(np.mean(scorer.window_scores(scorer.sensor_errors(windows)) > threshold))
 
 
+def min_threshold_windows(settings: ThresholdConfig) -> int:
+    """The fewest window scores ``settings.method`` can place a threshold on.
+
+    ``pot`` needs :data:`MIN_POT_PEAKS` scores above its ``init_quantile``: of ``n`` distinct
+    scores at least ``(n - 1) * (1 - init_quantile)`` are.
+    """
+    if settings.method == "pot":
+        peaks = math.ceil(MIN_POT_PEAKS / (1.0 - settings.init_quantile)) + 1
+        return max(MIN_THRESHOLD_WINDOWS, peaks)
+    return MIN_THRESHOLD_WINDOWS
+
+
+def require_threshold_windows(validation: int, train: int, config: TrainerConfig) -> None:
+    """Refuse, naming the fix, when even validation and training windows together are too few.
+
+    :func:`calibrate` can make up for few validation windows with training ones; below
+    :func:`min_threshold_windows` of both there is nothing to make up with.
+    """
+    settings = config.threshold
+    needed = min_threshold_windows(settings)
+    if validation + train >= needed:
+        return
+    fixes = ["add data", "shorten window.length"]
+    if config.window.stride > 1:
+        fixes.append(f"lower window.stride (now {config.window.stride})")
+    if settings.method == "pot":
+        fixes.append(f"lower threshold.init_quantile (now {settings.init_quantile})")
+    raise TrainingError(
+        f"too few windows for a {settings.method} threshold: {validation} validation and "
+        f"{train} training windows, {needed} needed together; "
+        f"{', '.join(fixes[:-1])} or {fixes[-1]}"
+    )
+
+
+def calibrate(
+    validation: np.ndarray, train: np.ndarray, settings: ThresholdConfig
+) -> ThresholdInfo:
+    """The threshold fitted on validation window scores, as the artifact's ``threshold`` section.
+
+    With fewer validation scores than ``settings.min_calibration_windows`` (or than the method
+    needs, :func:`min_threshold_windows`) the training scores join them, multiplied by the ratio
+    of the validation to the training median score (1 at least): the model saw those windows, so
+    they score lower than the unseen normal data the daemon will score. The medians are robust to
+    the tail being fitted; a ratio below 1 means there is no optimism to undo. ``params`` then
+    records ``validation_windows``, ``train_windows`` and ``train_score_factor``, and a warning
+    states the correction. ``error_summary`` summarises the scores the threshold was fitted on.
+    Assumes :func:`require_threshold_windows` passed.
+    """
+    params: dict[str, float] = {
+        "quantile": {"quantile": settings.quantile},
+        "mean_std": {"k": settings.k},
+        "pot": {"risk": settings.risk, "init_quantile": settings.init_quantile},
+    }[settings.method]
+    params["margin"] = settings.margin
+    scores = validation
+    method_minimum = min_threshold_windows(settings)
+    if len(validation) < max(settings.min_calibration_windows, method_minimum):
+        tiny = float(np.finfo(np.float32).tiny)
+        factor = max(1.0, float(np.median(validation)) / max(float(np.median(train)), tiny))
+        scores = np.concatenate([validation, train * factor])
+        params.update(
+            validation_windows=float(len(validation)),
+            train_windows=float(len(train)),
+            train_score_factor=factor,
+        )
+        minimum = (
+            f"threshold.min_calibration_windows {settings.min_calibration_windows}"
+            if settings.min_calibration_windows >= method_minimum
+            else f"the {method_minimum} {settings.method} needs"
+        )
+        log.warning(
+            "the threshold comes from %d validation windows (fewer than %s) and %d training "
+            "windows, whose scores were multiplied by %.3g (validation / training median score) "
+            "because the model saw them: its false-alarm rate is an estimate; add data or raise "
+            "training.validation_fraction for a threshold on unseen windows only",
+            len(validation),
+            minimum,
+            len(train),
+            factor,
+        )
+    return ThresholdInfo(
+        method=settings.method,
+        value=fit_threshold_with(scores, settings),
+        params=params,
+        error_summary=summarize_errors(scores),
+    )
+
+
 def _current_model(registry: Path) -> Artifact | None:
     try:
         return load_artifact(registry)
@@ -342,33 +469,13 @@ def _current_model(registry: Path) -> Artifact | None:
         return None
 
 
-def _threshold(
+def _score_spec(
     model: LSTMAutoencoder, scaler: StandardScaler, val_raw: np.ndarray, config: TrainerConfig
-) -> tuple[ScoreSpec, float, dict[str, object]]:
-    """The score spec, and the threshold fitted on validation scores computed through it."""
-    device, aggregation = config.training.device, config.scoring.aggregation
-    spec = ScoreSpec(aggregation=aggregation)
-    if config.scoring.normalise:
-        raw = Scorer(model, scaler, device, max_batch_size=4096).sensor_errors(val_raw)
-        divisors = np.maximum(raw.mean(axis=0, dtype=np.float64), np.finfo(np.float32).tiny)
-        spec = ScoreSpec(aggregation=aggregation, sensor_scale=divisors.tolist())
-    scorer = Scorer(model, scaler, device, max_batch_size=4096, spec=spec)
-    scores = scorer.window_scores(scorer.sensor_errors(val_raw))
-    settings = config.threshold
-    value = fit_threshold_with(scores, settings)
-    params: dict[str, float] = {
-        "quantile": {"quantile": settings.quantile},
-        "mean_std": {"k": settings.k},
-        "pot": {"risk": settings.risk, "init_quantile": settings.init_quantile},
-    }[settings.method]
-    params["margin"] = settings.margin
-    return (
-        spec,
-        value,
-        {
-            "method": settings.method,
-            "value": value,
-            "params": params,
-            "error_summary": summarize_errors(scores),
-        },
-    )
+) -> ScoreSpec:
+    """How errors become window scores; normalised by the mean validation error per sensor."""
+    aggregation = config.scoring.aggregation
+    if not config.scoring.normalise:
+        return ScoreSpec(aggregation=aggregation)
+    raw = Scorer(model, scaler, config.training.device, max_batch_size=4096).sensor_errors(val_raw)
+    divisors = np.maximum(raw.mean(axis=0, dtype=np.float64), np.finfo(np.float32).tiny)
+    return ScoreSpec(aggregation=aggregation, sensor_scale=divisors.tolist())
