@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format-check clean bench-skab bench-throughput bench-profile soak
+.PHONY: install demo test lint format-check clean bench-skab bench-quality bench-throughput bench-profile soak
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ DATA ?= ../shared/data/skab
 bench-skab: install
 	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')
 	$(PY) bench/skab.py --data $(DATA) $(if $(PLOT),--plot $(PLOT))
+
+# Detection quality on SKAB, TEP, SMD and the synthetic fleet with the default configs, the tuned
+# SKAB config and a PCA baseline (README, "Detection quality"): writes bench/results/quality.json.
+# DATA_ROOT holds skab/, tep/ and smd/; ARGS passes options (e.g. ARGS="--datasets tep --seeds 0").
+DATA_ROOT ?= ../shared/data
+bench-quality: install
+	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')
+	$(PY) bench/quality.py --data $(DATA_ROOT) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
 
 # Daemon throughput, latency and memory (bench/RESULTS.md): writes bench/results/throughput.json.
 # ARGS passes options, e.g. ARGS=--quick for a smoke run.

@@ -29,9 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from detector.artifact import load_artifact
-from detector.config import AlertConfig
-from detector.offline import SeriesResult, evaluate_series, point_flags
-from detector.scoring import Scorer, top_sensor_shares
+from detector.config import AlertConfig, DetectorConfig, ModelConfig
+from detector.evaluate import DeviceEvaluation, evaluate_device
+from detector.scoring import Scorer
 from trainer.config import TrainerConfig
 from trainer.fit import fit
 
@@ -117,20 +117,21 @@ def _metrics(labels: np.ndarray, flags: np.ndarray) -> dict[str, float]:
 
 
 def _episodes(
-    series: SeriesResult, labels: np.ndarray, names: list[str], first_test_row: int
+    result: DeviceEvaluation, labels: np.ndarray, first_test_row: int
 ) -> list[dict[str, Any]]:
     """Every episode that starts in the test part: where, whether it is real, its top sensor."""
-    window_of_row = {int(row): i for i, row in enumerate(series.end_rows)}
+    row_of_end = {float(ts): row for row, ts in enumerate(result.ts)}
     episodes = []
-    for row, state in series.transitions:
-        if state != "firing" or row < first_test_row:
+    for alert in result.alerts:
+        row = row_of_end[alert.window_end]
+        if alert.state != "firing" or row < first_test_row:
             continue
-        top = top_sensor_shares(series.sensor_errors[window_of_row[row]], names, 1)[0]
-        episodes.append({"row": row, "true": bool(labels[row]), "top_sensor": str(top["sensor"])})
+        top = alert.top_sensors[0].sensor
+        episodes.append({"row": row, "true": bool(labels[row]), "top_sensor": top})
     return episodes
 
 
-def _plot(task: Task, frame: pd.DataFrame, series: SeriesResult, flags: np.ndarray) -> None:
+def _plot(task: Task, frame: pd.DataFrame, result: DeviceEvaluation) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,17 +145,19 @@ def _plot(task: Task, frame: pd.DataFrame, series: SeriesResult, flags: np.ndarr
     )
     top.fill_between(rows, 0, 1, where=labels > 0, transform=top.get_xaxis_transform(),
                      color="tab:red", alpha=0.15, label="labelled anomaly")  # fmt: skip
-    top.semilogy(series.end_rows, series.scores, lw=0.8, label="window score")
-    top.semilogy(series.end_rows, series.thresholds, color="k", lw=1, label="threshold")
+    top.semilogy(rows, result.scores, lw=0.8, label="window score")
+    top.semilogy(rows, result.thresholds, color="k", lw=1, label="threshold")
     ratio = task.config.alerts.resolve_ratio
     if ratio < 1:
-        top.semilogy(series.end_rows, ratio * series.thresholds, "k:", lw=1, label="resolve level")
+        top.semilogy(rows, ratio * result.thresholds, "k:", lw=1, label="resolve level")
     top.axvline(task.config.train_rows - 0.5, color="gray", ls="--", lw=1)
     top.set_ylabel("score")
     top.legend(loc="upper left", fontsize=7, ncol=4)
     top.set_title(f"SKAB {task.group}/{task.name}.csv (seed {task.seed}): train | test", fontsize=9)
     bottom.step(rows, labels, where="post", color="tab:red", lw=1, label="label")
-    bottom.step(rows, flags * 0.9, where="post", color="tab:blue", lw=1, label="flag (firing)")
+    bottom.step(
+        rows, result.firing * 0.9, where="post", color="tab:blue", lw=1, label="flag (firing)"
+    )
     bottom.set_yticks([0, 1])
     bottom.set_xlabel("row")
     bottom.legend(loc="upper left", fontsize=7, ncol=2)
@@ -181,19 +184,20 @@ def run_task(task: Task) -> dict[str, Any]:
     result = fit(config, show_progress=False)
     artifact = load_artifact(result.path)
     meta = artifact.metadata
-    values = frame[meta.feature_names].to_numpy(dtype=np.float64)
-    series = evaluate_series(
+    detector = DetectorConfig(model=ModelConfig(path=result.path), alerts=task.config.alerts)
+    stamps = pd.to_datetime(frame["datetime"]).astype("int64").to_numpy() / 1e9
+    evaluation = evaluate_device(
+        f"{task.group}-{task.name}",
+        stamps,
+        frame[meta.feature_names].to_numpy(dtype=np.float32),
+        artifact,
+        detector,
         Scorer.from_artifact(artifact, "cpu"),
-        values,
-        meta.window_length,
-        meta.threshold.value,
-        task.config.alerts.rule(),
-        calibration=task.config.alerts.calibration.rule(),
     )
-    flags = point_flags(series, len(frame))
+    flags = evaluation.firing.astype(np.int8)
     labels = frame["anomaly"].to_numpy().astype(np.int8)
     if task.plot_dir is not None:
-        _plot(task, frame, series, flags)
+        _plot(task, frame, evaluation)
     return {
         "group": task.group,
         "name": task.name,
@@ -203,7 +207,7 @@ def run_task(task: Task) -> dict[str, Any]:
         "train_seconds": result.seconds,
         "epochs": result.epochs,
         "threshold": meta.threshold.value,
-        "episodes": _episodes(series, labels, meta.feature_names, head),
+        "episodes": _episodes(evaluation, labels, head),
     }
 
 

@@ -23,12 +23,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.alerts import AlertRule
 from detector.artifact import load_artifact
-from detector.config import load_config
+from detector.config import AlertConfig, load_config
 from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.evaluate import evaluate_table
 from detector.launch import daemon_env, spawn_daemon
-from detector.offline import evaluate_series
 from detector.scoring import Scorer
 from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
@@ -276,29 +275,22 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3)
 
 
 def offline_transitions(
-    model_path: Path, readings: pd.DataFrame, rule: AlertRule | None = None
+    model_path: Path, readings: pd.DataFrame, alerts: AlertConfig | None = None
 ) -> dict[str, list[tuple[float, str]]]:
-    """Alert transitions the daemon's own code gives offline: device -> [(window end, state)].
+    """Alert transitions ``detector evaluate``'s core gives: device -> [(window end, state)].
 
-    ``rule`` defaults to the alert settings of configs/detector.yaml, as the daemons in these
-    tests use; devices without any transition are left out.
+    The detector settings are configs/detector.yaml's, as the daemons in these tests use, with
+    ``alerts`` replacing its alerts section when given; devices without any transition are left
+    out.
     """
     artifact = load_artifact(model_path)
-    rule = rule or load_config(ROOT / "configs" / "detector.yaml").alerts.rule()
-    scorer = Scorer.from_artifact(artifact, "cpu")
-    meta = artifact.metadata
+    config = load_config(ROOT / "configs" / "detector.yaml")
+    if alerts is not None:
+        config = config.model_copy(update={"alerts": alerts})
     result = {}
-    for device, rows in readings.groupby("device_id"):
-        series = evaluate_series(
-            scorer,
-            rows[meta.feature_names].to_numpy(),
-            meta.window_length,
-            meta.threshold.value,
-            rule,
-        )
-        stamps = rows["ts"].to_numpy()
-        if series.transitions:
-            result[device] = [(float(stamps[end]), state) for end, state in series.transitions]
+    for device in evaluate_table(readings, artifact, config, Scorer.from_artifact(artifact, "cpu")):
+        if device.alerts:
+            result[device.device_id] = [(a.window_end, a.state) for a in device.alerts]
     return result
 
 

@@ -69,6 +69,6 @@ def test_skab_file_streamed_through_the_daemon_gives_the_offline_episodes(
         "every window of the file scored",
     )
     streamed = streamed_transitions(read_topic(topics.bootstrap, topics.alerts))
-    expected = offline_transitions(result.path, readings, alerts_config.rule())
+    expected = offline_transitions(result.path, readings, alerts_config)
     assert streamed == expected
     assert expected, "the file's anomaly produced alerts"

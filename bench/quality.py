@@ -1,0 +1,470 @@
+"""Detection quality on SKAB, TEP, the SMD subset and the synthetic fleet, beside a PCA baseline.
+
+For every dataset (:mod:`bench.datasets`, each by its README's protocol) and seed, the trainer
+fits one artifact per task with the **untouched default** trainer config, and every stream is
+backtested through ``detector evaluate``'s core (:mod:`detector.evaluate`: the daemon's admission,
+windows, scoring, calibration, adaptation and alert rule) with the untouched default detector
+config. Where a tuned configuration exists (SKAB: configs/skab.yaml, tuned on valve1 only) it is
+run too. The classical baseline, PCA T²+Q with limits from held-out normal rows
+(:class:`bench.baselines.PCABaseline`), is fitted in the same run on the same training rows.
+
+Point-wise F1 / FAR / MAR and event metrics (alarm-onset precision, episode recall, alarms per
+device, median delay) are pooled over a dataset's streams per seed, then averaged over seeds.
+Every task's own training rows are also streamed through its model: a device that raises any
+alarm there counts in ``train_alarm_devices``.
+
+``--variants FILE`` (YAML: name -> detector-config overrides, e.g. ``alerts: {adaptation:
+{windows: 400}}``) evaluates more detector settings on the same trained artifacts; that is how
+candidate defaults are compared across datasets without retraining.
+
+Usage: ``python bench/quality.py --data ../shared/data [--datasets skab tep smd synthetic]``
+(or ``make bench-quality``). Writes ``bench/results/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.baselines import PCABaseline
+from bench.datasets import (
+    TEP_HARD_FAULTS,
+    Dataset,
+    Stream,
+    Task,
+    load,
+    tep_fault_of,
+)
+from detector.artifact import load_artifact
+from detector.config import DetectorConfig
+from detector.evaluate import DeviceEvaluation, evaluate_device
+from detector.quality import summarise
+from detector.scoring import Scorer
+from detector.settings import validate_settings
+from trainer.config import TrainerConfig
+from trainer.fit import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ("skab", "tep", "smd", "synthetic")
+METRICS = ("f1", "far", "mar", "event_precision", "event_recall", "event_f1", "alarms_per_device")
+# Published rows from each dataset's README (not measured here; protocols differ, see there).
+PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
+    "skab": {
+        "Conv-AE (current leaderboard)": {"f1": 0.79, "far": 13.69, "mar": 17.77},
+        "Conv-AE (README table)": {"f1": 0.78, "far": 13.55, "mar": 28.02},
+        "T-squared+Q (PCA)": {"f1": 0.76, "far": 26.62, "mar": 24.92},
+        "LSTM-AE": {"f1": 0.74, "far": 29.96, "mar": 25.92},
+    },
+    "tep": {
+        "Deep AE, IDV(4) (PHM 2023)": {"recall": 1.00, "far": 3.1},
+        "PCA SPE, IDV(4) (PHM 2023)": {"recall": 1.00, "far": 5.0},
+        "Deep AE, IDV(6) (PHM 2023)": {"recall": 1.00, "far": 0.6},
+    },
+    "smd": {
+        "PCA reconstruction error, 28 machines, oracle threshold (QuoVadisTAD)": {"f1": 0.572},
+        "L2 norm of the input, same protocol": {"f1": 0.404},
+    },
+    "synthetic": {},
+}
+# Which configs a dataset has besides the defaults: a tuned one, and the split it was tuned on.
+TUNED = {"skab": ("configs/skab.yaml", "valve1")}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One task and seed: train its model(s), backtest its streams with every detector variant."""
+
+    dataset: str
+    data: Path | None
+    task_index: int
+    seed: int
+    trainer: dict[str, Any]  # configs/trainer.yaml minus data and output
+    detectors: dict[str, dict[str, Any]]  # variant name -> detector config values
+    tuned: dict[str, Any] | None  # configs/skab.yaml, when the dataset has one
+    work: Path
+    plot_dir: Path | None
+
+
+def _revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _trainer_config(values: dict[str, Any], task: Task, job: Job, name: str) -> TrainerConfig:
+    train_csv = job.work / f"{job.dataset}-{job.task_index}-s{job.seed}.csv"
+    if not train_csv.exists():
+        task.train.to_csv(train_csv, index=False)
+    values = json.loads(json.dumps(values))
+    data = {"paths": [str(train_csv)], "time_column": "ts"}
+    if "device_id" in task.train.columns:
+        data["device_column"] = "device_id"
+    values["data"] = data
+    values["output"] = {"dir": str(job.work / f"models-{job.dataset}-{job.task_index}-{name}")}
+    training = values.setdefault("training", {})
+    training["seed"] = job.seed
+    training["device"] = "cpu"
+    return TrainerConfig.model_validate(values)
+
+
+def _train_devices(task: Task) -> list[tuple[str, pd.DataFrame]]:
+    if "device_id" not in task.train.columns:
+        return [(f"{task.name}:train", task.train)]
+    return [(f"{d}:train", rows) for d, rows in task.train.groupby("device_id", sort=False)]
+
+
+def _evaluate(
+    stream_id: str, frame: pd.DataFrame, artifact: Any, config: DetectorConfig, scorer: Scorer
+) -> DeviceEvaluation:
+    meta = artifact.metadata
+    return evaluate_device(
+        stream_id,
+        frame["ts"].to_numpy(dtype=np.float64),
+        frame[meta.feature_names].to_numpy(dtype=np.float32),
+        artifact,
+        config,
+        scorer,
+    )
+
+
+def _stream_record(stream: Stream, flags: np.ndarray) -> dict[str, Any]:
+    scored = slice(stream.scored_from, None)
+    return {
+        "device": stream.device_id,
+        "labels": stream.frame["label"].to_numpy(dtype=np.int8)[scored],
+        "flags": np.asarray(flags, dtype=np.int8)[scored],
+    }
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one task's model(s) for one seed and backtest every stream with each method."""
+    import torch
+
+    # Two workers share two cores: more threads per worker only add contention.
+    torch.set_num_threads(1)
+    dataset = load(job.dataset, job.data)
+    task = dataset.tasks[job.task_index]
+    out: dict[str, Any] = {"dataset": job.dataset, "task": task.name, "group": task.group}
+    out["seed"] = job.seed
+    methods: dict[str, list[dict[str, Any]]] = {}
+    train_alarms: dict[str, list[str]] = {}
+    fits: dict[str, dict[str, float]] = {}
+    trainers = {"default": job.trainer}
+    if job.tuned is not None:
+        trainers["tuned"] = job.tuned["trainer"]
+    for trainer_name, trainer_values in trainers.items():
+        config = _trainer_config(trainer_values, task, job, trainer_name)
+        result = fit(config, show_progress=False)
+        artifact = load_artifact(result.path)
+        validation = artifact.metadata.validation
+        fits[trainer_name] = {
+            "seconds": result.seconds,
+            "epochs": float(result.epochs),
+            "validation_error_share": float(validation.get("validation_error_share", np.nan)),
+            "train_flag_rate": float(validation.get("train_flag_rate", np.nan)),
+        }
+        scorer = Scorer.from_artifact(artifact, "cpu", 4096)
+        if trainer_name == "tuned":
+            assert job.tuned is not None
+            variants = {
+                "tuned": validate_settings(
+                    DetectorConfig,
+                    {"model": {"path": str(result.path)}, "alerts": job.tuned["alerts"]},
+                )
+            }
+        else:
+            variants = {
+                name: validate_settings(
+                    DetectorConfig, {**values, "model": {"path": str(result.path)}}
+                )
+                for name, values in job.detectors.items()
+            }
+        for name, detector in variants.items():
+            records = []
+            for i, stream in enumerate(task.streams):
+                evaluation = _evaluate(stream.device_id, stream.frame, artifact, detector, scorer)
+                records.append(_stream_record(stream, evaluation.firing))
+                if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
+                    _plot(job, task, stream, evaluation)
+            methods[name] = records
+            train_alarms[name] = [
+                device
+                for device, rows in _train_devices(task)
+                if _evaluate(device, rows, artifact, detector, scorer).firing.any()
+            ]
+    sensors = list(dataset.sensors)
+    baseline = PCABaseline.fit(task.train[sensors].to_numpy(dtype=np.float64))
+    methods["baseline"] = [
+        _stream_record(s, baseline.flags(s.frame[sensors].to_numpy(dtype=np.float64)))
+        for s in task.streams
+    ]
+    train_alarms["baseline"] = [
+        device
+        for device, rows in _train_devices(task)
+        if baseline.flags(rows[sensors].to_numpy(dtype=np.float64)).any()
+    ]
+    out["methods"] = methods
+    out["train_alarms"] = train_alarms
+    out["train_devices"] = len(_train_devices(task))
+    out["fits"] = fits
+    return out
+
+
+def _plot_stream(task: Task) -> int:
+    """The stream to plot: the first with a labelled anomaly."""
+    return next((i for i, s in enumerate(task.streams) if s.frame["label"].any()), 0)
+
+
+def _plot(job: Job, task: Task, stream: Stream, evaluation: DeviceEvaluation) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert job.plot_dir is not None
+    labels = stream.frame["label"].to_numpy()
+    rows = np.arange(len(labels))
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.fill_between(rows, 0, 1, where=labels > 0, transform=top.get_xaxis_transform(),
+                     color="tab:red", alpha=0.15, label="labelled anomaly")  # fmt: skip
+    top.semilogy(rows, evaluation.scores, lw=0.8, label="window score")
+    top.semilogy(rows, evaluation.thresholds, color="k", lw=1, label="threshold (adapted)")
+    if stream.scored_from:
+        top.axvline(stream.scored_from - 0.5, color="gray", ls="--", lw=1)
+    top.set_ylabel("score")
+    top.legend(loc="upper left", fontsize=7, ncol=3)
+    top.set_title(
+        f"{job.dataset} {task.name} / {stream.device_id} (seed {job.seed}, default configs)",
+        fontsize=9,
+    )
+    bottom.step(rows, labels, where="post", color="tab:red", lw=1, label="label")
+    bottom.step(rows, evaluation.firing * 0.9, where="post", color="tab:blue", lw=1,
+                label="flag (firing)")  # fmt: skip
+    bottom.set_yticks([0, 1])
+    bottom.set_xlabel("row")
+    bottom.legend(loc="upper left", fontsize=7, ncol=2)
+    fig.tight_layout()
+    job.plot_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(job.plot_dir / f"{job.dataset}-{task.name}.png", dpi=90)
+    plt.close(fig)
+
+
+def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return summarise([(r["labels"], r["flags"]) for r in records])
+
+
+def _summarise_dataset(
+    name: str, results: list[dict[str, Any]], seeds: list[int]
+) -> dict[str, Any]:
+    """Per method: metrics pooled over streams per seed, their mean over seeds, and subsets."""
+    mine = [r for r in results if r["dataset"] == name]
+    method_names = list(dict.fromkeys(m for r in mine for m in r["methods"]))
+    subsets: dict[str, Any] = {"all": lambda _r, _d: True}
+    if name == "skab":
+        subsets["valve1 (tuning split)"] = lambda r, _d: r["group"] == "valve1"
+        subsets["held-out (valve2, other)"] = lambda r, _d: r["group"] != "valve1"
+    if name == "tep":
+        subsets["without faults 3, 9, 15"] = lambda _r, d: tep_fault_of(d) not in TEP_HARD_FAULTS
+        subsets["faults 3, 9, 15"] = lambda _r, d: (
+            tep_fault_of(d) in TEP_HARD_FAULTS or not (tep_fault_of(d))
+        )
+    summary: dict[str, Any] = {}
+    for method in method_names:
+        per_seed = []
+        for seed in seeds:
+            runs = [r for r in mine if r["seed"] == seed and method in r["methods"]]
+            entry: dict[str, Any] = {"seed": seed}
+            for subset, keep in subsets.items():
+                records = [s for r in runs for s in r["methods"][method] if keep(r, s["device"])]
+                entry[subset] = _pool(records)
+            alarmed = sum(len(r["train_alarms"][method]) for r in runs)
+            devices = sum(r["train_devices"] for r in runs)
+            entry["train_alarm_devices"] = alarmed
+            entry["train_devices"] = devices
+            entry["train_alarm_share"] = alarmed / max(devices, 1)
+            per_seed.append(entry)
+        block = {key: float(np.mean([s["all"][key] for s in per_seed])) for key in METRICS}
+        block["train_alarm_share"] = float(np.mean([s["train_alarm_share"] for s in per_seed]))
+        block["subsets"] = {
+            subset: {key: float(np.mean([s[subset][key] for s in per_seed])) for key in METRICS}
+            for subset in subsets
+        }
+        block["per_seed"] = per_seed
+        if name == "tep":
+            block["per_fault_recall"] = _tep_per_fault(mine, method)
+        summary[method] = block
+    fits = [r["fits"] for r in mine]
+    summary["fit"] = {
+        trainer: {
+            key: float(np.mean([f[trainer][key] for f in fits if trainer in f]))
+            for key in ("seconds", "epochs", "validation_error_share", "train_flag_rate")
+        }
+        for trainer in dict.fromkeys(t for f in fits for t in f)
+    }
+    return summary
+
+
+def _tep_per_fault(results: list[dict[str, Any]], method: str) -> dict[str, float]:
+    """Fault detection rate (recall over samples 161-960) per fault, mean over seeds; FAR on d00."""
+    rates: dict[str, list[float]] = {}
+    for r in results:
+        for s in r["methods"].get(method, []):
+            fault = tep_fault_of(s["device"])
+            flags = s["flags"].astype(bool)
+            if fault == 0:
+                rates.setdefault("far_d00", []).append(100 * float(flags.mean()))
+            else:
+                faulty = s["labels"].astype(bool)
+                rates.setdefault(f"{fault:02d}", []).append(100 * float(flags[faulty].mean()))
+    return {k: float(np.mean(v)) for k, v in sorted(rates.items())}
+
+
+def _cells(metrics: dict[str, float]) -> list[str]:
+    return [
+        f"{metrics['f1']:.3f}",
+        f"{metrics['far']:.2f}",
+        f"{metrics['mar']:.2f}",
+        f"{metrics['event_precision']:.2f}",
+        f"{metrics['event_recall']:.2f}",
+        f"{metrics['event_f1']:.2f}",
+        f"{metrics['alarms_per_device']:.1f}",
+    ]
+
+
+def _table(datasets: dict[str, Any]) -> str:
+    line = "| {:<10} | {:<22} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} |"
+    header = ("dataset", "method", "F1", "FAR %", "MAR %", "ev P", "ev R", "ev F1", "alarms/d")
+    out = [line.format(*header, "train")]
+    for name, summary in datasets.items():
+        for method, block in summary.items():
+            if method == "fit":
+                continue
+            train = f"{100 * block['train_alarm_share']:.0f} %"
+            out.append(line.format(name, method, *_cells(block), train))
+            for subset, metrics in block["subsets"].items():
+                if subset != "all":
+                    out.append(line.format("", f"  {subset}"[:22], *_cells(metrics), ""))
+        for label, row in PUBLISHED.get(name, {}).items():
+            cells = ", ".join(f"{k} {v:g}" for k, v in row.items())
+            out.append(f"|            | published: {label}: {cells}")
+        for trainer, fit_info in summary["fit"].items():
+            out.append(
+                f"|            | fit ({trainer}): {fit_info['seconds']:.1f} s, "
+                f"{fit_info['epochs']:.0f} epochs, validation error "
+                f"{100 * fit_info['validation_error_share']:.0f} % of variance, "
+                f"{100 * fit_info['train_flag_rate']:.2f} % of training windows flagged"
+            )
+    return "\n".join(out)
+
+
+def _jsonable(results: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(results, default=lambda v: v.tolist()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table and writes the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="directory holding skab/, tep/ and smd/")  # fmt: skip
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trainer", type=Path, default=ROOT / "configs" / "trainer.yaml")
+    parser.add_argument("--detector", type=Path, default=ROOT / "configs" / "detector.yaml")
+    parser.add_argument("--variants", type=Path, help="YAML: name -> detector-config overrides")
+    parser.add_argument("--no-tuned", action="store_true", help="skip the tuned configs")
+    parser.add_argument("--plot", type=Path, help="one PNG per dataset (first seed) here")
+    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    args = parser.parse_args(argv)
+
+    trainer = yaml.safe_load(args.trainer.read_text())
+    trainer = {k: v for k, v in trainer.items() if k not in ("data", "output")}
+    detector = yaml.safe_load(args.detector.read_text())
+    detector = {k: v for k, v in detector.items() if k in ("windows", "scoring", "alerts")}
+    detectors = {"default": detector}
+    if args.variants:
+        for name, override in (yaml.safe_load(args.variants.read_text()) or {}).items():
+            detectors[str(name)] = _deep_merge(detector, override)
+    started = time.monotonic()
+    datasets: dict[str, Dataset] = {}
+    for name in args.datasets:
+        try:
+            datasets[name] = load(name, None if name == "synthetic" else args.data / name)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(str(exc))
+    with tempfile.TemporaryDirectory(prefix="quality-bench-") as work:
+        jobs = []
+        for name, dataset in datasets.items():
+            tuned = None
+            if name in TUNED and not args.no_tuned:
+                tuned = yaml.safe_load((ROOT / TUNED[name][0]).read_text())
+            for seed in args.seeds:
+                for index in range(len(dataset.tasks)):
+                    plot = args.plot if seed == args.seeds[0] and index == 0 else None
+                    data = None if name == "synthetic" else args.data / name
+                    jobs.append(
+                        Job(name, data, index, seed, trainer, detectors, tuned, Path(work), plot)
+                    )
+        # The largest jobs first, so that two workers finish together.
+        jobs.sort(key=lambda j: -len(datasets[j.dataset].tasks[j.task_index].train))
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_job, jobs))
+    wall = time.monotonic() - started
+    summary = {name: _summarise_dataset(name, results, args.seeds) for name in datasets}
+    print(_table(summary))
+    print(f"wall time {wall:.0f} s for {len(jobs)} jobs ({args.workers} workers)")
+    report = {
+        "datasets": summary,
+        "published": {name: PUBLISHED[name] for name in datasets},
+        "seeds": args.seeds,
+        "configs": {
+            "trainer": str(args.trainer),
+            "trainer_values": trainer,
+            "detector": str(args.detector),
+            "detector_variants": detectors,
+            "tuned": {k: {"config": v[0], "tuned_on": v[1]} for k, v in TUNED.items()},
+            "baseline": "PCA T2+Q, 95 % variance, limits at the 99 % quantile of held-out normal",
+        },
+        "wall_seconds": wall,
+        "revision": _revision(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    partial.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
