@@ -129,6 +129,22 @@ class ArtifactMetadata(BaseModel):
             raise ValueError(
                 f"scoring.sensor_scale must have {n} finite float32 values >= {_FLOAT32_TINY:.3g}"
             )
+        scoring = self.scoring
+        if scoring.aggregation == "mahalanobis":
+            center, whitening = scoring.error_center, scoring.error_whitening
+            if (
+                center is None
+                or whitening is None
+                or len(center) != n
+                or len(whitening) != n
+                or any(len(row) != n for row in whitening)
+                or not all(math.isfinite(v) for v in center)
+                or not all(math.isfinite(v) for row in whitening for v in row)
+            ):
+                raise ValueError(
+                    f"scoring: mahalanobis needs a finite error_center of {n} values and an "
+                    f"error_whitening of {n} x {n}"
+                )
         if Path(self.weights_file).name != self.weights_file or self.weights_file in (
             "",
             ".",

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-Aggregation = Literal["mean", "max"]
+Aggregation = Literal["mean", "max", "mahalanobis"]
 
 # 200 MB of float32 weights: thousands of times the default model (about 40 000), small enough
 # that a version declaring more is refused before anything is allocated for it (12 000 hidden
@@ -78,6 +78,13 @@ class ScoreSpec(BaseModel):
         None,
         description="per-sensor error divisors (normal validation error): every sensor's "
         "error then reads in units of its own normal level",
+    )
+    error_center: list[float] | None = Field(
+        None, description="mahalanobis: mean log error per sensor on normal training windows"
+    )
+    error_whitening: list[list[float]] | None = Field(
+        None,
+        description="mahalanobis: W with W^T W the inverse (shrunk) covariance of the log errors",
     )
 
     @property

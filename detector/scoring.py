@@ -59,11 +59,55 @@ def ladder_sizes(max_batch_size: int) -> list[int]:
     return sorted({padded_batch_size(count) for count in range(1, max_batch_size + 1)})
 
 
-def window_scores(errors: np.ndarray, aggregation: Aggregation = "mean") -> np.ndarray:
-    """Collapse per-sensor errors ``(batch, features)`` into one score per window."""
+# Errors are floored before the log: a sensor reconstructed perfectly must not score -inf.
+_LOG_ERROR_FLOOR = 1e-6
+
+
+def log_errors(errors: np.ndarray) -> np.ndarray:
+    """The per-sensor errors on the log scale the Mahalanobis score is fitted on."""
+    return np.log(np.maximum(errors, _LOG_ERROR_FLOOR), dtype=np.float64)
+
+
+def window_scores(
+    errors: np.ndarray, aggregation: Aggregation = "mean", spec: ScoreSpec | None = None
+) -> np.ndarray:
+    """Collapse per-sensor errors ``(batch, features)`` into one score per window.
+
+    ``mahalanobis`` needs the spec's fitted ``error_center`` and ``error_whitening``: the score
+    is the squared Mahalanobis distance of the window's log errors from normal ones, divided by
+    the number of sensors (so it reads like a mean). It sees a sensor whose error is unusual
+    *for that sensor*, and a pair whose errors usually move together but did not.
+    """
     if aggregation == "max":
         return errors.max(axis=1)
+    if aggregation == "mahalanobis":
+        if spec is None or spec.error_center is None or spec.error_whitening is None:
+            raise ValueError("mahalanobis scores need a spec with error_center and error_whitening")
+        centred = log_errors(errors) - np.asarray(spec.error_center)
+        whitened = centred @ np.asarray(spec.error_whitening).T
+        return np.square(whitened).sum(axis=1) / errors.shape[1]
     return errors.mean(axis=1)
+
+
+def fit_mahalanobis(
+    errors: np.ndarray, shrinkage: float = 0.1
+) -> tuple[list[float], list[list[float]]]:
+    """Centre and whitening of normal windows' log errors ``(windows, features)``.
+
+    The covariance is shrunk towards its diagonal (``shrinkage``) so that it inverts stably with
+    fewer windows than a full covariance needs, and each variance is floored.
+    """
+    logs = log_errors(errors)
+    if len(logs) < 2:
+        raise ValueError("mahalanobis needs at least 2 normal windows")
+    center = logs.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(logs, rowvar=False))
+    variances = np.maximum(np.diag(covariance), 1e-6)
+    shrunk = (1.0 - shrinkage) * covariance + shrinkage * np.diag(variances)
+    shrunk[np.diag_indices_from(shrunk)] = np.maximum(np.diag(shrunk), 1e-6)
+    lower = np.linalg.cholesky(shrunk)
+    whitening = np.linalg.inv(lower)
+    return center.tolist(), whitening.tolist()
 
 
 def top_sensor_shares(
@@ -193,7 +237,7 @@ class Scorer:
 
     def window_scores(self, errors: np.ndarray) -> np.ndarray:
         """One score per window from :meth:`sensor_errors`, aggregated as the spec says."""
-        return window_scores(errors, self.spec.aggregation)
+        return window_scores(errors, self.spec.aggregation, self.spec)
 
     def warm_up(self, window_length: int) -> None:
         """Score one batch of every size the model can meet, so memory is flat from the start.

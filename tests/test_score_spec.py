@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from detector.artifact import METADATA_FILE, ArtifactMetadata, load_artifact
 from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
-from detector.scoring import Scorer, window_scores
+from detector.scoring import Scorer, fit_mahalanobis, window_scores
 from detector.thresholds import fit_threshold
 from detector.windows import sliding_windows
 from trainer.config import TrainerConfig
@@ -159,3 +159,52 @@ def test_pot_threshold_config_checks_levels() -> None:
                 "threshold": {"method": "pot", "risk": 0.1, "init_quantile": 0.95},
             }
         )
+
+
+def test_mahalanobis_scores_an_error_unusual_for_its_sensor() -> None:
+    """Normal windows score near 1 (a mean-like scale); a small error on a sensor that is
+    always reconstructed well, or a broken correlation, scores far higher although its mean and
+    max error are ordinary."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(4000, 1))
+    logs = np.hstack(
+        [shared, shared + 0.1 * rng.normal(size=(4000, 1)), rng.normal(size=(4000, 1))]
+    )
+    scales = np.array([1.0, 1.0, 0.01])  # sensor 2 is always reconstructed 100x better
+    errors = np.exp(0.3 * logs) * scales
+    center, whitening = fit_mahalanobis(errors[:3000])
+    spec = ScoreSpec(aggregation="mahalanobis", error_center=center, error_whitening=whitening)
+    normal = window_scores(errors[3000:], "mahalanobis", spec)
+    assert 0.5 < normal.mean() < 1.5  # below 1 as the shrinkage damps the correlated pair
+    unusual = np.array([[1.0, 1.0, 0.5], [1.3, 0.75, 0.01]])  # sensor 2 off; the pair decoupled
+    scores = window_scores(unusual, "mahalanobis", spec)
+    assert (scores > np.quantile(normal, 0.999)).all()
+    assert window_scores(unusual, "max").max() < np.quantile(window_scores(errors, "max"), 0.9)
+    with pytest.raises(ValueError, match="error_center"):
+        window_scores(unusual, "mahalanobis")
+
+
+def test_trainer_fits_a_mahalanobis_score_the_artifact_carries(tmp_path: Path) -> None:
+    config = TrainerConfig.model_validate(
+        {
+            "data": {"paths": [str(_write_csv(tmp_path / "train.csv", 500, seed=0))]},
+            "window": {"length": 8, "stride": 1},
+            "model": {"hidden_size": 8, "latent_size": 4},
+            "training": {"epochs": 2, "min_steps": 20, "seed": 0, "device": "cpu"},
+            "scoring": {"aggregation": "mahalanobis"},
+            "output": {"dir": str(tmp_path / "models")},
+        }
+    )
+    artifact = load_artifact(fit(config, show_progress=False).path)
+    spec = artifact.metadata.scoring
+    assert spec.aggregation == "mahalanobis"
+    assert len(spec.error_center or []) == 3 and len(spec.error_whitening or []) == 3
+    scorer = Scorer.from_artifact(artifact, "cpu")
+    values = pd.read_csv(config.data.paths[0])[artifact.metadata.feature_names].to_numpy()
+    scores = scorer.window_scores(scorer.sensor_errors(sliding_windows(values, 8)))
+    assert np.isfinite(scores).all() and (scores >= 0).all()
+    # A whitening matrix of the wrong shape is refused when the artifact loads.
+    metadata = json.loads((artifact.path / METADATA_FILE).read_text())
+    metadata["scoring"]["error_whitening"] = metadata["scoring"]["error_whitening"][:2]
+    with pytest.raises(ValidationError, match="mahalanobis"):
+        ArtifactMetadata.model_validate(metadata)

@@ -27,7 +27,7 @@ from detector.artifact import (
 )
 from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.scaling import StandardScaler
-from detector.scoring import Scorer, resolve_device
+from detector.scoring import Scorer, fit_mahalanobis, resolve_device
 from detector.thresholds import MIN_POT_PEAKS, fit_threshold_with, summarize_errors
 from trainer.config import ThresholdConfig, TrainerConfig
 from trainer.data import (
@@ -49,6 +49,8 @@ POOR_FIT_ERROR_SHARE = 0.9
 # Fewer window scores than this place no threshold, wherever they come from: with 20 the 0.99
 # quantile is already the largest score and the standard deviation is a guess.
 MIN_THRESHOLD_WINDOWS = 20
+# The Mahalanobis score's matrix lives in metadata.json (at most 4 MiB): 256 sensors is 1.3 MB.
+MAX_MAHALANOBIS_SENSORS = 256
 
 
 class TrainingError(Exception):
@@ -232,7 +234,7 @@ def fit(
         device,
         show_progress,
     )
-    score_spec = _score_spec(model, scaler, val_raw, config)
+    score_spec = _score_spec(model, scaler, train_raw, val_raw, config)
     new_scorer = Scorer(model, scaler, config.training.device, 4096, spec=score_spec)
     val_scores = new_scorer.window_scores(new_scorer.sensor_errors(val_raw))
     train_scores = new_scorer.window_scores(new_scorer.sensor_errors(train_raw))
@@ -470,12 +472,40 @@ def _current_model(registry: Path) -> Artifact | None:
 
 
 def _score_spec(
-    model: LSTMAutoencoder, scaler: StandardScaler, val_raw: np.ndarray, config: TrainerConfig
+    model: LSTMAutoencoder,
+    scaler: StandardScaler,
+    train_raw: np.ndarray,
+    val_raw: np.ndarray,
+    config: TrainerConfig,
 ) -> ScoreSpec:
-    """How errors become window scores; normalised by the mean validation error per sensor."""
+    """How errors become window scores.
+
+    ``normalise`` divides each sensor's error by its mean validation error; ``mahalanobis`` is
+    fitted on the training windows' errors, so that the threshold, fitted on validation scores,
+    judges it on windows it did not see.
+    """
     aggregation = config.scoring.aggregation
-    if not config.scoring.normalise:
-        return ScoreSpec(aggregation=aggregation)
-    raw = Scorer(model, scaler, config.training.device, max_batch_size=4096).sensor_errors(val_raw)
-    divisors = np.maximum(raw.mean(axis=0, dtype=np.float64), np.finfo(np.float32).tiny)
-    return ScoreSpec(aggregation=aggregation, sensor_scale=divisors.tolist())
+    scorer = Scorer(model, scaler, config.training.device, max_batch_size=4096)
+    divisors = None
+    if config.scoring.normalise:
+        raw = scorer.sensor_errors(val_raw)
+        divisors = np.maximum(raw.mean(axis=0, dtype=np.float64), np.finfo(np.float32).tiny)
+    if aggregation != "mahalanobis":
+        sensor_scale = None if divisors is None else divisors.tolist()
+        return ScoreSpec(aggregation=aggregation, sensor_scale=sensor_scale)
+    sensors = train_raw.shape[-1]
+    if sensors > MAX_MAHALANOBIS_SENSORS:
+        raise TrainingError(
+            f"scoring.aggregation mahalanobis stores a {sensors} x {sensors} matrix in the "
+            f"artifact; at most {MAX_MAHALANOBIS_SENSORS} sensors: use max"
+        )
+    errors = scorer.sensor_errors(train_raw)
+    if divisors is not None:
+        errors = errors / divisors
+    center, whitening = fit_mahalanobis(errors)
+    return ScoreSpec(
+        aggregation=aggregation,
+        sensor_scale=None if divisors is None else divisors.tolist(),
+        error_center=center,
+        error_whitening=whitening,
+    )
