@@ -50,9 +50,14 @@ class DeviceAdaptation:
     def __post_init__(self) -> None:
         self._recent = np.empty(self.rule.windows, dtype=np.float64)
 
+    @property
+    def complete(self) -> bool:
+        """Whether ``windows`` scores are in, so that the factor is the device's own."""
+        return self._count >= self.rule.windows
+
     def factor(self) -> float:
         """What the device's threshold is multiplied by now: 1 until ``windows`` scores are in."""
-        if self._count < self.rule.windows or self.reference <= 0.0:
+        if not self.complete or self.reference <= 0.0:
             return 1.0
         ratio = float(np.median(self._recent)) / self.reference
         return min(max(ratio, 1.0), self.rule.max_ratio)

@@ -158,6 +158,7 @@ class Detector:
         # mutated) so the rebalance listener on kafka-python's IO thread reads a consistent dict.
         self._safe_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         self._resume_at: dict[TopicPartition, int] = {}  # below this offset: rebuilding
+        self._partial_rebuild: set[TopicPartition] = set()  # the replay starts after the log's
         self._device_partition: dict[str, TopicPartition] = {}
         # Seconds the loop ran with the broker reachable: devices are idle by this clock, so a
         # broker outage or a stalled loop makes none idle, and no device's own clock counts.
@@ -322,6 +323,7 @@ class Detector:
             self._processed.pop(tp, None)
             self._committed.pop(tp, None)
             self._resume_at.pop(tp, None)
+            self._partial_rebuild.discard(tp)
         self._safe_offsets = {tp: m for tp, m in self._safe_offsets.items() if tp not in moved}
         rewound = {tp for tp in sorted(assigned) if self._rewind(tp)}
         self.metrics.partitions_assigned.set(len(self.consumer.assignment()))
@@ -344,6 +346,8 @@ class Detector:
         if start < committed:
             self._resume_at[tp] = committed
             log.info("rebuilding %s from offset %d (committed %d)", tp, start, committed)
+        if start > beginning:
+            self._partial_rebuild.add(tp)
         return True
 
     def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
@@ -369,6 +373,7 @@ class Detector:
             if resume is not None and self._processed.get(tp, 0) >= resume:
                 del self._resume_at[tp]
                 log.info("rebuilt %s up to offset %d", tp, resume)
+                self._check_adaptation_rebuilt(tp)
         if self.pending and (
             self.pending.full or self._waited() * 1000 >= self.config.scoring.max_wait_ms
         ):
@@ -378,6 +383,31 @@ class Detector:
             self._mark_safe()
             self.commit()
         self._housekeeping()
+
+    def _check_adaptation_rebuilt(self, tp: TopicPartition) -> None:
+        """Warn when the replay was too short to give the partition's devices their adaptation.
+
+        Such a device's threshold adapts again from its next scores: it may page on a normal it
+        had adapted to before the handover, until ``alerts.adaptation.windows`` scores are in.
+        """
+        if tp not in self._partial_rebuild or self.judge.adaptation is None:
+            return
+        self._partial_rebuild.discard(tp)
+        self.flush()  # the replay's last windows are judged before counting
+        devices = [d for d, p in self._device_partition.items() if p == tp]
+        short = sum(self.judge.adapting(d) for d in devices)
+        if short:
+            log.warning(
+                "%d of %d devices of %s have fewer than alerts.adaptation.windows (%d) scores "
+                "after replaying windows.rebuild_records (%d): their thresholds adapt again from "
+                "scratch; raise windows.rebuild_records to at least devices per partition x "
+                "(window length - 1 + adaptation windows)",
+                short,
+                len(devices),
+                tp,
+                self.judge.adaptation.windows,
+                self.config.windows.rebuild_records,
+            )
 
     def _mark_safe(self) -> None:
         """Declare everything ingested so far committable (nothing pending, all published).

@@ -79,6 +79,13 @@ class Judge:
         device = self.devices.get(device_id)
         return device is not None and device.alert.firing
 
+    def adapting(self, device_id: str) -> bool:
+        """Whether adaptation is on and the device has fewer scores than it needs."""
+        if self.adaptation is None:
+            return False
+        device = self.devices.get(device_id)
+        return device is None or device.adaptation is None or not device.adaptation.complete
+
     def forget(self, device_id: str) -> bool:
         """Drop everything about a device; returns whether it was firing."""
         device = self.devices.pop(device_id, None)
