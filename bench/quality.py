@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -57,7 +57,7 @@ from detector.quality import summarise
 from detector.scoring import Scorer
 from detector.settings import validate_settings
 from trainer.config import TrainerConfig
-from trainer.fit import fit
+from trainer.fit import TrainingError, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("skab", "tep", "smd", "synthetic")
@@ -93,7 +93,7 @@ class Job:
     data: Path | None
     task_index: int
     seed: int
-    trainer: dict[str, Any]  # configs/trainer.yaml minus data and output
+    trainers: dict[str, dict[str, Any]]  # name -> trainer values; "default": configs/trainer.yaml
     detectors: dict[str, dict[str, Any]]  # variant name -> detector config values
     tuned: dict[str, Any] | None  # configs/skab.yaml, when the dataset has one
     work: Path
@@ -133,6 +133,14 @@ def _trainer_config(values: dict[str, Any], task: Task, job: Job, name: str) -> 
     training["seed"] = job.seed
     training["device"] = "cpu"
     return TrainerConfig.model_validate(values)
+
+
+def _tuned_trainer(tuned: dict[str, Any], data: Path | None) -> dict[str, Any]:
+    """A tuned benchmark config's trainer section, its reference recording found under ``data``."""
+    values = json.loads(json.dumps(tuned["trainer"]))
+    if tuned.get("reference") and data is not None:
+        values.setdefault("scaling", {})["reference_paths"] = [str(data / tuned["reference"])]
+    return values
 
 
 def _train_devices(task: Task) -> list[tuple[str, pd.DataFrame]]:
@@ -177,12 +185,17 @@ def run_job(job: Job) -> dict[str, Any]:
     methods: dict[str, list[dict[str, Any]]] = {}
     train_alarms: dict[str, list[str]] = {}
     fits: dict[str, dict[str, float]] = {}
-    trainers = {"default": job.trainer}
+    trainers = dict(job.trainers)
     if job.tuned is not None:
-        trainers["tuned"] = job.tuned["trainer"]
+        trainers["tuned"] = _tuned_trainer(job.tuned, job.data)
     for trainer_name, trainer_values in trainers.items():
         config = _trainer_config(trainer_values, task, job, trainer_name)
-        result = fit(config, show_progress=False)
+        try:
+            result = fit(config, show_progress=False)
+        except TrainingError as exc:
+            # A candidate that cannot train on this data is reported, not fatal to the run.
+            fits[trainer_name] = {"error": str(exc)}
+            continue
         artifact = load_artifact(result.path)
         validation = artifact.metadata.validation
         fits[trainer_name] = {
@@ -207,6 +220,8 @@ def run_job(job: Job) -> dict[str, Any]:
                 )
                 for name, values in job.detectors.items()
             }
+            if trainer_name != "default":
+                variants = {f"{trainer_name}+{name}": d for name, d in variants.items()}
         for name, detector in variants.items():
             records = []
             for i, stream in enumerate(task.streams):
@@ -324,13 +339,15 @@ def _summarise_dataset(
             block["per_fault_recall"] = _tep_per_fault(mine, method)
         summary[method] = block
     fits = [r["fits"] for r in mine]
-    summary["fit"] = {
-        trainer: {
-            key: float(np.mean([f[trainer][key] for f in fits if trainer in f]))
+    summary["fit"] = {}
+    for trainer in dict.fromkeys(t for f in fits for t in f):
+        done = [f[trainer] for f in fits if trainer in f and "error" not in f[trainer]]
+        failed = sum(1 for f in fits if "error" in f.get(trainer, {}))
+        summary["fit"][trainer] = {
+            key: float(np.mean([d[key] for d in done])) if done else None
             for key in ("seconds", "epochs", "validation_error_share", "train_flag_rate")
         }
-        for trainer in dict.fromkeys(t for f in fits for t in f)
-    }
+        summary["fit"][trainer]["failed_fits"] = failed
     return summary
 
 
@@ -378,6 +395,9 @@ def _table(datasets: dict[str, Any]) -> str:
             cells = ", ".join(f"{k} {v:g}" for k, v in row.items())
             out.append(f"|            | published: {label}: {cells}")
         for trainer, fit_info in summary["fit"].items():
+            if fit_info["seconds"] is None:
+                out.append(f"|            | fit ({trainer}): every fit failed")
+                continue
             out.append(
                 f"|            | fit ({trainer}): {fit_info['seconds']:.1f} s, "
                 f"{fit_info['epochs']:.0f} epochs, validation error "
@@ -401,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer", type=Path, default=ROOT / "configs" / "trainer.yaml")
     parser.add_argument("--detector", type=Path, default=ROOT / "configs" / "detector.yaml")
     parser.add_argument("--variants", type=Path, help="YAML: name -> detector-config overrides")
+    parser.add_argument(
+        "--trainer-variants", type=Path, help="YAML: name -> trainer-config overrides"
+    )
     parser.add_argument("--no-tuned", action="store_true", help="skip the tuned configs")
     parser.add_argument("--plot", type=Path, help="one PNG per dataset (first seed) here")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
@@ -411,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     trainer = {k: v for k, v in trainer.items() if k not in ("data", "output")}
     detector = yaml.safe_load(args.detector.read_text())
     detector = {k: v for k, v in detector.items() if k in ("windows", "scoring", "alerts")}
+    trainers = {"default": trainer}
+    if args.trainer_variants:
+        for name, override in (yaml.safe_load(args.trainer_variants.read_text()) or {}).items():
+            trainers[str(name)] = _deep_merge(trainer, override)
     detectors = {"default": detector}
     if args.variants:
         for name, override in (yaml.safe_load(args.variants.read_text()) or {}).items():
@@ -433,12 +460,21 @@ def main(argv: list[str] | None = None) -> int:
                     plot = args.plot if seed == args.seeds[0] and index == 0 else None
                     data = None if name == "synthetic" else args.data / name
                     jobs.append(
-                        Job(name, data, index, seed, trainer, detectors, tuned, Path(work), plot)
+                        Job(name, data, index, seed, trainers, detectors, tuned, Path(work), plot)
                     )
         # The largest jobs first, so that two workers finish together.
         jobs.sort(key=lambda j: -len(datasets[j.dataset].tasks[j.task_index].train))
+        results = []
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(run_job, jobs))
+            for done, future in enumerate(as_completed(pool.submit(run_job, j) for j in jobs)):
+                results.append(future.result())
+                last = results[-1]
+                print(
+                    f"[{done + 1}/{len(jobs)} jobs, {time.monotonic() - started:.0f} s] "
+                    f"{last['dataset']} {last['task']} seed {last['seed']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     wall = time.monotonic() - started
     summary = {name: _summarise_dataset(name, results, args.seeds) for name in datasets}
     print(_table(summary))
@@ -449,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "configs": {
             "trainer": str(args.trainer),
-            "trainer_values": trainer,
+            "trainer_variants": trainers,
             "detector": str(args.detector),
             "detector_variants": detectors,
             "tuned": {k: {"config": v[0], "tuned_on": v[1]} for k, v in TUNED.items()},
