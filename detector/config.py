@@ -250,7 +250,7 @@ class AdaptationConfig(_Section):
     """A device's threshold follows the median of its recent scores (off while ``windows`` is 0)."""
 
     windows: int = Field(
-        0,
+        1000,
         ge=0,
         description="recent scores per device whose median scales its threshold (0: off)",
     )
@@ -274,7 +274,7 @@ class AlertConfig(_Section):
 
     fire_k: int = Field(1, ge=1, description="fire when k of the last n windows are over threshold")
     fire_n: int = Field(1, ge=1, le=62)
-    resolve_after: int = Field(3, ge=1, description="resolve after N consecutive clear windows")
+    resolve_after: int = Field(5, ge=1, description="resolve after N consecutive clear windows")
     resolve_ratio: float = Field(
         1.0, gt=0, le=1, description="a window is clear when score <= ratio x threshold"
     )

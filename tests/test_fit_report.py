@@ -78,7 +78,7 @@ def test_few_validation_windows_add_training_ones_scaled_up_and_say_so(
 ) -> None:
     # The model saw its training windows: they score half what unseen normal windows do.
     validation, train = _scores(40, 2.0, 1), _scores(400, 1.0, 2)
-    settings = ThresholdConfig(quantile=0.99, min_calibration_windows=100)
+    settings = ThresholdConfig(quantile=0.99, margin=1.0, min_calibration_windows=100)
     with caplog.at_level(logging.WARNING, logger="trainer.fit"):
         info = calibrate(validation, train, settings)
     factor = np.median(validation) / np.median(train)
@@ -233,7 +233,13 @@ def test_small_data_gets_the_step_budget_and_learns(tmp_path: Path) -> None:
                 "data": {"paths": [str(_csv(tmp_path / "small.csv", 400))]},
                 "window": {"length": 16, "stride": 2},
                 "model": {"hidden_size": 8, "latent_size": 4},
-                "training": {"epochs": 3, "min_steps": min_steps, "seed": 0, "device": "cpu"},
+                "training": {
+                    "epochs": 3,
+                    "min_steps": min_steps,
+                    "learning_rate": 0.001,
+                    "seed": 0,
+                    "device": "cpu",
+                },
                 "output": {"dir": str(tmp_path / f"models-{min_steps}")},
             }
         )

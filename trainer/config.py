@@ -34,14 +34,14 @@ class WindowConfig(_Section):
     """Window length (stored in the artifact, used by the detector) and training stride."""
 
     length: int = Field(32, ge=2)
-    stride: int = Field(1, ge=1)
+    stride: int = Field(2, ge=1)
 
 
 class ModelConfig(_Section):
     """LSTM autoencoder size."""
 
-    hidden_size: int = Field(64, ge=1)
-    latent_size: int = Field(16, ge=1)
+    hidden_size: int = Field(32, ge=1)
+    latent_size: int = Field(8, ge=1)
     num_layers: int = Field(1, ge=1)
 
 
@@ -49,7 +49,7 @@ class TrainingConfig(_Section):
     """Optimisation and validation split."""
 
     epochs: int = Field(
-        30, ge=1, description="passes over the data at most, unless min_steps needs more"
+        12, ge=1, description="passes over the data at most, unless min_steps needs more"
     )
     batch_size: int = Field(
         256, ge=1, description="at most; smaller when the data would make under 10 steps a pass"
@@ -60,9 +60,9 @@ class TrainingConfig(_Section):
         description="optimiser steps at least, however little data: passes are added until "
         "reached, and early stopping waits for them",
     )
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
-    patience: int = Field(5, ge=1, description="epochs without validation improvement before stop")
+    patience: int = Field(3, ge=1, description="epochs without validation improvement before stop")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_train_windows: int | None = Field(None, ge=1, description="subsample for quick runs")
@@ -84,7 +84,7 @@ class ScalingConfig(_Section):
 class ScoringConfig(_Section):
     """How per-sensor errors become a window score (stored in the artifact for the detector)."""
 
-    aggregation: Aggregation = "mean"
+    aggregation: Aggregation = "max"
     normalise: bool = Field(
         False, description="divide each sensor's error by its mean validation error first"
     )
@@ -94,9 +94,9 @@ class ThresholdConfig(_Section):
     """How the alert threshold is derived from validation reconstruction errors, and trusted."""
 
     method: ThresholdMethod = "quantile"
-    quantile: float = Field(0.995, gt=0, lt=1)
+    quantile: float = Field(0.99, gt=0, lt=1)
     k: float = Field(3.0, gt=0)
-    margin: float = Field(1.0, gt=0)
+    margin: float = Field(2.0, gt=0)
     risk: float = Field(1e-3, gt=0, lt=1, description="pot: tail probability of the threshold")
     init_quantile: float = Field(0.98, gt=0, lt=1, description="pot: where the tail starts")
     min_calibration_windows: int = Field(
