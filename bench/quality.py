@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from bench.datasets import (
     load,
     tep_fault_of,
 )
+from bench.report import plot_stream, revision
 from detector.artifact import load_artifact
 from detector.config import DetectorConfig
 from detector.evaluate import DeviceEvaluation, evaluate_device
@@ -98,15 +98,6 @@ class Job:
     tuned: dict[str, Any] | None  # configs/skab.yaml, when the dataset has one
     work: Path
     plot_dir: Path | None
-
-
-def _revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -259,39 +250,16 @@ def _plot_stream(task: Task) -> int:
 
 
 def _plot(job: Job, task: Task, stream: Stream, evaluation: DeviceEvaluation) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     assert job.plot_dir is not None
-    labels = stream.frame["label"].to_numpy()
-    rows = np.arange(len(labels))
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    top.fill_between(rows, 0, 1, where=labels > 0, transform=top.get_xaxis_transform(),
-                     color="tab:red", alpha=0.15, label="labelled anomaly")  # fmt: skip
-    top.semilogy(rows, evaluation.scores, lw=0.8, label="window score")
-    top.semilogy(rows, evaluation.thresholds, color="k", lw=1, label="threshold (adapted)")
-    if stream.scored_from:
-        top.axvline(stream.scored_from - 0.5, color="gray", ls="--", lw=1)
-    top.set_ylabel("score")
-    top.legend(loc="upper left", fontsize=7, ncol=3)
-    top.set_title(
+    plot_stream(
+        job.plot_dir / f"{job.dataset}-{task.name}.png",
         f"{job.dataset} {task.name} / {stream.device_id} (seed {job.seed}, default configs)",
-        fontsize=9,
+        stream.frame["label"].to_numpy(),
+        evaluation.scores,
+        evaluation.thresholds,
+        evaluation.firing,
+        split_row=stream.scored_from,
     )
-    bottom.step(rows, labels, where="post", color="tab:red", lw=1, label="label")
-    bottom.step(rows, evaluation.firing * 0.9, where="post", color="tab:blue", lw=1,
-                label="flag (firing)")  # fmt: skip
-    bottom.set_yticks([0, 1])
-    bottom.set_xlabel("row")
-    bottom.legend(loc="upper left", fontsize=7, ncol=2)
-    fig.tight_layout()
-    job.plot_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(job.plot_dir / f"{job.dataset}-{task.name}.png", dpi=90)
-    plt.close(fig)
 
 
 def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -492,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline": "PCA T2+Q, 95 % variance, limits at the 99 % quantile of held-out normal",
         },
         "wall_seconds": wall,
-        "revision": _revision(),
+        "revision": revision(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".json.tmp")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +27,13 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import plot_stream, revision
 from detector.artifact import load_artifact
 from detector.config import AlertConfig, DetectorConfig, ModelConfig
 from detector.evaluate import DeviceEvaluation, evaluate_device
+from detector.quality import pointwise
 from detector.scoring import Scorer
 from trainer.config import TrainerConfig
 from trainer.fit import fit
@@ -94,26 +97,9 @@ class Task:
     plot_dir: Path | None
 
 
-def _revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-
-
 def _metrics(labels: np.ndarray, flags: np.ndarray) -> dict[str, float]:
-    labels, flags = labels.astype(bool), flags.astype(bool)
-    tp = int(np.sum(labels & flags))
-    fp = int(np.sum(~labels & flags))
-    fn = int(np.sum(labels & ~flags))
-    tn = int(np.sum(~labels & ~flags))
-    return {
-        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-        "far": 100 * fp / max(fp + tn, 1),
-        "mar": 100 * fn / max(fn + tp, 1),
-    }
+    metrics = pointwise(labels, flags)
+    return {key: float(metrics[key]) for key in ("f1", "far", "mar")}
 
 
 def _episodes(
@@ -132,39 +118,17 @@ def _episodes(
 
 
 def _plot(task: Task, frame: pd.DataFrame, result: DeviceEvaluation) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     assert task.plot_dir is not None
-    labels = frame["anomaly"].to_numpy()
-    rows = np.arange(len(frame))
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    plot_stream(
+        task.plot_dir / f"skab-{task.group}-{task.name}.png",
+        f"SKAB {task.group}/{task.name}.csv (seed {task.seed}): train | test",
+        frame["anomaly"].to_numpy(),
+        result.scores,
+        result.thresholds,
+        result.firing,
+        split_row=task.config.train_rows,
+        resolve_ratio=task.config.alerts.resolve_ratio,
     )
-    top.fill_between(rows, 0, 1, where=labels > 0, transform=top.get_xaxis_transform(),
-                     color="tab:red", alpha=0.15, label="labelled anomaly")  # fmt: skip
-    top.semilogy(rows, result.scores, lw=0.8, label="window score")
-    top.semilogy(rows, result.thresholds, color="k", lw=1, label="threshold")
-    ratio = task.config.alerts.resolve_ratio
-    if ratio < 1:
-        top.semilogy(rows, ratio * result.thresholds, "k:", lw=1, label="resolve level")
-    top.axvline(task.config.train_rows - 0.5, color="gray", ls="--", lw=1)
-    top.set_ylabel("score")
-    top.legend(loc="upper left", fontsize=7, ncol=4)
-    top.set_title(f"SKAB {task.group}/{task.name}.csv (seed {task.seed}): train | test", fontsize=9)
-    bottom.step(rows, labels, where="post", color="tab:red", lw=1, label="label")
-    bottom.step(
-        rows, result.firing * 0.9, where="post", color="tab:blue", lw=1, label="flag (firing)"
-    )
-    bottom.set_yticks([0, 1])
-    bottom.set_xlabel("row")
-    bottom.legend(loc="upper left", fontsize=7, ncol=2)
-    fig.tight_layout()
-    task.plot_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(task.plot_dir / f"skab-{task.group}-{task.name}.png", dpi=90)
-    plt.close(fig)
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -392,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["config_file"] = str(
         config_file.relative_to(ROOT) if config_file.is_relative_to(ROOT) else config_file
     )
-    summary["revision"] = _revision()
+    summary["revision"] = revision()
     print(_table(summary))
     print(f"wall time {wall:.0f} s for {len(tasks)} fits ({args.workers} workers)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

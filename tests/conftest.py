@@ -274,6 +274,28 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int = 3)
     return total
 
 
+# A slow daemon (small polls and batches, a delay per batch, a commit after every batch), so
+# that a kill lands mid-stream with uncommitted work in flight.
+SLOW_DAEMON = {
+    "DETECTOR_KAFKA__MAX_POLL_RECORDS": "30",
+    "DETECTOR_SCORING__MAX_BATCH_SIZE": "32",
+    "DETECTOR_SCORING__ARTIFICIAL_DELAY_MS": "10",
+    "DETECTOR_COMMIT_INTERVAL_MS": "0",
+}
+
+
+def kill_mid_stream(start_daemon: Callable[..., Daemon], targets: list[int], **env: str) -> None:
+    """Start a slow daemon per target and SIGKILL it once it consumed that many records."""
+    for target in targets:
+        daemon = start_daemon(**SLOW_DAEMON, **env)
+        wait_until(
+            lambda d=daemon, t=target: d.metric("detector_records_consumed_total") >= t,
+            60,
+            f"daemon consumed {target} records before the kill",
+        )
+        daemon.stop(signal.SIGKILL)
+
+
 def offline_transitions(
     model_path: Path, readings: pd.DataFrame, alerts: AlertConfig | None = None
 ) -> dict[str, list[tuple[float, str]]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from tests.conftest import (
     DemoData,
     Topics,
     committed_total,
+    kill_mid_stream,
     offline_transitions,
     produce,
     read_topic,
@@ -74,24 +74,11 @@ def test_adapted_alerts_survive_kill_9_like_an_unbroken_run(
     readings, device = _shifted_readings(demo_data)
     messages = encode_messages(interleave(readings))
     produce(topics.bootstrap, topics.readings, messages)
-    env = {
-        "DETECTOR_ALERTS__ADAPTATION__WINDOWS": str(ADAPTATION_WINDOWS),
-        "DETECTOR_KAFKA__MAX_POLL_RECORDS": "30",
-        "DETECTOR_SCORING__MAX_BATCH_SIZE": "32",
-        "DETECTOR_SCORING__ARTIFICIAL_DELAY_MS": "10",
-        "DETECTOR_COMMIT_INTERVAL_MS": "0",
-    }
+    adaptation = {"DETECTOR_ALERTS__ADAPTATION__WINDOWS": str(ADAPTATION_WINDOWS)}
     rng = random.Random(20261202)
-    for _ in range(2):
-        daemon = start_daemon(**env)
-        target = rng.randint(600, 1500)  # after the shift, while the device adapts or has adapted
-        wait_until(
-            lambda d=daemon, t=target: d.metric("detector_records_consumed_total") >= t,
-            60,
-            f"daemon consumed {target} records before the kill",
-        )
-        daemon.stop(signal.SIGKILL)
-    final = start_daemon(DETECTOR_ALERTS__ADAPTATION__WINDOWS=str(ADAPTATION_WINDOWS))
+    # After the shift, while the device adapts or has adapted.
+    kill_mid_stream(start_daemon, [rng.randint(600, 1500) for _ in range(2)], **adaptation)
+    final = start_daemon(**adaptation)
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(messages),
         120,

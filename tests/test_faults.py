@@ -30,6 +30,7 @@ from tests.conftest import (
     DemoData,
     Topics,
     committed_total,
+    kill_mid_stream,
     offline_transitions,
     produce,
     read_records,
@@ -59,24 +60,9 @@ def test_kill_9_mid_stream_misses_no_anomaly(
 ) -> None:
     messages = encode_messages(interleave(demo_data.anomalous.readings))
     produce(topics.bootstrap, topics.readings, messages)
-    slow = {
-        "DETECTOR_KAFKA__MAX_POLL_RECORDS": "30",
-        "DETECTOR_SCORING__MAX_BATCH_SIZE": "32",
-        "DETECTOR_SCORING__ARTIFICIAL_DELAY_MS": "10",
-        "DETECTOR_COMMIT_INTERVAL_MS": "0",
-    }
     rng = random.Random(20261123)
-    kills = 0
-    for _ in range(3):
-        daemon = start_daemon(**slow)
-        target = rng.randint(100, 600)
-        wait_until(
-            lambda d=daemon, t=target: d.metric("detector_records_consumed_total") >= t,
-            60,
-            f"daemon consumed {target} records before the kill",
-        )
-        daemon.stop(signal.SIGKILL)
-        kills += 1
+    kills = 3
+    kill_mid_stream(start_daemon, [rng.randint(100, 600) for _ in range(kills)])
     final = start_daemon()
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(messages),
