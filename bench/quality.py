@@ -13,6 +13,10 @@ device, median delay) are pooled over a dataset's streams per seed, then average
 Every task's own training rows are also streamed through its model: a device that raises any
 alarm there counts in ``train_alarm_devices``.
 
+``--ensemble K`` also backtests a seed ensemble with the default configs: K models trained with
+different seeds, each window's per-sensor errors averaged over them, the threshold calibrated on
+the ensemble's own validation scores exactly as the trainer calibrates one model's.
+
 ``--variants FILE`` (YAML: name -> detector-config overrides, e.g. ``alerts: {adaptation:
 {windows: 400}}``) evaluates more detector settings on the same trained artifacts; that is how
 candidate defaults are compared across datasets without retraining.
@@ -24,6 +28,7 @@ Usage: ``python bench/quality.py --data ../shared/data [--datasets skab tep smd 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -57,7 +62,8 @@ from detector.quality import summarise
 from detector.scoring import Scorer
 from detector.settings import validate_settings
 from trainer.config import TrainerConfig
-from trainer.fit import TrainingError, fit
+from trainer.data import load_normal_files, split_by_time, windows_of
+from trainer.fit import TrainingError, calibrate, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("skab", "tep", "smd", "synthetic")
@@ -98,6 +104,7 @@ class Job:
     tuned: dict[str, Any] | None  # configs/skab.yaml, when the dataset has one
     work: Path
     plot_dir: Path | None
+    ensemble: int = 1  # >1: also a seed ensemble of that many default models
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +117,9 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _trainer_config(values: dict[str, Any], task: Task, job: Job, name: str) -> TrainerConfig:
+def _trainer_config(
+    values: dict[str, Any], task: Task, job: Job, name: str, seed: int | None = None
+) -> TrainerConfig:
     train_csv = job.work / f"{job.dataset}-{job.task_index}-s{job.seed}.csv"
     if not train_csv.exists():
         task.train.to_csv(train_csv, index=False)
@@ -121,7 +130,7 @@ def _trainer_config(values: dict[str, Any], task: Task, job: Job, name: str) -> 
     values["data"] = data
     values["output"] = {"dir": str(job.work / f"models-{job.dataset}-{job.task_index}-{name}")}
     training = values.setdefault("training", {})
-    training["seed"] = job.seed
+    training["seed"] = job.seed if seed is None else seed
     training["device"] = "cpu"
     return TrainerConfig.model_validate(values)
 
@@ -134,6 +143,42 @@ def _tuned_trainer(tuned: dict[str, Any], data: Path | None) -> dict[str, Any]:
     return values
 
 
+class MeanScorer:
+    """A seed ensemble: each window's per-sensor errors averaged over the members' models."""
+
+    def __init__(self, members: list[Scorer]) -> None:
+        self.members = members
+
+    def sensor_errors(self, windows: np.ndarray) -> np.ndarray:
+        """The members' per-sensor errors ``(batch, features)``, averaged."""
+        return np.mean([m.sensor_errors(windows) for m in self.members], axis=0)
+
+    def window_scores(self, errors: np.ndarray) -> np.ndarray:
+        """One score per window, aggregated as the (shared) default spec says."""
+        return self.members[0].window_scores(errors)
+
+
+def _ensemble(task: Task, job: Job, first: Any) -> tuple[Any, MeanScorer]:
+    """``job.ensemble`` default models (``first`` and more seeds) and their calibrated threshold."""
+    artifacts = [first]
+    for member in range(1, job.ensemble):
+        seed = job.seed + 1000 * member
+        config = _trainer_config(job.trainers["default"], task, job, f"ensemble{member}", seed)
+        artifacts.append(load_artifact(fit(config, show_progress=False).path))
+    scorer = MeanScorer([Scorer.from_artifact(a, "cpu", 4096) for a in artifacts])
+    split = split_by_time(load_normal_files(config.data), config.training.validation_fraction)
+    meta = first.metadata
+    validation = windows_of(split.validation, meta.window_length, 1)
+    train = windows_of(split.train, meta.window_length, config.window.stride)
+    threshold = calibrate(
+        scorer.window_scores(scorer.sensor_errors(validation)),
+        scorer.window_scores(scorer.sensor_errors(train)),
+        config.threshold,
+    )
+    metadata = meta.model_copy(update={"threshold": threshold})
+    return dataclasses.replace(first, metadata=metadata), scorer
+
+
 def _train_devices(task: Task) -> list[tuple[str, pd.DataFrame]]:
     if "device_id" not in task.train.columns:
         return [(f"{task.name}:train", task.train)]
@@ -141,7 +186,11 @@ def _train_devices(task: Task) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _evaluate(
-    stream_id: str, frame: pd.DataFrame, artifact: Any, config: DetectorConfig, scorer: Scorer
+    stream_id: str,
+    frame: pd.DataFrame,
+    artifact: Any,
+    config: DetectorConfig,
+    scorer: Scorer | MeanScorer,
 ) -> DeviceEvaluation:
     meta = artifact.metadata
     return evaluate_device(
@@ -213,10 +262,16 @@ def run_job(job: Job) -> dict[str, Any]:
             }
             if trainer_name != "default":
                 variants = {f"{trainer_name}+{name}": d for name, d in variants.items()}
-        for name, detector in variants.items():
+        backtests = [(name, d, artifact, scorer) for name, d in variants.items()]
+        if trainer_name == "default" and job.ensemble > 1:
+            ensemble, members = _ensemble(task, job, artifact)
+            backtests.append((f"ensemble{job.ensemble}", variants["default"], ensemble, members))
+        for name, detector, model, model_scorer in backtests:
             records = []
             for i, stream in enumerate(task.streams):
-                evaluation = _evaluate(stream.device_id, stream.frame, artifact, detector, scorer)
+                evaluation = _evaluate(
+                    stream.device_id, stream.frame, model, detector, model_scorer
+                )
                 records.append(_stream_record(stream, evaluation.firing))
                 if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
                     _plot(job, task, stream, evaluation)
@@ -224,7 +279,7 @@ def run_job(job: Job) -> dict[str, Any]:
             train_alarms[name] = [
                 device
                 for device, rows in _train_devices(task)
-                if _evaluate(device, rows, artifact, detector, scorer).firing.any()
+                if _evaluate(device, rows, model, detector, model_scorer).firing.any()
             ]
     sensors = list(dataset.sensors)
     baseline = PCABaseline.fit(task.train[sensors].to_numpy(dtype=np.float64))
@@ -392,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trainer-variants", type=Path, help="YAML: name -> trainer-config overrides"
     )
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="also a seed ensemble of this many default models")  # fmt: skip
     parser.add_argument("--no-tuned", action="store_true", help="skip the tuned configs")
     parser.add_argument("--plot", type=Path, help="one PNG per dataset (first seed) here")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
@@ -428,7 +485,18 @@ def main(argv: list[str] | None = None) -> int:
                     plot = args.plot if seed == args.seeds[0] and index == 0 else None
                     data = None if name == "synthetic" else args.data / name
                     jobs.append(
-                        Job(name, data, index, seed, trainers, detectors, tuned, Path(work), plot)
+                        Job(
+                            name,
+                            data,
+                            index,
+                            seed,
+                            trainers,
+                            detectors,
+                            tuned,
+                            Path(work),
+                            plot,
+                            args.ensemble,
+                        )
                     )
         # The largest jobs first, so that two workers finish together.
         jobs.sort(key=lambda j: -len(datasets[j.dataset].tasks[j.task_index].train))
@@ -457,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             "detector": str(args.detector),
             "detector_variants": detectors,
             "tuned": {k: {"config": v[0], "tuned_on": v[1]} for k, v in TUNED.items()},
+            "ensemble": args.ensemble,
             "baseline": "PCA T2+Q, 95 % variance, limits at the 99 % quantile of held-out normal",
         },
         "wall_seconds": wall,
