@@ -99,19 +99,6 @@ def _live_rss_bytes() -> int:
     return _rss_bytes()
 
 
-def _object_bytes(containers: Sequence[dict[Any, Any]]) -> int:
-    """Bytes of dicts, their keys and values (and those values' attribute dicts), each once."""
-    seen: set[int] = set()
-    total = 0
-    for container in containers:
-        for item in (container, *container.keys(), *container.values()):
-            for part in (item, getattr(item, "__dict__", None)):
-                if part is not None and id(part) not in seen:
-                    seen.add(id(part))
-                    total += sys.getsizeof(part)
-    return total
-
-
 def _spread(values: Sequence[float]) -> dict[str, Any]:
     return {
         "median": statistics.median(values),
@@ -583,11 +570,12 @@ def memory_probe(
     detector = Detector(config, artifact, _NoConsumer(), _NoPublisher(), DetectorMetrics())  # type: ignore[arg-type]
     meta = artifact.metadata
     length, n_features = meta.window_length, len(meta.feature_names)
-    detector.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
+    pipeline = detector.pipeline
+    pipeline.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
     row = np.asarray(artifact.scaler.mean, np.float32)
     sensors = dict(zip(meta.feature_names, row.tolist(), strict=True))
     tps = [TopicPartition("readings", p) for p in range(partitions)]
-    store = detector.store
+    store = pipeline.registry.store
     baseline = _live_rss_bytes()
     started = time.perf_counter()
     chunk = 2000
@@ -611,8 +599,7 @@ def memory_probe(
     del records
     final = _live_rss_bytes()
     window_bytes = devices * length * n_features * 4
-    # What the ring buffers hold per device besides the window: timestamps and three counters.
-    store_extra = store._timestamps[0].nbytes + 3 * 8
+    store_extra = store.slot_bytes - length * n_features * 4
     return {
         "devices": devices,
         "window_length": length,
@@ -626,24 +613,11 @@ def memory_probe(
         "ring_buffer_bytes_per_device_beyond_window": store_extra,
         "other_rss_bytes_per_device": (final - baseline - window_bytes) / devices - store_extra,
         # The per-device dicts the daemon keeps, counted object by object (no allocator slack).
-        "per_device_objects_bytes": _object_bytes(
-            [
-                store._slots,
-                detector._device_partition,
-                detector.judge.devices,
-                detector.admitter.imputed_streak,
-            ]
-        )
-        / devices,
+        "per_device_objects_bytes": pipeline.registry.object_bytes() / devices,
         "windows_scored": detector.metrics.registry.get_sample_value(
             "detector_windows_scored_total"
         ),
-        "tracked": {
-            "slots": len(store),
-            "device_partition": len(detector._device_partition),
-            "alert_states": len(detector.judge.devices),
-            "store_capacity": len(store._next),
-        },
+        "tracked": {**pipeline.registry.tracked(), "store_capacity": store.capacity},
     }
 
 

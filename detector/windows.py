@@ -6,8 +6,14 @@ that a ring buffer fed a sequence yields exactly the sliding windows of that seq
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["WindowStore", "object_bytes", "sliding_windows", "window_end_indices"]
 
 
 def sliding_windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
@@ -87,6 +93,24 @@ class WindowStore:
     def capacity(self) -> int:
         """Devices the buffers have room for before they grow."""
         return len(self._next)
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of buffer each slot holds: its window, timestamps and counters."""
+        arrays = (
+            self._values,
+            self._timestamps,
+            self._next,
+            self._count,
+            self._last_ts,
+            self._last_seen,
+        )
+        return sum(array[0].nbytes for array in arrays)
+
+    @property
+    def slot_index(self) -> Mapping[str, int]:
+        """Device id to slot (read it, never change it)."""
+        return self._slots
 
     def slot(self, device_id: str) -> int:
         """The slot of ``device_id``, allocated on first sight (a freed one if there is one)."""
@@ -271,6 +295,19 @@ class WindowStore:
         self._count = extend(self._count, 0)
         self._last_ts = extend(self._last_ts, -np.inf)
         self._last_seen = extend(self._last_seen, np.inf)
+
+
+def object_bytes(containers: Sequence[Mapping[Any, Any]]) -> int:
+    """Bytes of dicts, their keys and values (and those values' attribute dicts), each once."""
+    seen: set[int] = set()
+    total = 0
+    for container in containers:
+        for item in (container, *container.keys(), *container.values()):
+            for part in (item, getattr(item, "__dict__", None)):
+                if part is not None and id(part) not in seen:
+                    seen.add(id(part))
+                    total += sys.getsizeof(part)
+    return total
 
 
 def _buffer(shape: tuple[int, ...], dtype: np.dtype, fill: float) -> np.ndarray:

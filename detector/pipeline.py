@@ -1,0 +1,431 @@
+"""One poll's records in, alerts and dead letters out: the daemon's stages, with no Kafka I/O.
+
+Records → parsed readings (:class:`~detector.readings.ReadingParser`) → admitted into each
+device's window (:class:`~detector.admission.Admitter`, via the
+:class:`~detector.devices.DeviceRegistry`) → ready windows batched (:class:`PendingWindows`) →
+scored (:class:`~detector.scoring.Scorer`) → judged (:class:`~detector.judge.Judge`) → alert and
+dead-letter messages. :meth:`Pipeline.process` returns them with the offsets they make safe to
+commit once the broker has acknowledged them (:class:`Output`); the daemon's loop
+(:mod:`detector.daemon`) only polls, publishes and commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from detector.admission import Admitter, Placement
+from detector.alerts import make_alert
+from detector.artifact import Artifact
+from detector.config import DetectorConfig
+from detector.devices import DeviceRegistry
+from detector.kafka_io import (
+    MAX_REQUEST_BYTES,
+    OutboundMessage,
+    alert_message,
+    dead_letter_message,
+    undecodable_dead_letter,
+)
+from detector.logs import RateLimitedLog
+from detector.offsets import OffsetTracker
+from detector.readings import ReadingParser, Rejection, RejectReason
+from detector.scoring import Scorer, top_sensor_shares
+from detector.sensor import Sensor
+from detector.windows import WindowStore
+
+__all__ = ["Output", "PendingWindows", "Pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class PendingWindows:
+    """Ready windows waiting to be scored together, copied out of the ring buffers.
+
+    ``batch_size`` windows make a batch, but a record is always ingested whole (a gateway batch
+    can hold many readings), so the buffer grows past it rather than split a record.
+    """
+
+    def __init__(self, batch_size: int, length: int, n_features: int) -> None:
+        self.batch_size = batch_size
+        self.windows = np.empty((batch_size, length, n_features), dtype=np.float32)
+        self.device_ids: list[str] = []
+        self.spans: list[tuple[float, float]] = []
+        self.live: list[bool] = []  # False while rebuilding: score for state, publish nothing
+        self.oldest: float | None = None  # monotonic time the first window was added
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
+
+    @property
+    def full(self) -> bool:
+        """A batch's worth of windows is waiting."""
+        return len(self.device_ids) >= self.batch_size
+
+    def add(self, store: WindowStore, slot: int, device_id: str, live: bool, now: float) -> None:
+        """Copy the device's current window in (it will change as more readings arrive)."""
+        if len(self.device_ids) == len(self.windows):
+            self.windows = np.concatenate([self.windows, np.empty_like(self.windows)])
+        store.window(slot, out=self.windows[len(self.device_ids)])
+        self.device_ids.append(device_id)
+        self.spans.append(store.window_span(slot))
+        self.live.append(live)
+        if self.oldest is None:
+            self.oldest = now
+
+    def waited(self) -> float:
+        """Seconds the oldest pending window has waited (0 when none is pending)."""
+        return 0.0 if self.oldest is None else time.monotonic() - self.oldest
+
+    def clear(self) -> None:
+        """Forget everything after scoring."""
+        self.device_ids.clear()
+        self.spans.clear()
+        self.live.clear()
+        self.oldest = None
+
+
+@dataclass
+class Output:
+    """What a step of the pipeline produced, for the loop to publish and then commit."""
+
+    messages: list[OutboundMessage] = field(default_factory=list)
+    # Offsets committable once ``messages`` are acknowledged; None: nothing new is safe.
+    safe: dict[TopicPartition, int] | None = None
+
+    @property
+    def alerts(self) -> list[OutboundMessage]:
+        """The alert messages."""
+        return [m for m in self.messages if not m.dead_letter]
+
+    @property
+    def dead_letters(self) -> list[OutboundMessage]:
+        """The dead letters."""
+        return [m for m in self.messages if m.dead_letter]
+
+
+@dataclass
+class _PollCounts:
+    accepted: int = 0
+    imputed: int = 0
+    unknown_sensors: int = 0
+    resets: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    """The daemon's stages for one model, driven a poll at a time; holds no Kafka client.
+
+    ``sensor`` hears about new records, ``replay_sensor`` about records replayed to rebuild
+    state after a handover (see :mod:`detector.sensor`). ``idle_clock`` is the loop's clock for
+    device idleness (seconds the loop ran with the broker reachable).
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        artifact: Artifact,
+        scorer: Scorer,
+        sensor: Sensor | None = None,
+        replay_sensor: Sensor | None = None,
+    ) -> None:
+        self.config = config
+        self.sensor = sensor or Sensor()
+        self.replay_sensor = replay_sensor or Sensor()
+        meta = artifact.metadata
+        windows = config.windows
+        store = WindowStore(
+            meta.window_length,
+            len(meta.feature_names),
+            stride=windows.stride,
+            max_devices=windows.max_devices,
+        )
+        self.registry: DeviceRegistry[TopicPartition] = DeviceRegistry(
+            store,
+            Admitter(windows.policy(), store, meta.feature_names),
+            config.alerts.judge(meta.threshold.value, 0.0),
+            windows.capacity_min_idle_s,
+        )
+        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.parser = ReadingParser(meta.feature_names, config.kafka.max_message_bytes)
+        self.pending = PendingWindows(
+            config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
+        )
+        self.records_consumed = 0  # new records, replays not counted
+        self.idle_clock = 0.0
+        self._outbox: list[OutboundMessage] = []
+        self._safe: dict[TopicPartition, int] | None = None
+        self._record_rejections: list[Rejection] = []  # of the record being ingested
+        self._counts = _PollCounts()
+        self._batches_scored = 0
+        self._internal_log = RateLimitedLog(log)
+        self.install(artifact, scorer)
+
+    @property
+    def artifact(self) -> Artifact:
+        """The model scoring from now on."""
+        return self._artifact
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer of :attr:`artifact`."""
+        return self._scorer
+
+    def install(self, artifact: Artifact, scorer: Scorer) -> None:
+        """Make ``artifact`` score every following window; pending ones are scored by the old.
+
+        Alert state carries over; thresholds calibrate and adapt again.
+        """
+        if self.pending:
+            self._score_pending()
+        meta = artifact.metadata
+        self._artifact, self._scorer = artifact, scorer
+        self.feature_names = meta.feature_names
+        self.registry.judge.install(
+            meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0)
+        )
+
+    def process(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], now: float | None = None
+    ) -> Output:
+        """Ingest one poll's records (``now``: wall-clock time); score what is full or due."""
+        now = time.time() if now is None else now
+        offsets = self.offsets
+        for tp, batch in records.items():
+            live_count = 0
+            for record in batch:
+                live = offsets.live(tp, record.offset)
+                live_count += live
+                self._ingest(tp, record, live, now)
+                offsets.processed(tp, record.offset + 1)
+                if self.pending.full:
+                    # Between records a full batch is a safe point: everything ingested so far
+                    # is scored once it returns, so it may be committed once published.
+                    self._score_pending()
+                    self._safe = offsets.safe_point()
+            self.sensor.records(live_count)
+            self.replay_sensor.records(len(batch) - live_count)
+            self.records_consumed += live_count
+            resumed = offsets.finish_rebuild(tp)
+            if resumed is not None:
+                log.info("rebuilt %s up to offset %d", tp, resumed)
+                self._check_adaptation_rebuilt(tp)
+        counts, self._counts = self._counts, _PollCounts()
+        self.sensor.readings(counts.accepted, counts.imputed, counts.unknown_sensors)
+        for reason, count in counts.resets.items():
+            self.sensor.window_resets(reason, count)
+        if self.pending and (
+            self.pending.full or self.pending.waited() * 1000 >= self.config.scoring.max_wait_ms
+        ):
+            self._score_pending()
+        return self._output()
+
+    def flush(self) -> Output:
+        """Score every pending window now."""
+        if self.pending:
+            self._score_pending()
+        return self._output()
+
+    def wait_ms(self) -> int | None:
+        """Milliseconds until the pending windows are due (``None``: nothing is pending)."""
+        if not self.pending:
+            return None
+        return max(int(self.config.scoring.max_wait_ms - self.pending.waited() * 1000), 0)
+
+    def skip_undecodable(self, tp: TopicPartition, offset: int, detail: str) -> None:
+        """A record the Kafka client cannot decode: dead-letter where it was, go on past it.
+
+        Its offset counts as processed, so the commit moves past it and a restart does not
+        meet it again; while rebuilding it was already dead-lettered when first consumed.
+        """
+        live = self.offsets.live(tp, offset)
+        self.offsets.processed(tp, offset + 1)
+        if not live:
+            return
+        self.sensor.rejected(RejectReason.UNDECODABLE, f"record {tp} offset {offset}: {detail}")
+        topic = self.config.kafka.dead_letter_topic
+        if topic:
+            self._outbox.append(undecodable_dead_letter(topic, tp, offset, detail))
+
+    def forget_partitions(self, partitions: set[TopicPartition]) -> int:
+        """Forget the devices and offsets of partitions that moved; returns how many devices.
+
+        Call after :meth:`flush`: windows already cut are scored with the alert state they
+        were cut under.
+        """
+        forgotten = self.registry.forget_partitions(partitions)
+        self.offsets.forget(partitions)
+        self.sensor.window_resets("rebalance", forgotten)
+        self.sensor.firing(self.registry.judge.firing_count())
+        return forgotten
+
+    def housekeeping(self) -> bool:
+        """Forget idle devices and shrink per-device containers; returns whether memory was freed."""
+        timeout = self.config.windows.device_idle_timeout_s
+        if timeout is not None:
+            forgotten = self.registry.forget_idle(before=self.idle_clock - timeout)
+            if forgotten:
+                self.sensor.evicted("idle", forgotten)
+                log.info("forgot %d devices silent for over %g s", forgotten, timeout)
+        return self.registry.tidy()
+
+    def _output(self) -> Output:
+        if not self.pending:
+            self._safe = self.offsets.safe_point()
+        messages, self._outbox = self._outbox, []
+        safe, self._safe = self._safe, None
+        return Output(messages, safe)
+
+    def _check_adaptation_rebuilt(self, tp: TopicPartition) -> None:
+        """Warn when the replay was too short to give the partition's devices their adaptation.
+
+        Such a device's threshold adapts again from its next scores: it may page on a normal it
+        had adapted to before the handover, until ``alerts.adaptation.windows`` scores are in.
+        """
+        judge = self.registry.judge
+        if not self.offsets.take_partial(tp) or judge.adaptation is None:
+            return
+        if self.pending:
+            self._score_pending()  # the replay's last windows are judged before counting
+        devices = self.registry.devices_of(tp)
+        short = sum(judge.adapting(d) for d in devices)
+        if short:
+            log.warning(
+                "%d of %d devices of %s have fewer than alerts.adaptation.windows (%d) scores "
+                "after replaying windows.rebuild_records (%d): their thresholds adapt again from "
+                "scratch; raise windows.rebuild_records to at least devices per partition x "
+                "(window length - 1 + adaptation windows)",
+                short,
+                len(devices),
+                tp,
+                judge.adaptation.windows,
+                self.config.windows.rebuild_records,
+            )
+
+    def _ingest(self, tp: TopicPartition, record: ConsumerRecord, live: bool, now: float) -> None:
+        """Parse and admit one record's readings; its rejections make one dead letter.
+
+        Nothing a record holds may stop the partition: an unexpected error while ingesting it
+        rejects the rest of it (``internal_error``, logged with the traceback) and the loop goes
+        on with the next record.
+        """
+        self._record_rejections = []
+        try:
+            message = self.parser.parse(record.value)
+            for rejection in message.rejections:
+                self._reject(rejection.reason, rejection.detail, rejection.index, live)
+            if live:
+                self._counts.unknown_sensors += message.unknown_sensors
+            for device_id, ts, values, index in zip(
+                message.device_ids,
+                message.timestamps,
+                message.values,
+                message.indices,
+                strict=True,
+            ):
+                self._admit(tp, device_id, ts, values, index, live, now)
+        except Exception as exc:
+            if live:
+                self._internal_log.warning(
+                    "internal_error.trace",
+                    "cannot ingest %s offset %d",
+                    tp,
+                    record.offset,
+                    exc_info=True,
+                )
+            self._reject(RejectReason.INTERNAL_ERROR, repr(exc)[:200], None, live)
+        topic = self.config.kafka.dead_letter_topic
+        if topic and self._record_rejections:
+            self._outbox.append(
+                dead_letter_message(topic, record, self._record_rejections, MAX_REQUEST_BYTES)
+            )
+
+    def _admit(
+        self,
+        tp: TopicPartition,
+        device_id: str,
+        ts: float,
+        values: np.ndarray,
+        index: int | None,
+        live: bool,
+        now: float,
+    ) -> None:
+        registry = self.registry
+        slot, evicted = registry.slot(device_id, tp, self.idle_clock)
+        if evicted is not None:
+            self.sensor.evicted("capacity", 1, evicted.device_id if evicted.firing else None)
+            self.sensor.firing(registry.judge.firing_count())
+        if slot is None:
+            detail = f"{device_id}: {len(registry)} devices, none idle long enough to replace"
+            self._reject(RejectReason.TOO_MANY_DEVICES, detail, index, live)
+            return
+        admission = registry.admitter.admit(slot, device_id, ts, values, now)
+        counts = self._counts
+        if admission.imputed and live:
+            counts.imputed += 1
+        if admission.reason is not None:
+            self._reject(admission.reason, admission.detail, index, live)
+            return
+        if live:
+            counts.accepted += 1
+            placement = admission.placement
+            if placement is Placement.RESET or placement is Placement.CLOCK_RESET:
+                reason = "gap" if placement is Placement.RESET else "clock"
+                counts.resets[reason] = counts.resets.get(reason, 0) + 1
+        if admission.ready:
+            self.pending.add(registry.store, slot, device_id, live, time.monotonic())
+
+    def _reject(self, reason: RejectReason, detail: str, index: int | None, live: bool) -> None:
+        if not live:
+            return  # counted and dead-lettered when it was first consumed
+        self.sensor.rejected(reason, detail)
+        self._record_rejections.append(Rejection(reason, detail, index))
+
+    def _score_pending(self) -> None:
+        pending = self.pending
+        count = len(pending)
+        live = np.asarray(pending.live, dtype=bool)
+        waited = pending.waited() if live.any() else None
+        started = time.perf_counter()
+        errors = self._scorer.sensor_errors(pending.windows[:count])
+        self._batches_scored += 1
+        scoring = self.config.scoring
+        if scoring.artificial_delay_ms and (
+            scoring.artificial_delay_batches is None
+            or self._batches_scored <= scoring.artificial_delay_batches
+        ):
+            time.sleep(scoring.artificial_delay_ms / 1000)
+        self.sensor.batch(count, time.perf_counter() - started, waited)
+        scores = self._scorer.window_scores(errors)
+        self.sensor.scored(scores[live])
+        detected_at = time.time()
+        topic = self.config.kafka.alerts_topic
+        judge = self.registry.judge
+        version = self._artifact.version
+        top_count = self.config.alerts.top_sensors
+        for i in range(count):
+            score = float(scores[i])
+            device_id = pending.device_ids[i]
+            threshold, transition = judge.judge(device_id, score)
+            if transition is None or not live[i]:
+                continue
+            top = top_sensor_shares(errors[i], self.feature_names, top_count)
+            alert = make_alert(
+                transition, device_id, pending.spans[i], score, threshold, version, top, detected_at
+            )
+            self._outbox.append(alert_message(topic, alert))
+            self.sensor.alert(transition)
+            log.info(
+                "alert %s device=%s score=%.4g severity=%.2f top=%s",
+                transition,
+                device_id,
+                score,
+                alert.severity,
+                top[0]["sensor"] if top else "-",
+            )
+        pending.clear()
+        self.sensor.firing(judge.firing_count())
