@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detector.exits import error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
     from detector.config import KafkaConfig
 
 log = logging.getLogger("detector")
-
-EXIT_CONFIG = 2
 
 
 class _FirstError(logging.Handler):
@@ -64,8 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"detector: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector", exc)
 
     from kafka.errors import KafkaError
 
@@ -90,16 +88,14 @@ def _run(args: argparse.Namespace) -> int:
             artifact, config.scoring.device, config.scoring.max_batch_size, config.scoring.threads
         )
     except (ArtifactError, RuntimeError, MemoryError) as exc:
-        print(f"detector: cannot load model from {config.model.path}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector", f"cannot load model from {config.model.path}: {exc}")
     metrics = DetectorMetrics()
     health = HealthState(liveness_timeout_s=config.metrics.liveness_timeout_s)
     try:
         server = serve(config.metrics, metrics.registry, health)
     except OSError as exc:
         where = f"{config.metrics.host}:{config.metrics.port}"
-        print(f"detector: cannot serve metrics on {where}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector", f"cannot serve metrics on {where}: {exc.strerror}")
     host, port = server.server_address[:2]
     log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
     detector: Detector | None = None
@@ -116,8 +112,7 @@ def _run(args: argparse.Namespace) -> int:
                 on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
             )
         except KafkaError:
-            print(f"detector: {_unreachable(config.kafka, first_error)}", file=sys.stderr)
-            return EXIT_CONFIG
+            return error_exit("detector", _unreachable(config.kafka, first_error))
     detector = Detector(
         config, artifact, consumer, publisher, metrics, scorer=scorer, health=health
     )
@@ -148,15 +143,13 @@ def _replay(args: argparse.Namespace) -> int:
             settings = {**kafka.model_dump(exclude_unset=True), "bootstrap_servers": servers}
             kafka = validate_settings(KafkaConfig, settings)
     except ConfigError as exc:
-        print(f"detector replay: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector replay", exc)
     try:
         table = load_table(
             args.file, device_column=args.device_column, time_column=args.time_column
         )
     except DataFileError as exc:
-        print(f"detector replay: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector replay", exc)
     if args.rebase_time:
         table["ts"] += time.time() - float(table["ts"].min())
     messages = encode_messages(interleave(table), args.batch)
@@ -164,8 +157,7 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             producer = build_producer(kafka)
         except KafkaError:
-            print(f"detector replay: {_unreachable(kafka, first_error)}", file=sys.stderr)
-            return EXIT_CONFIG
+            return error_exit("detector replay", _unreachable(kafka, first_error))
     try:
         replay(messages, producer, args.topic, rate=args.rate, readings_per_message=args.batch)
     finally:
@@ -189,8 +181,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else None
     except ConfigError as exc:
-        print(f"detector evaluate: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector evaluate", exc)
     model = ModelConfig(path=args.model)
     config = (
         DetectorConfig(model=model)
@@ -200,8 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         artifact = load_artifact(args.model)
     except ArtifactError as exc:
-        print(f"detector evaluate: cannot load model from {args.model}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector evaluate", f"cannot load model from {args.model}: {exc}")
     names = artifact.metadata.feature_names
     extra = [args.labels] if args.labels else []
     try:
@@ -216,8 +206,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             for path in args.files
         ]
     except DataFileError as exc:
-        print(f"detector evaluate: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("detector evaluate", exc)
     table = pd.concat(tables, ignore_index=True).sort_values(["device_id", "ts"], kind="stable")
     devices = table["device_id"].nunique()
     with tqdm(total=devices, desc="evaluating", unit="device", disable=args.quiet) as progress:

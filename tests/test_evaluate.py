@@ -11,9 +11,10 @@ import pytest
 
 from detector.alerts import Alert
 from detector.artifact import load_artifact
-from detector.cli import EXIT_CONFIG, main
+from detector.cli import main
 from detector.config import DetectorConfig, ModelConfig
 from detector.evaluate import evaluate_device
+from detector.exits import EXIT_CONFIG
 from detector.scoring import Scorer
 from tests.conftest import DemoData, offline_transitions
 

@@ -8,12 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detector.exits import error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
     from detector.config import KafkaConfig
-
-EXIT_CONFIG = 2
 
 
 def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> KafkaConfig:
@@ -74,8 +73,7 @@ def _fit(args: argparse.Namespace) -> int:
             promote=args.promote,
         )
     except (ConfigError, DataFileError, TrainingError, ValueError, KafkaError) as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("trainer", exc)
     calibration = (
         f" from {result.validation_windows} validation + {result.threshold_train_windows} "
         f"training windows, training scores x{result.train_score_factor:.3g}"
@@ -122,11 +120,9 @@ def _list(args: argparse.Namespace) -> int:
     try:
         versions = list_versions(args.models)
     except RegistryError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("trainer", exc)
     if not versions:
-        print(f"trainer: no model versions in {args.models}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("trainer", f"no model versions in {args.models}")
     current = read_current(args.models)
     rows = [("", "VERSION", "CREATED", "THRESHOLD", "VAL_LOSS")]
     for info in versions:
@@ -156,8 +152,7 @@ def _promote(args: argparse.Namespace) -> int:
     try:
         previous = promote(args.models, args.version)
     except RegistryError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("trainer", exc)
     print(
         f"current: {previous or '(none)'} -> {args.version} (a running detector swaps it in at its next registry check)"
     )
@@ -170,8 +165,7 @@ def _rollback(args: argparse.Namespace) -> int:
     try:
         previous, target = rollback(args.models)
     except RegistryError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error_exit("trainer", exc)
     print(
         f"current: {previous} -> {target} (a running detector swaps it in at its next registry check)"
     )
