@@ -30,14 +30,14 @@ class DataConfig(_Section):
     sensors: list[str] | None = Field(None, description="feature order; default: numeric columns")
 
 
-class WindowConfig(_Section):
+class TrainingWindowConfig(_Section):
     """Window length (stored in the artifact, used by the detector) and training stride."""
 
     length: int = Field(32, ge=2)
     stride: int = Field(2, ge=1)
 
 
-class ModelConfig(_Section):
+class ArchitectureConfig(_Section):
     """LSTM autoencoder size."""
 
     hidden_size: int = Field(32, ge=1)
@@ -81,7 +81,7 @@ class ScalingConfig(_Section):
     relative_floor: float = Field(0.0, ge=0)
 
 
-class ScoringConfig(_Section):
+class ScoreAggregationConfig(_Section):
     """How per-sensor errors become a window score (stored in the artifact for the detector)."""
 
     aggregation: Aggregation = "max"
@@ -130,11 +130,11 @@ class TrainerConfig(_Section):
     """Everything ``trainer fit`` needs; see configs/trainer.yaml."""
 
     data: DataConfig
-    window: WindowConfig = Field(default_factory=WindowConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    window: TrainingWindowConfig = Field(default_factory=TrainingWindowConfig)
+    model: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    scoring: ScoreAggregationConfig = Field(default_factory=ScoreAggregationConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
