@@ -223,6 +223,66 @@ class WindowStore:
         self._count[slot] = count
         return count >= self.length and (count - self.length) % self.stride == 0
 
+    def last_timestamps(self, slots: np.ndarray) -> np.ndarray:
+        """Timestamp of each slot's newest reading (``-inf``: none since its last reset)."""
+        return self._last_ts[slots]
+
+    def append_many(
+        self, slots: np.ndarray, ts: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Append readings of many devices at once, as :meth:`append` one by one would.
+
+        ``slots`` ``(n,)``, ``ts`` ``(n,)`` and ``values`` ``(n, features)``: each device's
+        readings in time order, each newer than everything its window holds (the caller checked);
+        devices may interleave. Returns ``(ready, windows, spans)``: the indices of the readings
+        after which a window was ready, grouped by device and in time order within a device,
+        those windows ``(ready, length, features)`` and their first and last timestamps
+        ``(ready, 2)``. A device may get more readings than its window holds: every window is
+        cut from the device's history and the new readings before the buffer is overwritten.
+        """
+        length = self.length
+        if len(slots) == 0:
+            return (
+                np.empty(0, np.int64),
+                np.empty((0, length, self.n_features), np.float32),
+                (np.empty((0, 2))),
+            )
+        order = np.argsort(slots, kind="stable")
+        grouped = slots[order]
+        firsts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        sizes = np.diff(np.r_[firsts, len(grouped)])
+        devices = grouped[firsts]
+        rank = np.arange(len(grouped)) - np.repeat(firsts, sizes)  # position within the device
+        before = self._count[devices]
+        held = np.repeat(np.minimum(before, length), sizes)  # readings the buffer holds already
+        total = np.repeat(before, sizes) + rank + 1
+        ready = np.flatnonzero((total >= length) & ((total - length) % self.stride == 0))
+        # Window k of a ready reading: position held + rank + 1 - length + k of the device's
+        # timeline, whose first ``held`` positions are in the buffer, the rest new readings.
+        timeline = (held + rank + 1 - length)[ready, None] + np.arange(length)
+        stored = timeline < held[ready, None]
+        owner = np.broadcast_to(grouped[ready, None], timeline.shape)
+        next_of = np.repeat(self._next[devices], sizes)[ready, None]
+        buffer_row = (next_of - held[ready, None] + timeline) % length
+        group_start = (ready - rank[ready])[:, None]
+        new_index = order[np.where(stored, 0, group_start + timeline - held[ready, None])]
+        windows = np.empty((len(ready), length, self.n_features), dtype=np.float32)
+        stamps = np.empty((len(ready), length), dtype=np.float64)
+        windows[stored] = self._values[owner[stored], buffer_row[stored]]
+        stamps[stored] = self._timestamps[owner[stored], buffer_row[stored]]
+        windows[~stored] = values[new_index[~stored]]
+        stamps[~stored] = ts[new_index[~stored]]
+        # Only each device's last ``length`` readings survive in its buffer.
+        kept = rank >= np.repeat(sizes, sizes) - length
+        position = (np.repeat(self._next[devices], sizes) + rank) % length
+        self._values[grouped[kept], position[kept]] = values[order[kept]]
+        self._timestamps[grouped[kept], position[kept]] = ts[order[kept]]
+        self._next[devices] = (self._next[devices] + sizes) % length
+        self._count[devices] = before + sizes
+        self._last_ts[devices] = ts[order[firsts + sizes - 1]]
+        spans = np.stack([stamps[:, 0], stamps[:, -1]], axis=1)
+        return order[ready], windows, spans
+
     def insert(self, slot: int, ts: float, values: np.ndarray) -> bool:
         """Insert a reading older than the device's newest one at its place in time.
 

@@ -346,3 +346,52 @@ def test_a_device_in_a_freed_slot_is_not_taken_for_the_one_it_replaced() -> None
         store.touch(store.slot(f"new-{i}"), 10.0)
     assert all(device.startswith("old-") for device in replaced)
     assert len(set(replaced)) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.lists(st.integers(0, 3), max_size=8),
+    st.lists(st.lists(st.integers(0, 3), max_size=40), min_size=1, max_size=4),
+)
+def test_append_many_is_append_one_by_one(
+    length: int, stride: int, history: list[int], calls: list[list[int]]
+) -> None:
+    """Windows, spans, readiness and the buffers after many calls equal single appends."""
+    one = WindowStore(length, 2, stride=stride, initial_capacity=1)
+    many = WindowStore(length, 2, stride=stride, initial_capacity=1)
+    clock = 0.0
+    for device in history:  # some devices start with a part-filled buffer
+        clock += 1.0
+        for store in (one, many):
+            store.append(store.slot(f"d{device}"), clock, np.array([clock, -clock], np.float32))
+    for devices in calls:
+        slots, stamps, rows = [], [], []
+        expected_ready, expected_windows, expected_spans = [], [], []
+        for index, device in enumerate(devices):
+            clock += 1.0
+            values = np.array([clock, -clock], np.float32)
+            slot = one.slot(f"d{device}")
+            assert many.slot(f"d{device}") == slot
+            if one.append(slot, clock, values):
+                expected_ready.append(index)
+                expected_windows.append(one.window(slot))
+                expected_spans.append(one.window_span(slot))
+            slots.append(slot)
+            stamps.append(clock)
+            rows.append(values)
+        ready, windows, spans = many.append_many(
+            np.array(slots, np.int64), np.array(stamps), np.array(rows, np.float32).reshape(-1, 2)
+        )
+        # append_many groups by device; order both by (device, time) to compare.
+        expected = sorted(range(len(expected_ready)), key=lambda i: (slots[expected_ready[i]], i))
+        assert ready.tolist() == [expected_ready[i] for i in expected]
+        for got, i in zip(windows, expected, strict=True):
+            np.testing.assert_array_equal(got, expected_windows[i])
+        assert [tuple(s) for s in spans.tolist()] == [expected_spans[i] for i in expected]
+    for device in set(history) | {d for call in calls for d in call}:
+        slot = one.slot(f"d{device}")
+        np.testing.assert_array_equal(many.window(slot), one.window(slot))
+        assert many.window_span(slot) == one.window_span(slot)
+        assert many.last_timestamp(f"d{device}") == one.last_timestamp(f"d{device}")
