@@ -134,21 +134,27 @@ class Output:
         return [m for m in self.messages if m.dead_letter]
 
 
-# Records ingested together in array operations: bounds the arrays and the windows waiting.
+_SMOOTHING = 0.2  # weight of the newest batch in the forward-pass time per window
+# Records ingested together in array operations at most (fewer when they hold a batch).
 _CHUNK_RECORDS = 512
 
 
 class _Columns:
     """The readings of consecutive records, column by column, and each record's rejections."""
 
-    def __init__(self, records: int) -> None:
+    def __init__(self) -> None:
         self.device_ids: list[str] = []
         self.timestamps: list[float] = []
         self.values: list[np.ndarray] = []
         self.indices: list[int | None] = []  # position in a batch message
         self.positions: list[int] = []  # the record's position among the records
         self.live: list[bool] = []
-        self.rejections: list[list[Rejection]] = [[] for _ in range(records)]
+        self.rejections: list[list[Rejection]] = []  # one list per record
+
+    def next_record(self) -> list[Rejection]:
+        """Start the next record; returns the list its rejections go to."""
+        self.rejections.append([])
+        return self.rejections[-1]
 
     def add(self, message: ParsedMessage, position: int, live: bool) -> None:
         """Append one record's readings."""
@@ -218,6 +224,7 @@ class Pipeline:
         self._safe: dict[TopicPartition, int] | None = None
         self._counts = _PollCounts()
         self._batches_scored = 0
+        self._seconds_per_window = 0.0  # forward-pass time per window, smoothed over batches
         self._internal_log = RateLimitedLog(log)
         self.install(artifact, scorer)
 
@@ -253,13 +260,14 @@ class Pipeline:
         offsets = self.offsets
         chunk = _CHUNK_RECORDS if self.columnar else 1
         for tp, batch in records.items():
-            live_count = 0
-            for start in range(0, len(batch), chunk):
-                part = batch[start : start + chunk]
-                live_count += self._ingest(tp, part, now)
-                offsets.processed(tp, part[-1].offset + 1)
-                if self.pending.full:
-                    # Between records a full batch is a safe point: everything ingested so far
+            live_count = start = 0
+            while start < len(batch):
+                ingested, live = self._ingest(tp, batch[start : start + chunk], now)
+                start += ingested
+                live_count += live
+                offsets.processed(tp, batch[start - 1].offset + 1)
+                if self._due():
+                    # Between records a scored batch is a safe point: everything ingested so far
                     # is scored once it returns, so it may be committed once published.
                     self._score_pending()
                     self._safe = offsets.safe_point()
@@ -274,9 +282,7 @@ class Pipeline:
         self.sensor.readings(counts.accepted, counts.imputed, counts.unknown_sensors)
         for reason, count in counts.resets.items():
             self.sensor.window_resets(reason, count)
-        if self.pending and (
-            self.pending.full or self.pending.waited() * 1000 >= self.config.scoring.max_wait_ms
-        ):
+        if self._due():
             self._score_pending()
         return self._output()
 
@@ -290,7 +296,24 @@ class Pipeline:
         """Milliseconds until the pending windows are due (``None``: nothing is pending)."""
         if not self.pending:
             return None
-        return max(int(self.config.scoring.max_wait_ms - self.pending.waited() * 1000), 0)
+        return max(int(self.config.scoring.max_wait_ms - self._latency_ms()), 0)
+
+    def _latency_ms(self) -> float:
+        """The oldest pending window's wait so far plus the predicted time to score them all."""
+        pending = self.pending
+        return 1000 * (pending.waited() + len(pending) * self._seconds_per_window)
+
+    def _due(self) -> bool:
+        """Whether to score now: a full batch, or ``max_wait_ms`` reached with the scoring time.
+
+        The forward pass is part of the latency ``scoring.max_wait_ms`` bounds, so a batch is
+        scored early enough for its predicted scoring time to fit: under load batches stay
+        small enough to be scored within the budget instead of growing to ``max_batch_size``.
+        """
+        pending = self.pending
+        if not pending:
+            return False
+        return pending.full or self._latency_ms() >= self.config.scoring.max_wait_ms
 
     def skip_undecodable(self, tp: TopicPartition, offset: int, detail: str) -> None:
         """A record the Kafka client cannot decode: dead-letter where it was, go on past it.
@@ -362,19 +385,22 @@ class Pipeline:
                 self.config.windows.rebuild_records,
             )
 
-    def _ingest(self, tp: TopicPartition, records: Sequence[ConsumerRecord], now: float) -> int:
-        """Parse and admit consecutive records of a partition; returns how many were new.
+    def _ingest(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord], now: float
+    ) -> tuple[int, int]:
+        """Parse and admit consecutive records of a partition: (records taken, new ones).
 
-        Each record's rejections make one dead letter. Nothing a record holds may stop the
-        partition: an unexpected error while ingesting it rejects the rest of it
-        (``internal_error``, logged with the traceback) and the loop goes on with the next one.
+        Takes records until they hold a batch's worth of readings, so that no more windows
+        wait than a batch. Each record's rejections make one dead letter. Nothing a record
+        holds may stop the partition: an unexpected error while ingesting it rejects the rest
+        of it (``internal_error``, logged with the traceback) and the loop goes on.
         """
-        columns = _Columns(len(records))
+        columns = _Columns()
         live_count = 0
         for position, record in enumerate(records):
             live = self.offsets.live(tp, record.offset)
             live_count += live
-            rejections = columns.rejections[position]
+            rejections = columns.next_record()
             try:
                 message = self.parser.parse(record.value)
             except Exception as exc:
@@ -385,6 +411,9 @@ class Pipeline:
             if live:
                 self._counts.unknown_sensors += message.unknown_sensors
             columns.add(message, position, live)
+            if len(columns.device_ids) >= self.pending.batch_size:
+                break
+        records = records[: len(columns.rejections)]
         if columns.device_ids:
             fast = self._admit_in_order(tp, columns, now) if self.columnar else None
             self._admit_one_by_one(tp, records, columns, fast, now)
@@ -395,7 +424,7 @@ class Pipeline:
                     self._outbox.append(
                         dead_letter_message(topic, record, rejections, MAX_REQUEST_BYTES)
                     )
-        return live_count
+        return len(records), live_count
 
     def _admit_in_order(
         self, tp: TopicPartition, columns: _Columns, now: float
@@ -561,6 +590,9 @@ class Pipeline:
         started = time.perf_counter()
         errors = self._scorer.sensor_errors(pending.windows[:count])
         self._batches_scored += 1
+        spent = time.perf_counter() - started
+        # Per window, smoothed: a batch's cost is close to linear in its size on CPU and GPU.
+        self._seconds_per_window += _SMOOTHING * (spent / count - self._seconds_per_window)
         scoring = self.config.scoring
         if scoring.artificial_delay_ms and (
             scoring.artificial_delay_batches is None
