@@ -85,6 +85,9 @@ class KafkaConfig(_Section):
     max_poll_records: int = Field(2_000, ge=1)
     fetch_max_bytes: int = Field(52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    fetch_max_wait_ms: int = Field(
+        500, ge=0, description="longest the broker holds a fetch that has no new records yet"
+    )
     max_message_bytes: int = Field(
         1_048_576, ge=64, description="larger reading messages are rejected as oversized"
     )

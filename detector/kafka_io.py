@@ -62,6 +62,7 @@ def build_consumer(config: KafkaConfig) -> KafkaConsumer:
         max_poll_records=config.max_poll_records,
         fetch_max_bytes=config.fetch_max_bytes,
         max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
         **security_kwargs(config),
     )
 
