@@ -18,7 +18,7 @@ __all__ = ["PCABaseline", "Rule"]
 Rule = Literal["t2+q", "q"]
 """``"t2+q"``: flag when T² or Q is over its limit; ``"q"``: Q alone (PCA reconstruction error)."""
 
-# Like detector.scaling: a sensor that never moved in the fitting rows gets unit scale, so it
+# Like detector.core.scaling: a sensor that never moved in the fitting rows gets unit scale, so it
 # neither divides by zero nor turns every later wiggle into an enormous score.
 _MIN_SCALE = 1e-8
 # Eigenvalues below this share of the largest are numerically zero: dividing T² by them would

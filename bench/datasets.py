@@ -13,7 +13,7 @@ one device whose rows are fed through the detector in order. Metrics count a str
   the near-undetectable ones, to be reported apart.
 - SMD (``shared/data/smd``): one task per machine (7), trained on its train half, its test half
   streamed and scored whole.
-- synthetic (:mod:`detector.synthetic`): one task for an 8-device fleet trained on every device's
+- synthetic (:mod:`detector_devtools.synthetic`): one task for an 8-device fleet trained on every device's
   normal first part; each device's later part, with injected anomaly episodes, is one stream.
 
 Every loader raises :class:`FileNotFoundError` naming what is missing when ``path`` is not that
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detector.synthetic import SENSORS as SYNTHETIC_SENSORS
-from detector.synthetic import generate_fleet, split_at
+from detector_devtools.synthetic import SENSORS as SYNTHETIC_SENSORS
+from detector_devtools.synthetic import generate_fleet, split_at
 
 __all__ = [
     "NAMES",
@@ -195,7 +195,7 @@ def _labelled(
 
 
 def _epoch_seconds(column: pd.Series) -> np.ndarray:
-    # SKAB's times carry no zone; reading them as UTC matches detector.datafiles.load_table.
+    # SKAB's times carry no zone; reading them as UTC matches detector.core.datafiles.load_table.
     moments = pd.to_datetime(column, utc=True)
     return (moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
 
@@ -296,7 +296,7 @@ def load_smd(path: Path | str, machines: Sequence[str] = SMD_MACHINES) -> Datase
 
 
 def make_synthetic(seed: int = 0) -> Dataset:
-    """A synthetic fleet from :func:`detector.synthetic.generate_fleet`, deterministic in ``seed``.
+    """A synthetic fleet from :func:`detector_devtools.synthetic.generate_fleet`, deterministic in ``seed``.
 
     8 devices; each device's first 1,500 steps are normal and form the single task's ``train``
     (with a ``device_id`` column, rows in time-major order so the last share of rows is the last

@@ -55,11 +55,11 @@ from bench.datasets import (
     tep_fault_of,
 )
 from bench.report import plot_stream, revision
-from detector.artifact import load_artifact
 from detector.config import DetectorConfig
+from detector.core.artifact import load_artifact
+from detector.core.quality import summarise
+from detector.core.scoring import Scorer
 from detector.evaluate import DeviceEvaluation, evaluate_device
-from detector.quality import summarise
-from detector.scoring import Scorer
 from detector.settings import validate_settings
 from trainer.config import TrainerConfig
 from trainer.data import load_normal_files, split_by_time, windows_of

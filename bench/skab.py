@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import plot_stream, revision
-from detector.artifact import load_artifact
 from detector.config import AlertConfig, DetectorConfig, ModelConfig
+from detector.core.artifact import load_artifact
+from detector.core.quality import pointwise
+from detector.core.scoring import Scorer
 from detector.evaluate import DeviceEvaluation, evaluate_device
-from detector.quality import pointwise
-from detector.scoring import Scorer
 from trainer.config import TrainerConfig
 from trainer.fit import fit
 

@@ -5,9 +5,13 @@ reading per message as in the README), round after round:
 
 1. **raw consume**: kafka-python with the daemon's consumer settings, no processing;
 2. **pipeline**: the daemon's own :class:`~detector.daemon.Detector` in this process, with a real
-   consumer and alert producer (consume -> parse -> window -> score -> alert -> commit), stride 1;
-3. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
-   size on the same device;
+   consumer and alert producer (consume -> parse -> window -> score -> alert -> commit), stride 1,
+   with the ``--window`` model (T=64, hidden 64, latent 16 by default: the ``summary`` keys) and
+   with the default model size of configs/trainer.yaml (``summary.default_model``);
+3. **no-op scorer**: the same pipeline with a scorer that returns zero errors, the cost of
+   everything but the model (``summary.noop_scorer``);
+4. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
+   size on the same device, for each model size;
 
 then whether scoring on a worker thread could overlap ingest (the bare model and the daemon's
 parser timed alone and on two threads at once), the pipeline on gateway batches (``--batched``
@@ -45,28 +49,35 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.artifact import Artifact, load_artifact
 from detector.config import DetectorConfig, load_config
+from detector.core.artifact import Artifact, load_artifact
+from detector.core.readings import ReadingParser
+from detector.core.scoring import Scorer
+from detector.core.windows import sliding_windows
 from detector.daemon import Detector
-from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
-from detector.launch import daemon_env, spawn_daemon
 from detector.metrics import DetectorMetrics
-from detector.readings import ReadingParser
-from detector.replay import encode_messages, interleave
-from detector.scoring import Scorer
-from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
-from detector.windows import sliding_windows
+from detector_devtools.embedded_broker import (
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    wait_for_port,
+)
+from detector_devtools.launch import daemon_env, spawn_daemon
+from detector_devtools.replay import encode_messages, interleave
+from detector_devtools.synthetic import Fleet, generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
 from trainer.fit import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
 NORMAL_STEPS = 1500  # training rows per device, before the streamed part
+LARGE_MODEL = {"hidden_size": 64, "latent_size": 16, "num_layers": 1}  # with --window (64)
 
 
 def _revision() -> dict[str, Any]:
@@ -124,26 +135,45 @@ def make_fleet(devices: int, stream_steps: int, seed: int) -> tuple[Fleet, Fleet
     return split_at(fleet, NORMAL_STEPS)
 
 
-def train_model(normal: Fleet, window: int, workdir: Path) -> Path:
-    """A quickly trained artifact of the default model size (hidden 64, latent 16)."""
+def train_model(
+    normal: Fleet, window: int, workdir: Path, model: dict[str, int] | None = None
+) -> Path:
+    """A quickly trained artifact; ``model``: the architecture (default: configs/trainer.yaml's)."""
     paths = write_fleet(normal, workdir / "data", "normal")
+    if model is None:
+        model = yaml.safe_load((ROOT / "configs" / "trainer.yaml").read_text())["model"]
+    name = f"models-T{window}-h{model['hidden_size']}"
     config = TrainerConfig.model_validate(
         {
             "data": {"paths": [str(paths["readings"])]},
             "window": {"length": window, "stride": 4},
+            "model": model,
             "training": {
                 "epochs": 4,
                 "batch_size": 256,
                 "learning_rate": 0.005,
                 "patience": 2,
                 "max_train_windows": 4000,
+                # A quick fit: the bench times scoring, not how well the model learned.
+                "min_steps": 64,
                 "device": "cpu",
             },
             "threshold": {"method": "quantile", "quantile": 0.995, "margin": 1.0},
-            "output": {"dir": str(workdir / "models")},
+            "output": {"dir": str(workdir / name)},
         }
     )
     return fit(config, show_progress=False).path
+
+
+class NoopScorer(Scorer):
+    """Scores nothing: every window's errors are zero, so a pipeline with it costs all but the model."""
+
+    def sensor_errors(self, windows: np.ndarray) -> np.ndarray:
+        """Zero errors ``(batch, features)``."""
+        return np.zeros((len(windows), windows.shape[-1]), dtype=np.float32)
+
+    def warm_up(self, window_length: int) -> None:
+        """Nothing to warm up."""
 
 
 def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -706,7 +736,7 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         say(
             f"training a model (T={args.window}, hidden 64, latent 16) on {len(normal.readings)} rows"
         )
-        args.model = train_model(normal, args.window, workdir)
+        args.model = train_model(normal, args.window, workdir, LARGE_MODEL)
     artifact = load_artifact(args.model)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -733,28 +763,56 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
     )
 
     if "rates" in stages:
+        defaults = yaml.safe_load((ROOT / "configs" / "trainer.yaml").read_text())
+        default_window = int(defaults["window"]["length"])
+        say(f"training the default model size (T={default_window}, {defaults['model']})")
+        default_model = train_model(normal, default_window, workdir)
+        default_artifact = load_artifact(default_model)
+        default_scorer = Scorer.from_artifact(
+            default_artifact, args.device, args.batch_size, args.threads
+        )
+        default_windows = model_windows(
+            stream, default_artifact.metadata.feature_names, default_window, 4 * args.batch_size
+        )
+        noop = NoopScorer.from_artifact(default_artifact, args.device, args.batch_size)
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: args.partitions, f"{topic}-alerts": 1})
         messages = encode_messages(interleave(stream.readings))[: args.messages]
         say(f"producing {len(messages)} messages ({args.devices} devices) to {topic}")
         produce_all(bootstrap, topic, messages)
+
+        def pipeline_and_model(
+            model: Path, model_artifact: Artifact, model_scorer: Scorer, model_input: np.ndarray
+        ) -> tuple[dict[str, float], dict[str, float]]:
+            # The model is timed on both sides of the Kafka run, so a neighbour's burst on the
+            # shared machine weighs on both figures of a ratio alike.
+            before = measure_model(model_scorer, model_input, min_seconds=3.0)
+            config = daemon_config(bootstrap, topic, f"{topic}-alerts", model, args)
+            pipeline = measure_pipeline(config, model_artifact, model_scorer, len(messages))
+            after = measure_model(model_scorer, model_input, min_seconds=3.0)
+            return pipeline, _combined(before, after)
+
         rounds = []
         for number in range(args.rounds):
-            # The model is timed on both sides of the Kafka runs, so a neighbour's burst on the
-            # shared machine weighs on both figures of a ratio alike.
-            before = measure_model(scorer, windows, min_seconds=3.0)
             config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
             raw = measure_raw(config, len(messages))
             say(f"round {number + 1}: raw consume {raw['rate']:,.0f} records/s")
-            config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
-            pipeline = measure_pipeline(config, artifact, scorer, len(messages))
+            pipeline, model = pipeline_and_model(args.model, artifact, scorer, windows)
             say(
                 f"round {number + 1}: pipeline {pipeline['rate']:,.0f} records/s "
-                f"({pipeline['windows']:.0f} windows, {pipeline['alerts']:.0f} alerts)"
+                f"({pipeline['windows']:.0f} windows, {pipeline['alerts']:.0f} alerts), "
+                f"bare model {model['rate']:,.0f} windows/s (T={args.window}, hidden 64)"
             )
-            after = measure_model(scorer, windows, min_seconds=3.0)
-            model = _combined(before, after)
-            say(f"round {number + 1}: bare model {model['rate']:,.0f} windows/s")
+            small, small_model = pipeline_and_model(
+                default_model, default_artifact, default_scorer, default_windows
+            )
+            say(
+                f"round {number + 1}: pipeline {small['rate']:,.0f} records/s, bare model "
+                f"{small_model['rate']:,.0f} windows/s (default size, T={default_window})"
+            )
+            config = daemon_config(bootstrap, topic, f"{topic}-alerts", default_model, args)
+            idle = measure_pipeline(config, default_artifact, noop, len(messages))
+            say(f"round {number + 1}: pipeline with a no-op scorer {idle['rate']:,.0f} records/s")
             rounds.append(
                 {
                     "load_average": os.getloadavg()[0],
@@ -765,6 +823,13 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                     "pipeline_over_model": pipeline["rate"] / model["rate"],
                     "pipeline_windows_over_model": pipeline["windows_rate"] / model["rate"],
                     "pipeline_over_limit": pipeline["rate"] / min(raw["rate"], model["rate"]),
+                    "default_model": {
+                        "pipeline": small,
+                        "model": small_model,
+                        "pipeline_over_limit": small["rate"]
+                        / min(raw["rate"], small_model["rate"]),
+                    },
+                    "noop_scorer": {"pipeline": idle, "over_raw": idle["rate"] / raw["rate"]},
                 }
             )
         result["rounds"] = rounds
@@ -778,6 +843,25 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                 [r["pipeline_windows_over_model"] for r in rounds]
             ),
             "pipeline_over_limit": _spread([r["pipeline_over_limit"] for r in rounds]),
+            "default_model": {
+                "window": default_window,
+                "model": defaults["model"],
+                "pipeline_records_per_s": _spread(
+                    [r["default_model"]["pipeline"]["rate"] for r in rounds]
+                ),
+                "bare_model_windows_per_s": _spread(
+                    [r["default_model"]["model"]["rate"] for r in rounds]
+                ),
+                "pipeline_over_limit": _spread(
+                    [r["default_model"]["pipeline_over_limit"] for r in rounds]
+                ),
+            },
+            "noop_scorer": {
+                "pipeline_records_per_s": _spread(
+                    [r["noop_scorer"]["pipeline"]["rate"] for r in rounds]
+                ),
+                "pipeline_over_raw": _spread([r["noop_scorer"]["over_raw"] for r in rounds]),
+            },
         }
 
     if "overlap" in stages:

@@ -17,6 +17,8 @@ from detector.settings import ConfigError
 if TYPE_CHECKING:
     from detector.config import KafkaConfig
 
+__all__ = ["build_parser", "main"]
+
 log = logging.getLogger("detector")
 
 
@@ -67,13 +69,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from kafka.errors import KafkaError
 
-    from detector.artifact import ArtifactError, load_artifact
+    from detector.core.artifact import ArtifactError, load_artifact
+    from detector.core.scoring import Scorer
     from detector.daemon import Detector, install_signal_handlers
     from detector.health import HealthState, serve
     from detector.kafka_io import Publisher, build_consumer, build_producer, delivery_timeout_s
     from detector.logs import setup_logging
     from detector.metrics import DetectorMetrics
-    from detector.scoring import Scorer
 
     setup_logging(config.log_level)
     try:
@@ -129,11 +131,11 @@ def _replay(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     from detector.config import KafkaConfig, load_config
-    from detector.datafiles import DataFileError, load_table
+    from detector.core.datafiles import DataFileError, load_table
     from detector.kafka_io import build_producer
     from detector.logs import setup_logging
-    from detector.replay import encode_messages, interleave, replay
     from detector.settings import validate_settings
+    from detector_devtools.replay import encode_messages, interleave, replay
 
     setup_logging("INFO")
     try:
@@ -172,11 +174,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from detector.artifact import ArtifactError, load_artifact
     from detector.config import DetectorConfig, ModelConfig, load_config
-    from detector.datafiles import DataFileError, load_table
+    from detector.core.artifact import ArtifactError, load_artifact
+    from detector.core.datafiles import DataFileError, load_table
+    from detector.core.quality import summarise
     from detector.evaluate import evaluate_table, row_frame
-    from detector.quality import summarise
 
     try:
         config = load_config(args.config) if args.config else None
@@ -251,7 +253,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from detector.synthetic import generate_fleet, split_at, write_fleet
+    from detector_devtools.synthetic import generate_fleet, split_at, write_fleet
 
     fleet = generate_fleet(
         args.devices,

@@ -20,13 +20,27 @@ from pydantic import (
     model_validator,
 )
 
-from detector.adaptation import AdaptationRule
-from detector.admission import AdmissionPolicy
-from detector.alerts import AlertRule
-from detector.calibration import CalibrationRule
-from detector.judge import Judge
+from detector.core.adaptation import AdaptationRule
+from detector.core.admission import AdmissionPolicy
+from detector.core.alerts import AlertRule
+from detector.core.calibration import CalibrationRule
+from detector.core.judge import Judge
+from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
-from detector.thresholds import ThresholdMethod
+
+__all__ = [
+    "ENV_PREFIX",
+    "AdaptationConfig",
+    "AlertConfig",
+    "CalibrationConfig",
+    "DetectorConfig",
+    "KafkaConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "ScoringConfig",
+    "WindowConfig",
+    "load_config",
+]
 
 ENV_PREFIX = "DETECTOR_"
 

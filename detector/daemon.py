@@ -27,15 +27,15 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from detector.artifact import Artifact, ArtifactError, describe, load_artifact
 from detector.config import DetectorConfig
+from detector.core.artifact import Artifact, ArtifactError, describe, load_artifact
+from detector.core.scoring import Scorer
 from detector.health import HealthState
 from detector.kafka_compat import undecodable_position
 from detector.kafka_io import Publisher, RebalanceEvents
 from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
 from detector.reload import ModelWatcher, swap_incompatibility
-from detector.scoring import Scorer
 from detector.sensor import MetricsSensor, ReplaySensor
 
 __all__ = ["Detector", "install_signal_handlers"]

@@ -1,9 +1,9 @@
 """Backtest: recorded readings through the daemon's own stages, offline, with no broker.
 
 Each device's rows, in time order, are admitted into its window exactly as the daemon admits
-readings (:class:`~detector.admission.Admitter`: duplicates, late readings, gaps, imputation),
+readings (:class:`~detector.core.admission.Admitter`: duplicates, late readings, gaps, imputation),
 the ready windows are scored by the artifact's model in batches, and every score is judged by
-the daemon's :class:`~detector.judge.Judge` (calibration, adaptation, alert rule). What comes
+the daemon's :class:`~detector.core.judge.Judge` (calibration, adaptation, alert rule). What comes
 out is one row per reading (score, threshold, firing) and the alert messages the daemon would
 have published. Two things differ from a live daemon, by design: ``detected_at`` is the window's
 end (a backtest has no wall clock to report), and fleet-wide limits that depend on wall-clock
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from detector.admission import Admitter
-from detector.alerts import Alert, make_alert
-from detector.artifact import Artifact
 from detector.config import DetectorConfig
-from detector.scoring import Scorer, top_sensor_shares
-from detector.windows import WindowStore
+from detector.core.admission import Admitter
+from detector.core.alerts import Alert, make_alert
+from detector.core.artifact import Artifact
+from detector.core.scoring import Scorer, top_sensor_shares
+from detector.core.windows import WindowStore
 
 __all__ = ["DeviceEvaluation", "evaluate_device", "evaluate_table", "row_frame"]
 
@@ -115,7 +115,7 @@ def evaluate_table(
     scorer: Scorer | None = None,
     on_device: Callable[[DeviceEvaluation], None] | None = None,
 ) -> list[DeviceEvaluation]:
-    """Backtest every device of a table from :func:`~detector.datafiles.load_table`.
+    """Backtest every device of a table from :func:`~detector.core.datafiles.load_table`.
 
     The table needs ``ts``, ``device_id`` and the artifact's sensor columns; devices are taken
     in order of first appearance, each device's rows in time order. ``on_device`` is called as

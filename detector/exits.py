@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 # Bad configuration, model, data or registry: restarting cannot fix it (systemd does not retry it).
+__all__ = ["EXIT_CONFIG", "error_exit"]
+
 EXIT_CONFIG = 2
 
 

@@ -30,6 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from detector.config import MetricsConfig
 
+__all__ = ["BoundedHTTPServer", "Exposition", "HealthState", "serve"]
+
 log = logging.getLogger(__name__)
 
 

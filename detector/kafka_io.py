@@ -14,10 +14,25 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from detector.alerts import Alert
 from detector.config import KafkaConfig
+from detector.core.alerts import Alert
+from detector.core.readings import Rejection, RejectReason
 from detector.kafka_compat import install_lenient_header_keys
-from detector.readings import Rejection, RejectReason
+
+__all__ = [
+    "DLQ_HEADER_PREFIX",
+    "MAX_REQUEST_BYTES",
+    "OutboundMessage",
+    "Publisher",
+    "RebalanceEvents",
+    "alert_message",
+    "build_consumer",
+    "build_producer",
+    "dead_letter_message",
+    "delivery_timeout_s",
+    "security_kwargs",
+    "undecodable_dead_letter",
+]
 
 log = logging.getLogger(__name__)
 

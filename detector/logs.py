@@ -6,6 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
+__all__ = ["RateLimitedLog", "setup_logging"]
+
 
 def setup_logging(level: str) -> None:
     """Timestamped single-line logs on stderr."""

@@ -1,9 +1,9 @@
 """One poll's records in, alerts and dead letters out: the daemon's stages, with no Kafka I/O.
 
-Records → parsed readings (:class:`~detector.readings.ReadingParser`) → admitted into each
-device's window (:class:`~detector.admission.Admitter`, via the
-:class:`~detector.devices.DeviceRegistry`) → ready windows batched (:class:`PendingWindows`) →
-scored (:class:`~detector.scoring.Scorer`) → judged (:class:`~detector.judge.Judge`) → alert and
+Records → parsed readings (:class:`~detector.core.readings.ReadingParser`) → admitted into each
+device's window (:class:`~detector.core.admission.Admitter`, via the
+:class:`~detector.core.devices.DeviceRegistry`) → ready windows batched (:class:`PendingWindows`) →
+scored (:class:`~detector.core.scoring.Scorer`) → judged (:class:`~detector.core.judge.Judge`) → alert and
 dead-letter messages. :meth:`Pipeline.process` returns them with the offsets they make safe to
 commit once the broker has acknowledged them (:class:`Output`); the daemon's loop
 (:mod:`detector.daemon`) only polls, publishes and commits.
@@ -20,11 +20,15 @@ import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from detector.admission import Admitter, Placement
-from detector.alerts import make_alert
-from detector.artifact import Artifact
 from detector.config import DetectorConfig
-from detector.devices import DeviceRegistry
+from detector.core.admission import Admitter, Placement
+from detector.core.alerts import make_alert
+from detector.core.artifact import Artifact
+from detector.core.devices import DeviceRegistry
+from detector.core.offsets import OffsetTracker
+from detector.core.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
+from detector.core.scoring import Scorer, top_sensor_shares
+from detector.core.windows import WindowStore
 from detector.kafka_io import (
     MAX_REQUEST_BYTES,
     OutboundMessage,
@@ -33,11 +37,7 @@ from detector.kafka_io import (
     undecodable_dead_letter,
 )
 from detector.logs import RateLimitedLog
-from detector.offsets import OffsetTracker
-from detector.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
-from detector.scoring import Scorer, top_sensor_shares
 from detector.sensor import Sensor
-from detector.windows import WindowStore
 
 __all__ = ["Output", "PendingWindows", "Pipeline"]
 
@@ -86,7 +86,7 @@ class PendingWindows:
         live: np.ndarray,
         now: float,
     ) -> None:
-        """Add windows cut elsewhere (:meth:`~detector.windows.WindowStore.append_many`)."""
+        """Add windows cut elsewhere (:meth:`~detector.core.windows.WindowStore.append_many`)."""
         if not device_ids:
             return
         count, needed = len(self.device_ids), len(self.device_ids) + len(device_ids)
@@ -432,7 +432,7 @@ class Pipeline:
         """Admit, in array operations, the readings of devices whose readings are all plain.
 
         Plain: complete, newer than the device's newest reading, not in the future and within
-        ``max_gap_s`` of the previous one: what :class:`~detector.admission.Admitter` appends
+        ``max_gap_s`` of the previous one: what :class:`~detector.core.admission.Admitter` appends
         without a decision. Returns which readings were admitted; devices with any other reading
         are left whole to :meth:`_admit_one_by_one`, so each device's readings keep their order.
         ``None`` (nothing admitted) when the new devices would reach ``max_devices``: choosing

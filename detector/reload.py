@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from detector.artifact import ArtifactError, ArtifactMetadata, resolve_artifact_dir
+from detector.core.artifact import ArtifactError, ArtifactMetadata, resolve_artifact_dir
+
+__all__ = ["ModelWatcher", "swap_incompatibility"]
 
 
 def swap_incompatibility(old: ArtifactMetadata, new: ArtifactMetadata) -> str | None:

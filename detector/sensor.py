@@ -13,9 +13,9 @@ import logging
 
 import numpy as np
 
+from detector.core.readings import RejectReason
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
-from detector.readings import RejectReason
 
 __all__ = ["MetricsSensor", "ReplaySensor", "Sensor"]
 

@@ -25,6 +25,8 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+__all__ = ["ConfigError", "load_settings", "validate_settings"]
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 log = logging.getLogger(__name__)

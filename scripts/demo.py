@@ -18,8 +18,13 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
-from detector.launch import daemon_env, spawn_daemon
+from detector_devtools.embedded_broker import (
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    wait_for_port,
+)
+from detector_devtools.launch import daemon_env, spawn_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"

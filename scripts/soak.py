@@ -16,10 +16,15 @@ from pathlib import Path
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
-from detector.launch import daemon_env, spawn_daemon
-from detector.replay import encode_messages, interleave
-from detector.synthetic import generate_fleet, split_at, write_fleet
+from detector_devtools.embedded_broker import (
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    wait_for_port,
+)
+from detector_devtools.launch import daemon_env, spawn_daemon
+from detector_devtools.replay import encode_messages, interleave
+from detector_devtools.synthetic import generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
 from trainer.fit import fit
 

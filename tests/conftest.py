@@ -23,13 +23,18 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.artifact import load_artifact
 from detector.config import AlertConfig, load_config
-from detector.embedded_broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from detector.core.artifact import load_artifact
+from detector.core.scoring import Scorer
 from detector.evaluate import evaluate_table
-from detector.launch import daemon_env, spawn_daemon
-from detector.scoring import Scorer
-from detector.synthetic import Fleet, generate_fleet, split_at, write_fleet
+from detector_devtools.embedded_broker import (
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    wait_for_port,
+)
+from detector_devtools.launch import daemon_env, spawn_daemon
+from detector_devtools.synthetic import Fleet, generate_fleet, split_at, write_fleet
 from trainer.config import TrainerConfig
 from trainer.fit import FitResult, fit
 

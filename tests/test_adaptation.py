@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.adaptation import AdaptationRule, DeviceAdaptation
-from detector.alerts import AlertRule
-from detector.judge import Judge
+from detector.core.adaptation import AdaptationRule, DeviceAdaptation
+from detector.core.alerts import AlertRule
+from detector.core.judge import Judge
 
 
 def _firing_rows(scores: np.ndarray, adaptation: AdaptationRule | None) -> np.ndarray:

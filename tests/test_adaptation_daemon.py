@@ -10,9 +10,9 @@ import random
 import numpy as np
 import pandas as pd
 
-from detector.artifact import load_artifact
 from detector.config import AdaptationConfig, AlertConfig, load_config
-from detector.replay import encode_messages, interleave
+from detector.core.artifact import load_artifact
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import (
     ROOT,
     DemoData,

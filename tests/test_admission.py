@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.admission import AdmissionPolicy, Placement, impute_missing
-from detector.readings import RejectReason
-from detector.windows import WindowStore, sliding_windows
+from detector.core.admission import AdmissionPolicy, Placement, impute_missing
+from detector.core.readings import RejectReason
+from detector.core.windows import WindowStore, sliding_windows
 
 NOW = 1_700_000_000.0
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.alerts import AlertRule, DeviceAlertState
 from detector.config import AlertConfig
+from detector.core.alerts import AlertRule, DeviceAlertState
 
 
 def _transitions(rule: AlertRule, scores: list[float], threshold: float = 1.0) -> list[tuple]:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from detector.alerts import Alert, AlertRule, DeviceAlertState, alert_id
+from detector.core.alerts import Alert, AlertRule, DeviceAlertState, alert_id
 
 
 def _run(rule: AlertRule, verdicts: list[bool]) -> list[str | None]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
-from detector.artifact import (
+from detector.core.artifact import (
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
@@ -34,9 +34,9 @@ from detector.artifact import (
     set_current,
     sha256_file,
 )
-from detector.model import LSTMAutoencoder, ModelSpec, weight_shapes
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer, top_sensor_shares, window_scores
+from detector.core.model import LSTMAutoencoder, ModelSpec, weight_shapes
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer, top_sensor_shares, window_scores
 
 FEATURES = ["temperature", "pressure", "vibration"]
 WINDOW = 5
@@ -411,7 +411,8 @@ def test_spec_is_checked_against_the_weights_header_before_building(
     """Item 9: a spec that does not fit the weights is refused without building its model."""
     built: list[ModelSpec] = []
     monkeypatch.setattr(
-        "detector.artifact.LSTMAutoencoder", lambda spec: built.append(spec) or _model(spec=spec)
+        "detector.core.artifact.LSTMAutoencoder",
+        lambda spec: built.append(spec) or _model(spec=spec),
     )
     _edit_metadata(registry / "v1", model={**SPEC.model_dump(), "hidden_size": 1000})
     with pytest.raises(ArtifactError, match=r"encoder.weight_ih_l0.*4000, 3.*16, 3"):

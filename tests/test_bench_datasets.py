@@ -27,7 +27,7 @@ from bench.datasets import (
     make_synthetic,
     tep_fault_of,
 )
-from detector.synthetic import SENSORS
+from detector_devtools.synthetic import SENSORS
 
 
 @pytest.fixture(scope="module")

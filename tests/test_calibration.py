@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from detector.calibration import CalibrationRule, DeviceCalibration
 from detector.config import AlertConfig, CalibrationConfig
+from detector.core.calibration import CalibrationRule, DeviceCalibration
 
 
 def test_base_threshold_until_calibrated_then_fitted_value() -> None:

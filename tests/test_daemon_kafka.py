@@ -9,8 +9,8 @@ import signal
 import numpy as np
 import pytest
 
-from detector.artifact import load_artifact
-from detector.replay import encode_messages, interleave
+from detector.core.artifact import load_artifact
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import (
     DemoData,
     Topics,

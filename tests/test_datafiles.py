@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.datafiles import DataFileError, load_table, sensor_columns
+from detector.core.datafiles import DataFileError, load_table, sensor_columns
 
 TS = 1_700_000_000.0
 

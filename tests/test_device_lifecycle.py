@@ -17,9 +17,9 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from detector.embedded_broker import EmbeddedProxy
-from detector.replay import encode_messages, interleave
-from detector.synthetic import SENSORS
+from detector_devtools.embedded_broker import EmbeddedProxy
+from detector_devtools.replay import encode_messages, interleave
+from detector_devtools.synthetic import SENSORS
 from tests.conftest import WINDOW, Daemon, DemoData, Topics, committed_total, produce, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

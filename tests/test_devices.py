@@ -6,11 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.admission import AdmissionPolicy, Admitter
-from detector.alerts import AlertRule
-from detector.devices import DeviceRegistry
-from detector.judge import Judge
-from detector.windows import WindowStore
+from detector.core.admission import AdmissionPolicy, Admitter
+from detector.core.alerts import AlertRule
+from detector.core.devices import DeviceRegistry
+from detector.core.judge import Judge
+from detector.core.windows import WindowStore
 
 FEATURES = ["a", "b"]
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.alerts import Alert
-from detector.artifact import load_artifact
 from detector.cli import main
 from detector.config import DetectorConfig, ModelConfig
+from detector.core.alerts import Alert
+from detector.core.artifact import load_artifact
+from detector.core.scoring import Scorer
 from detector.evaluate import evaluate_device
 from detector.exits import EXIT_CONFIG
-from detector.scoring import Scorer
 from tests.conftest import DemoData, offline_transitions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
-from detector.artifact import load_artifact
-from detector.embedded_broker import EmbeddedProxy, create_topics
+from detector.core.artifact import load_artifact
 from detector.kafka_io import DLQ_HEADER_PREFIX
-from detector.replay import encode_messages, interleave
-from detector.synthetic import SENSORS
+from detector_devtools.embedded_broker import EmbeddedProxy, create_topics
+from detector_devtools.replay import encode_messages, interleave
+from detector_devtools.synthetic import SENSORS
 from tests.conftest import (
     WINDOW,
     DemoData,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.artifact import load_artifact
-from detector.thresholds import fit_threshold
+from detector.core.artifact import load_artifact
+from detector.core.thresholds import fit_threshold
 from trainer.cli import main
 from trainer.config import ThresholdConfig, TrainerConfig
 from trainer.fit import (

@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from detector.config import MetricsConfig
-from detector.embedded_broker import free_port, wait_for_port
 from detector.health import HealthState, serve
-from detector.launch import daemon_env
+from detector_devtools.embedded_broker import free_port, wait_for_port
+from detector_devtools.launch import daemon_env
 from tests.conftest import ROOT, DemoData, Topics, wait_until
 
 FIGURES = logging.getLogger("fault-figures")

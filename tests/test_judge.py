@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from detector.adaptation import AdaptationRule
-from detector.alerts import AlertRule
-from detector.calibration import CalibrationRule
-from detector.judge import Judge
+from detector.core.adaptation import AdaptationRule
+from detector.core.alerts import AlertRule
+from detector.core.calibration import CalibrationRule
+from detector.core.judge import Judge
 
 
 def test_devices_are_judged_independently() -> None:

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from detector.artifact import (
+from detector.config import ENV_PREFIX
+from detector.core.artifact import (
     CURRENT_POINTER,
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -33,9 +34,8 @@ from detector.artifact import (
     save_artifact,
     set_current,
 )
-from detector.config import ENV_PREFIX
-from detector.embedded_broker import free_port
-from detector.replay import encode_messages, interleave
+from detector_devtools.embedded_broker import free_port
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import (
     ROOT,
     WINDOW,

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from detector.artifact import load_artifact
-from detector.embedded_broker import free_port
-from detector.replay import encode_messages, interleave
+from detector.core.artifact import load_artifact
+from detector_devtools.embedded_broker import free_port
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import ROOT, DemoData, Topics, produce, wait_until
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.offsets import OffsetTracker
+from detector.core.offsets import OffsetTracker
 
 
 def test_a_rebuilding_partition_is_never_safe_or_committed_until_its_replay_is_done() -> None:

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from detector.artifact import load_artifact
 from detector.config import DetectorConfig, load_config
+from detector.core.artifact import load_artifact
+from detector.core.readings import RejectReason
+from detector.core.scoring import Scorer
 from detector.pipeline import Output, Pipeline
-from detector.readings import RejectReason
-from detector.replay import encode_messages, interleave
-from detector.scoring import Scorer
 from detector.sensor import Sensor
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import ROOT, DemoData, offline_transitions, streamed_transitions
 
 PARTITIONS = [TopicPartition("readings", p) for p in range(3)]

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from detector.config import KafkaConfig
-from detector.embedded_broker import create_topics
+from detector.core.readings import Rejection, RejectReason
 from detector.kafka_io import (
     DLQ_HEADER_PREFIX,
     MAX_REQUEST_BYTES,
@@ -24,8 +24,8 @@ from detector.kafka_io import (
     build_producer,
     dead_letter_message,
 )
-from detector.readings import Rejection, RejectReason
-from detector.replay import encode_messages, interleave
+from detector_devtools.embedded_broker import create_topics
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import (
     DemoData,
     Topics,

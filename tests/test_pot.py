@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.thresholds import MIN_POT_PEAKS, fit_gpd, fit_threshold, pot_threshold
+from detector.core.thresholds import MIN_POT_PEAKS, fit_gpd, fit_threshold, pot_threshold
 
 
 def _gpd(shape: float, scale: float, size: int, seed: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.embedded_broker import EmbeddedBroker, create_topics, free_port
-from detector.replay import encode_messages, interleave
+from detector_devtools.embedded_broker import EmbeddedBroker, create_topics, free_port
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import DemoData, Topics, produce, read_topic, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

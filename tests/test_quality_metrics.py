@@ -1,4 +1,4 @@
-"""Point-wise and event metrics of detector.quality on hand-made and generated label/flag rows."""
+"""Point-wise and event metrics of detector.core.quality on hand-made and generated label/flag rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.quality import EventCounts, combine, events, pointwise, summarise
+from detector.core.quality import EventCounts, combine, events, pointwise, summarise
 
 rows = st.lists(st.integers(0, 1), min_size=0, max_size=200)
 pairs = st.integers(0, 200).flatmap(

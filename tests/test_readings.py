@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.readings import ParsedMessage, ReadingParser, RejectReason, encode_reading
+from detector.core.readings import ParsedMessage, ReadingParser, RejectReason, encode_reading
 
 FEATURES = ["temperature", "pressure", "vibration"]
 TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z

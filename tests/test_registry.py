@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.artifact import (
+from detector.core.artifact import (
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
@@ -22,8 +22,8 @@ from detector.artifact import (
     resolve_artifact_dir,
     save_artifact,
 )
-from detector.model import LSTMAutoencoder, ModelSpec
-from detector.scaling import StandardScaler
+from detector.core.model import LSTMAutoencoder, ModelSpec
+from detector.core.scaling import StandardScaler
 from trainer.cli import main
 from trainer.registry import (
     HistoryEntry,

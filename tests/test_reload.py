@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.artifact import (
+from detector.core.artifact import (
     CURRENT_POINTER,
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -16,7 +16,7 @@ from detector.artifact import (
     set_current,
 )
 from detector.reload import ModelWatcher
-from detector.replay import encode_messages, interleave
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import WINDOW, DemoData, Topics, produce, read_topic, wait_until
 
 

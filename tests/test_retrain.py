@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.artifact import CURRENT_POINTER, load_artifact
-from detector.replay import encode_messages, interleave
+from detector.core.artifact import CURRENT_POINTER, load_artifact
+from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import ROOT, DemoData, Topics, produce
 
 pytestmark = pytest.mark.integration

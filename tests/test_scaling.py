@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from detector.scaling import StandardScaler
+from detector.core.scaling import StandardScaler
 
 _values = st.integers(1, 40).flatmap(
     lambda n: st.integers(1, 5).flatmap(

@@ -12,12 +12,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from detector.artifact import METADATA_FILE, ArtifactMetadata, load_artifact
-from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer, fit_mahalanobis, window_scores
-from detector.thresholds import fit_threshold
-from detector.windows import sliding_windows
+from detector.core.artifact import METADATA_FILE, ArtifactMetadata, load_artifact
+from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer, fit_mahalanobis, window_scores
+from detector.core.thresholds import fit_threshold
+from detector.core.windows import sliding_windows
 from trainer.config import TrainerConfig
 from trainer.fit import fit
 

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.model import LSTMAutoencoder, ModelSpec
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer, ladder_sizes, padded_batch_size
+from detector.core.model import LSTMAutoencoder, ModelSpec
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer, ladder_sizes, padded_batch_size
 
 
 @given(st.integers(min_value=0, max_value=1 << 20))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer
+from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer
 
 
 def _scorer(threads: int, max_batch_size: int = 64) -> Scorer:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from detector.config import AlertConfig
-from detector.datafiles import load_table
-from detector.replay import encode_messages
+from detector.core.datafiles import load_table
+from detector_devtools.replay import encode_messages
 from tests.conftest import (
     ROOT,
     Topics,

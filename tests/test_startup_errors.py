@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detector.embedded_broker import free_port
+from detector_devtools.embedded_broker import free_port
 from tests.conftest import ROOT, DemoData
 
 FIGURES = logging.getLogger("fault-figures")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.synthetic import (
+from detector_devtools.synthetic import (
     ANOMALY_KINDS,
     SENSORS,
     AnomalyEpisode,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.thresholds import fit_threshold, summarize_errors
+from detector.core.thresholds import fit_threshold, summarize_errors
 
 ERRORS = np.arange(1, 101, dtype=np.float64)  # 1..100
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from detector.windows import WindowStore, sliding_windows, window_end_indices
+from detector.core.windows import WindowStore, sliding_windows, window_end_indices
 
 
 def _rows(n: int, features: int = 2) -> np.ndarray:

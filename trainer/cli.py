@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from detector.config import KafkaConfig
 
 
+__all__ = ["build_parser", "main"]
+
+
 def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> KafkaConfig:
     """The Kafka section of a detector config (TLS, SASL, ``DETECTOR_KAFKA__*`` overrides).
 
@@ -33,8 +36,8 @@ def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Kafka
 def _fit(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from detector.artifact import ArtifactError, load_artifact
-    from detector.datafiles import DataFileError
+    from detector.core.artifact import ArtifactError, load_artifact
+    from detector.core.datafiles import DataFileError
     from detector.logs import setup_logging
     from trainer.config import load_config
     from trainer.fit import TrainingError, fit

@@ -10,9 +10,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from detector.model import Aggregation
+from detector.core.model import Aggregation
+from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
-from detector.thresholds import ThresholdMethod
+
+__all__ = [
+    "ENV_PREFIX",
+    "ArchitectureConfig",
+    "DataConfig",
+    "OutputConfig",
+    "ScalingConfig",
+    "ScoreAggregationConfig",
+    "ThresholdConfig",
+    "TrainerConfig",
+    "TrainingConfig",
+    "TrainingWindowConfig",
+    "load_config",
+]
 
 ENV_PREFIX = "TRAINER_"
 

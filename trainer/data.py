@@ -8,12 +8,23 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.artifact import Artifact, DataSummary, sha256_file
-from detector.datafiles import DataFileError, load_table, sensor_columns
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer
-from detector.windows import sliding_windows, window_end_indices
+from detector.core.artifact import Artifact, DataSummary, sha256_file
+from detector.core.datafiles import DataFileError, load_table, sensor_columns
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer
+from detector.core.windows import sliding_windows, window_end_indices
 from trainer.config import DataConfig, ScalingConfig
+
+__all__ = [
+    "NormalData",
+    "SplitData",
+    "exclude_flagged",
+    "fit_scaler",
+    "load_normal_data",
+    "load_normal_files",
+    "split_by_time",
+    "windows_of",
+]
 
 
 @dataclass(frozen=True)

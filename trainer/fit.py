@@ -18,17 +18,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.artifact import (
+from detector.core.artifact import (
     Artifact,
     ArtifactError,
     ThresholdInfo,
     load_artifact,
     save_artifact,
 )
-from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec
-from detector.scaling import StandardScaler
-from detector.scoring import Scorer, fit_mahalanobis, resolve_device
-from detector.thresholds import MIN_POT_PEAKS, fit_threshold_with, summarize_errors
+from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
+from detector.core.scaling import StandardScaler
+from detector.core.scoring import Scorer, fit_mahalanobis, resolve_device
+from detector.core.thresholds import MIN_POT_PEAKS, fit_threshold_with, summarize_errors
 from trainer.config import ThresholdConfig, TrainerConfig
 from trainer.data import (
     NormalData,
@@ -38,6 +38,23 @@ from trainer.data import (
     windows_of,
 )
 from trainer.data import exclude_flagged as exclude_flagged_rows
+
+__all__ = [
+    "MAX_MAHALANOBIS_SENSORS",
+    "MIN_STEPS_PER_EPOCH",
+    "MIN_THRESHOLD_WINDOWS",
+    "POOR_FIT_ERROR_SHARE",
+    "FitResult",
+    "TrainingError",
+    "calibrate",
+    "effective_batch_size",
+    "fit",
+    "fit_warnings",
+    "holdout_flag_rate",
+    "min_threshold_windows",
+    "require_threshold_windows",
+    "train_autoencoder",
+]
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,12 @@ from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from detector.config import KafkaConfig
-from detector.datafiles import DataFileError
+from detector.core.datafiles import DataFileError
+from detector.core.readings import Reading
 from detector.kafka_io import security_kwargs
-from detector.readings import Reading
 from trainer.data import NormalData
+
+__all__ = ["parse_time", "read_normal_from_kafka"]
 
 log = logging.getLogger(__name__)
 

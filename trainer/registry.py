@@ -8,7 +8,7 @@ A registry is the directory the trainer writes to (``output.dir``)::
       history                                        every change of current, one per line
 
 ``history`` lines are ``<utc time>\\t<action>\\t<version>`` (written by
-:func:`detector.artifact.set_current`). Rollback treats the history as a stack: a ``save`` or
+:func:`detector.core.artifact.set_current`). Rollback treats the history as a stack: a ``save`` or
 ``promote`` pushes a version, a ``rollback`` pops the current one, so repeated rollbacks walk
 further back (C -> B -> A), and ``promote`` is the way forward again.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from detector.artifact import (
+from detector.core.artifact import (
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
@@ -28,6 +28,19 @@ from detector.artifact import (
     read_metadata,
     set_current,
 )
+
+__all__ = [
+    "HistoryEntry",
+    "RegistryError",
+    "VersionInfo",
+    "current_stack",
+    "list_versions",
+    "promote",
+    "read_current",
+    "read_history",
+    "rollback",
+    "rollback_target",
+]
 
 
 class RegistryError(Exception):

@@ -9,6 +9,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+__all__ = [
+    "MAX_LAYERS",
+    "MAX_PARAMETERS",
+    "LSTMAutoencoder",
+    "ModelSpec",
+    "ScoreSpec",
+    "weight_shapes",
+]
+
 Aggregation = Literal["mean", "max", "mahalanobis"]
 
 # 200 MB of float32 weights: thousands of times the default model (about 40 000), small enough

@@ -25,8 +25,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from detector.model import LSTMAutoencoder, ModelSpec, ScoreSpec, weight_shapes
-from detector.scaling import StandardScaler
+from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec, weight_shapes
+from detector.core.scaling import StandardScaler
+
+__all__ = [
+    "CURRENT_POINTER",
+    "DIR_MODE",
+    "FILE_MODE",
+    "FORMAT_VERSION",
+    "HISTORY_FILE",
+    "MAX_METADATA_BYTES",
+    "MAX_POINTER_BYTES",
+    "MAX_WEIGHTS_HEADER_BYTES",
+    "MAX_WINDOW_LENGTH",
+    "METADATA_FILE",
+    "WEIGHTS_FILE",
+    "Artifact",
+    "ArtifactError",
+    "ArtifactMetadata",
+    "DataSummary",
+    "ThresholdInfo",
+    "check_weights_header",
+    "describe",
+    "load_artifact",
+    "read_metadata",
+    "resolve_artifact_dir",
+    "save_artifact",
+    "set_current",
+    "sha256_file",
+]
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"

@@ -12,6 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "LABEL_COLUMNS",
+    "TIME_COLUMN_CANDIDATES",
+    "DataFileError",
+    "load_table",
+    "sensor_columns",
+]
+
 TIME_COLUMN_CANDIDATES = ("ts", "timestamp", "time", "datetime")
 LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label", "labels", "kind"})
 

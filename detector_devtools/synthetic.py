@@ -17,6 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "ANOMALY_KINDS",
+    "SENSORS",
+    "AnomalyEpisode",
+    "Fleet",
+    "generate_fleet",
+    "split_at",
+    "write_fleet",
+]
+
 SENSORS: tuple[str, ...] = (
     "temperature",
     "pressure",

@@ -21,6 +21,15 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+__all__ = [
+    "ParsedMessage",
+    "Reading",
+    "ReadingParser",
+    "RejectReason",
+    "Rejection",
+    "encode_reading",
+]
+
 StrictFloat = Annotated[float, Field(strict=True)]
 _MAX_DEVICE_ID = 256
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -79,7 +88,7 @@ class ParsedMessage:
     """Readings in feature order plus what was rejected or ignored in one message.
 
     A sensor the reading did not carry is NaN in its vector; whether it may be imputed is decided
-    later (see :mod:`detector.admission`), since that needs the device's history.
+    later (see :mod:`detector.core.admission`), since that needs the device's history.
     """
 
     device_ids: list[str] = field(default_factory=list)

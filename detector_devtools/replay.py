@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from kafka import KafkaProducer
 
-from detector.datafiles import sensor_columns
+from detector.core.datafiles import sensor_columns
+
+__all__ = ["encode_messages", "interleave", "replay"]
 
 log = logging.getLogger(__name__)
 

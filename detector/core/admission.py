@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.readings import RejectReason
-from detector.windows import WindowStore
+from detector.core.readings import RejectReason
+from detector.core.windows import WindowStore
 
 __all__ = ["Admission", "AdmissionPolicy", "Admitter", "Placement", "impute_missing"]
 
@@ -103,7 +103,7 @@ class Admission:
 
 
 class Admitter:
-    """Admits readings into a :class:`~detector.windows.WindowStore` under an :class:`AdmissionPolicy`.
+    """Admits readings into a :class:`~detector.core.windows.WindowStore` under an :class:`AdmissionPolicy`.
 
     Holds the per-device admission state (late and imputed streaks); the daemon and ``detector
     evaluate`` both admit through it, so a backtest windows readings exactly as the daemon does.

@@ -16,9 +16,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from detector.artifact import Artifact
-from detector.model import Aggregation, LSTMAutoencoder, ScoreSpec
-from detector.scaling import StandardScaler
+from detector.core.artifact import Artifact
+from detector.core.model import Aggregation, LSTMAutoencoder, ScoreSpec
+from detector.core.scaling import StandardScaler
+
+__all__ = [
+    "Scorer",
+    "fit_mahalanobis",
+    "ladder_sizes",
+    "log_errors",
+    "padded_batch_size",
+    "resolve_device",
+    "sensor_errors",
+    "single_threaded_workers",
+    "top_sensor_shares",
+    "window_scores",
+]
 
 log = logging.getLogger(__name__)
 

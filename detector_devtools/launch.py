@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+__all__ = ["daemon_env", "spawn_daemon"]
+
 
 def daemon_env(
     bootstrap: str,

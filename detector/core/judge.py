@@ -1,8 +1,8 @@
 """Scores to alert transitions: each device's threshold, then the alert rule (pure, no I/O).
 
 A window's score is judged against the device's threshold: the artifact's, or the one its first
-windows calibrated (:mod:`detector.calibration`), times the factor its recent scores give it
-(:mod:`detector.adaptation`). The alert rule (:mod:`detector.alerts`) turns the verdicts into
+windows calibrated (:mod:`detector.core.calibration`), times the factor its recent scores give it
+(:mod:`detector.core.adaptation`). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
 ``firing`` and ``resolved`` transitions. The daemon and ``detector evaluate`` both judge through
 a :class:`Judge`, so the offline backtest gives the alerts the daemon would publish.
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from detector.adaptation import AdaptationRule, DeviceAdaptation
-from detector.alerts import AlertRule, AlertState, DeviceAlertState
-from detector.calibration import CalibrationRule, DeviceCalibration
+from detector.core.adaptation import AdaptationRule, DeviceAdaptation
+from detector.core.alerts import AlertRule, AlertState, DeviceAlertState
+from detector.core.calibration import CalibrationRule, DeviceCalibration
 
 __all__ = ["DeviceJudgement", "Judge"]
 

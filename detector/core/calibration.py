@@ -3,7 +3,7 @@
 Fleets are not identical: one model's error on a given device can sit well above or below the
 level the artifact's threshold was fitted on. With calibration on, each device's first
 ``windows`` scores (assumed normal, e.g. right after commissioning) are collected, and from then
-on the device uses a threshold fitted on them with any :func:`~detector.thresholds.fit_threshold`
+on the device uses a threshold fitted on them with any :func:`~detector.core.thresholds.fit_threshold`
 method, clamped to ``[min_ratio, max_ratio]`` x the artifact threshold so that a device that starts
 out broken cannot calibrate itself blind. Until then it uses the artifact threshold. The state is
 in memory: a restarted daemon calibrates again.
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.thresholds import MIN_POT_PEAKS, ThresholdMethod, fit_threshold_with
+from detector.core.thresholds import MIN_POT_PEAKS, ThresholdMethod, fit_threshold_with
+
+__all__ = ["CalibrationRule", "DeviceCalibration"]
 
 
 @dataclass(frozen=True)

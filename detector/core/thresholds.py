@@ -10,6 +10,16 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+__all__ = [
+    "MIN_POT_PEAKS",
+    "ThresholdSettings",
+    "fit_gpd",
+    "fit_threshold",
+    "fit_threshold_with",
+    "pot_threshold",
+    "summarize_errors",
+]
+
 ThresholdMethod = Literal["quantile", "mean_std", "pot"]
 
 # Fewer peaks than this cannot support a two-parameter tail fit.

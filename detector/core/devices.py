@@ -1,8 +1,8 @@
 """Every piece of per-device state in one place, forgotten together.
 
-A device's window (:class:`~detector.windows.WindowStore`), admission streaks
-(:class:`~detector.admission.Admitter`), alert, calibration and adaptation state
-(:class:`~detector.judge.Judge`) and the partition it arrives on are registered here; forgetting a
+A device's window (:class:`~detector.core.windows.WindowStore`), admission streaks
+(:class:`~detector.core.admission.Admitter`), alert, calibration and adaptation state
+(:class:`~detector.core.judge.Judge`) and the partition it arrives on are registered here; forgetting a
 device, a partition's devices or idle devices goes through :class:`DeviceRegistry`, so no state
 outlives its device. New per-device state registers here too.
 """
@@ -13,9 +13,9 @@ from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from detector.admission import Admitter
-from detector.judge import Judge
-from detector.windows import WindowStore, object_bytes
+from detector.core.admission import Admitter
+from detector.core.judge import Judge
+from detector.core.windows import WindowStore, object_bytes
 
 __all__ = ["DeviceRegistry", "Eviction"]
 

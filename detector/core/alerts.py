@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = ["Alert", "AlertRule", "DeviceAlertState", "TopSensor", "alert_id", "make_alert"]
+
 AlertState = Literal["firing", "resolved"]
 
 # Fixed namespace: the same (device, window end, model version, state) always gives the same id,

@@ -18,6 +18,16 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "EmbeddedProxy",
+    "create_topics",
+    "free_port",
+    "tansu_binary",
+    "wait_for_port",
+]
+
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found or started."""
