@@ -192,6 +192,13 @@ def test_too_few_windows_for_any_threshold_is_refused_before_training(tmp_path: 
     assert not (tmp_path / "models").exists()
 
 
+def test_a_registry_that_cannot_be_written_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the registry's parent should be")
+    config = _tiny_config(tmp_path, 400, output={"dir": str(tmp_path / "taken" / "models")})
+    with pytest.raises(TrainingError, match=r"cannot write the model registry .*taken/models"):
+        fit(config, show_progress=False)
+
+
 def test_pot_refuses_fewer_windows_than_its_five_peaks_need(tmp_path: Path) -> None:
     # 65 validation + 153 training windows: 218, fewer than the 251 pot needs at 0.98.
     config = _tiny_config(tmp_path, 400, threshold={"method": "pot", "risk": 1e-3})

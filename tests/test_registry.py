@@ -192,6 +192,20 @@ def test_cli_errors_exit_2_with_a_message(
     assert "not a directory" in capsys.readouterr().err
 
 
+def test_promote_the_file_system_refuses_is_one_line_and_leaves_current(
+    registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registry the trainer may not write (here its temporary pointer path is taken)."""
+    (registry / ".current.tmp").mkdir()
+    assert main(["promote", "a", "--models", str(registry)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the current pointer" in err and "current is c" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert read_current(registry) == "c"
+    assert main(["rollback", "--models", str(registry)]) == 2
+    assert "cannot write the current pointer" in capsys.readouterr().err
+
+
 def test_list_does_not_parse_an_oversized_metadata_file(registry: Path) -> None:
     """``trainer list`` reads every version: a padded 8 MiB metadata.json is shown as an error."""
     path = registry / "b" / METADATA_FILE

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ __all__ = [
     "holdout_flag_rate",
     "min_threshold_windows",
     "require_threshold_windows",
+    "require_writable",
     "train_autoencoder",
 ]
 
@@ -205,6 +207,7 @@ def fit(
     does; ``never`` leaves ``current`` alone (``trainer promote`` can switch later).
     """
     started = time.monotonic()
+    require_writable(config.output.dir)
     torch.manual_seed(config.training.seed)
     np.random.seed(config.training.seed)
     device = resolve_device(config.training.device)
@@ -479,6 +482,21 @@ def calibrate(
         params=params,
         error_summary=summarize_errors(scores),
     )
+
+
+def require_writable(registry: Path) -> None:
+    """Refuse, before any training, a registry directory the new version could not be saved in."""
+    existing = registry
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # created when the version is saved
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write the model registry {registry} ({exc.strerror or exc}): set "
+            "output.dir (TRAINER_OUTPUT__DIR) to a directory this user may write"
+        ) from None
 
 
 def _current_model(registry: Path) -> Artifact | None:

@@ -192,7 +192,7 @@ def promote(root: Path, version: str) -> str | None:
     _require_dir(root)
     _check_version(root, version)
     previous = read_current(root)
-    set_current(root, version, action="promote")
+    _switch(root, version, "promote")
     return previous
 
 
@@ -206,5 +206,17 @@ def rollback(root: Path) -> tuple[str, str]:
         raise RegistryError(f"{root} has no {CURRENT_POINTER} pointer; nothing to roll back")
     target = rollback_target(read_history(root), current, versions)
     _check_version(root, target)
-    set_current(root, target, action="rollback")
+    _switch(root, target, "rollback")
     return current, target
+
+
+def _switch(root: Path, version: str, action: str) -> None:
+    """:func:`set_current`, with a file system refusal (permissions, a full disk) as one line."""
+    try:
+        set_current(root, version, action=action)
+    except OSError as exc:
+        now = read_current(root) or "(none)"
+        raise RegistryError(
+            f"cannot write the {CURRENT_POINTER} pointer in {root} ({exc.strerror or exc}); "
+            f"current is {now}: run as a user who may write the registry"
+        ) from None
