@@ -13,7 +13,7 @@ from kafka.structs import TopicPartition
 
 from detector.config import DetectorConfig, load_config
 from detector.core.artifact import load_artifact
-from detector.core.readings import RejectReason
+from detector.core.readings import ParsedMessage, ReadingParser, RejectReason
 from detector.core.scoring import Scorer
 from detector.pipeline import Output, Pipeline
 from detector.sensor import Sensor
@@ -313,3 +313,38 @@ def test_columnar_ingest_gives_exactly_the_per_reading_path(
         assert many_store.window_span(many_slot) == one_store.window_span(one_slot)
         assert many.registry.judge.firing(device) == one.registry.judge.firing(device)
     assert many.registry.tracked() == one.registry.tracked()
+
+
+class _BuggyParser(ReadingParser):
+    """A parser with a bug that one message triggers (fault injection for the safety net)."""
+
+    def parse(self, value: bytes | None) -> ParsedMessage:
+        if value == b'"trigger"':
+            raise RuntimeError("bug met while parsing")
+        return super().parse(value)
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_a_bug_met_on_one_record_dead_letters_it_and_the_partition_goes_on(
+    demo_data: DemoData, columnar: bool
+) -> None:
+    sensor = RecordingSensor()
+    artifact = load_artifact(demo_data.model.path)
+    pipeline = Pipeline(
+        _config(demo_data),
+        artifact,
+        Scorer.from_artifact(artifact, "cpu"),
+        sensor,
+        columnar=columnar,
+    )
+    pipeline.parser = _BuggyParser(artifact.metadata.feature_names)
+    good = encode_messages(interleave(demo_data.normal.readings.head(300)))
+    records = _records([*good[:150], (b"dev-000", b'"trigger"'), *good[150:]])
+    outputs = _run(pipeline, _polls(records, 64))
+
+    dead = [m for out in outputs for m in out.dead_letters]
+    assert [dict(m.headers)["__detector.errors.reason"] for m in dead] == [b"internal_error"]
+    assert dead[0].value == b'"trigger"'
+    assert sensor.rejections == [RejectReason.INTERNAL_ERROR]
+    assert sensor.accepted == 300 and sensor.windows > 0
+    assert outputs[-1].safe == {tp: len(batch) for tp, batch in records.items()}
