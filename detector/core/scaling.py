@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A sensor that never moved in training gets unit scale, so it neither divides by zero nor
-# turns every later wiggle into an enormous error.
 __all__ = ["StandardScaler"]
 
+# A sensor that never moved in training gets unit scale, so it neither divides by zero nor
+# turns every later wiggle into an enormous error.
 _MIN_SCALE = 1e-8
 
 
