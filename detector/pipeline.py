@@ -69,8 +69,7 @@ class PendingWindows:
 
     def add(self, store: WindowStore, slot: int, device_id: str, live: bool, now: float) -> None:
         """Copy the device's current window in (it will change as more readings arrive)."""
-        if len(self.device_ids) == len(self.windows):
-            self.windows = np.concatenate([self.windows, np.empty_like(self.windows)])
+        self._reserve(len(self.device_ids) + 1)
         store.window(slot, out=self.windows[len(self.device_ids)])
         self.device_ids.append(device_id)
         self.spans.append(store.window_span(slot))
@@ -90,18 +89,22 @@ class PendingWindows:
         if not device_ids:
             return
         count, needed = len(self.device_ids), len(self.device_ids) + len(device_ids)
-        if needed > len(self.windows):
-            grown = np.empty(
-                (max(needed, 2 * len(self.windows)), *self.windows.shape[1:]), np.float32
-            )
-            grown[:count] = self.windows[:count]
-            self.windows = grown
+        self._reserve(needed)
         self.windows[count:needed] = windows
         self.device_ids.extend(device_ids)
         self.spans.extend(map(tuple, spans.tolist()))
         self.live.extend(live.tolist())
         if self.oldest is None:
             self.oldest = now
+
+    def _reserve(self, needed: int) -> None:
+        """Room for ``needed`` windows, doubling the buffer (at least) when it is short."""
+        if needed > len(self.windows):
+            grown = np.empty(
+                (max(needed, 2 * len(self.windows)), *self.windows.shape[1:]), np.float32
+            )
+            grown[: len(self.device_ids)] = self.windows[: len(self.device_ids)]
+            self.windows = grown
 
     def waited(self) -> float:
         """Seconds the oldest pending window has waited (0 when none is pending)."""
