@@ -22,10 +22,12 @@ from tqdm import tqdm
 from detector.core.artifact import (
     Artifact,
     ArtifactError,
+    ScoreDistribution,
     ThresholdInfo,
     load_artifact,
     save_artifact,
 )
+from detector.core.drift import reference_distribution
 from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.core.scaling import StandardScaler
 from detector.core.scoring import Scorer, fit_mahalanobis, resolve_device
@@ -284,6 +286,7 @@ def fit(
         "scaler": scaler.to_dict(),
         "threshold": threshold_info,
         "training_data": split.summary,
+        "score_distribution": _score_distribution(val_scores),
         "validation": {
             "train_loss": train_loss,
             "validation_loss": val_loss,
@@ -348,6 +351,12 @@ def fit(
         int(params.get("train_windows", 0)),
         params.get("train_score_factor", 1.0),
     )
+
+
+def _score_distribution(scores: np.ndarray) -> ScoreDistribution:
+    """The validation scores' bins, the reference of the daemon's drift watch."""
+    edges, shares = reference_distribution(scores)
+    return ScoreDistribution(edges=edges, shares=shares, windows=len(scores))
 
 
 def fit_warnings(validation: Mapping[str, float]) -> list[str]:

@@ -29,6 +29,7 @@ from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec, weight_sh
 from detector.core.scaling import StandardScaler
 
 __all__ = [
+    "CANDIDATE_POINTER",
     "CURRENT_POINTER",
     "DIR_MODE",
     "FILE_MODE",
@@ -44,13 +45,16 @@ __all__ = [
     "ArtifactError",
     "ArtifactMetadata",
     "DataSummary",
+    "ScoreDistribution",
     "ThresholdInfo",
     "check_weights_header",
     "describe",
     "load_artifact",
     "read_metadata",
     "resolve_artifact_dir",
+    "resolve_candidate",
     "save_artifact",
+    "set_candidate",
     "set_current",
     "sha256_file",
 ]
@@ -59,6 +63,9 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "weights.safetensors"
 CURRENT_POINTER = "current"
+# A version scored in shadow beside ``current`` (alerts only counted, never published) until it
+# is promoted or the pointer is removed.
+CANDIDATE_POINTER = "candidate"
 # Every change of ``current`` is appended here (``<utc time>\t<action>\t<version>``), so an
 # operator can see what ran when and ``trainer rollback`` can return to the version before.
 HISTORY_FILE = "history"
@@ -112,6 +119,29 @@ class DataSummary(BaseModel):
     files: list[str]
 
 
+class ScoreDistribution(BaseModel):
+    """The validation windows' scores in bins: what the daemon's drift watch compares with.
+
+    Bin ``i`` holds scores in ``(edges[i-1], edges[i]]`` (see :mod:`detector.core.drift`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    edges: list[float] = Field(min_length=1, max_length=254)
+    shares: list[float]
+    windows: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreDistribution:
+        if len(self.shares) != len(self.edges) + 1:
+            raise ValueError("shares must have one more value than edges")
+        if not all(math.isfinite(v) for v in self.edges) or self.edges != sorted(set(self.edges)):
+            raise ValueError("edges must be finite and strictly increasing")
+        if not all(0 <= v <= 1 for v in self.shares) or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError("shares must be in [0, 1] and sum to 1")
+        return self
+
+
 class ArtifactMetadata(BaseModel):
     """Contents of ``metadata.json``."""
 
@@ -129,6 +159,8 @@ class ArtifactMetadata(BaseModel):
     threshold: ThresholdInfo
     training_data: DataSummary
     validation: dict[str, float] = Field(default_factory=dict)
+    # Absent in artifacts written before drift watch: the daemon then reports no drift.
+    score_distribution: ScoreDistribution | None = None
     torch_version: str
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str
@@ -296,20 +328,20 @@ def _read_pointer(pointer: Path) -> str:
         raise ArtifactError(f"{pointer} is not UTF-8 text: {raw[:40]!r}") from None
 
 
-def resolve_artifact_dir(path: Path) -> Path:
+def resolve_artifact_dir(path: Path, pointer_name: str = CURRENT_POINTER) -> Path:
     """An artifact directory itself, or the version named by ``path/current`` in a registry dir.
 
-    Every way the pointer can fail to name a readable version in ``path`` is an
-    :class:`ArtifactError`, including file-system errors (a name too long, a symlink loop, no
-    permission).
+    ``pointer_name`` :data:`CANDIDATE_POINTER` follows the shadow candidate instead. Every way
+    the pointer can fail to name a readable version in ``path`` is an :class:`ArtifactError`,
+    including file-system errors (a name too long, a symlink loop, no permission).
     """
-    pointer = path / CURRENT_POINTER
+    pointer = path / pointer_name
     try:
-        if (path / METADATA_FILE).is_file():
+        if pointer_name == CURRENT_POINTER and (path / METADATA_FILE).is_file():
             return path
         if not pointer.is_file():
             raise ArtifactError(
-                f"{path} is not a model artifact (no {METADATA_FILE} and no {CURRENT_POINTER})"
+                f"{path} is not a model artifact (no {METADATA_FILE} and no {pointer_name})"
             )
         version = _read_pointer(pointer)
         candidate = (path / version).resolve()
@@ -320,6 +352,38 @@ def resolve_artifact_dir(path: Path) -> Path:
     except (OSError, RuntimeError) as exc:  # pathlib reports a symlink loop as RuntimeError
         raise ArtifactError(f"cannot follow {pointer}: {_reason(exc)}") from None
     raise ArtifactError(f"{pointer} names {version!r}, which has no {METADATA_FILE}")
+
+
+def resolve_candidate(path: Path) -> Path | None:
+    """The version the registry's ``candidate`` pointer names; ``None`` when there is none.
+
+    A plain artifact directory has no candidate. A pointer that cannot be followed is an
+    :class:`ArtifactError`, as for :func:`resolve_artifact_dir`.
+    """
+    try:
+        if (path / METADATA_FILE).is_file() or not (path / CANDIDATE_POINTER).is_file():
+            return None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path / CANDIDATE_POINTER}: {_reason(exc)}") from None
+    return resolve_artifact_dir(path, CANDIDATE_POINTER)
+
+
+def set_candidate(parent: Path, version: str | None) -> None:
+    """Atomically point ``parent/candidate`` at ``version``, or remove it (``None``).
+
+    The candidate is only ever scored in shadow, so its changes are not part of ``history``
+    (which records what was current, for rollback).
+    """
+    pointer = parent / CANDIDATE_POINTER
+    if version is None:
+        pointer.unlink(missing_ok=True)
+        return
+    if not (parent / version / METADATA_FILE).is_file():
+        raise ArtifactError(f"no artifact {version!r} in {parent}")
+    staging = parent / f".{CANDIDATE_POINTER}.tmp"
+    staging.write_text(version + "\n")
+    staging.chmod(FILE_MODE)
+    os.replace(staging, pointer)
 
 
 def _reason(exc: BaseException) -> str:
