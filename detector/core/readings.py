@@ -32,6 +32,7 @@ __all__ = [
 
 StrictFloat = Annotated[float, Field(strict=True)]
 _MAX_DEVICE_ID = 256
+_MAX_PROFILE = 64
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _EXACT_INT = 2**53  # integers a float64 holds exactly
 _NUMBER_TYPES = {float, int}  # exact types: bool is an int subclass and is invalid here
@@ -45,6 +46,8 @@ class Reading(BaseModel):
     device_id: Annotated[str, Field(strict=True, min_length=1, max_length=_MAX_DEVICE_ID)]
     ts: StrictFloat | datetime
     sensors: dict[str, StrictFloat]
+    # Which device profile (model) the reading is for, when the routing rules read it.
+    profile: Annotated[str, Field(strict=True, min_length=1, max_length=_MAX_PROFILE)] | None = None
 
     def epoch_seconds(self) -> float:
         """``ts`` as epoch seconds."""
