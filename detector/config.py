@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,24 +25,31 @@ from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
 from detector.core.judge import Judge
+from detector.core.routing import Router, RouteRule
 from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
 
 __all__ = [
+    "DEFAULT_PROFILE",
     "ENV_PREFIX",
     "AdaptationConfig",
     "AlertConfig",
     "CalibrationConfig",
     "DetectorConfig",
+    "DriftConfig",
     "KafkaConfig",
     "MetricsConfig",
     "ModelConfig",
+    "ProfileConfig",
+    "RouteConfig",
     "ScoringConfig",
     "WindowConfig",
     "load_config",
 ]
 
 ENV_PREFIX = "DETECTOR_"
+# The profile of the single-model form (``model.path``): its metric label and alert field.
+DEFAULT_PROFILE = "default"
 
 
 class _Section(BaseModel):
@@ -70,7 +77,16 @@ def _bootstrap_server(server: str) -> str:
     return server
 
 
+def _profile_name(name: str) -> str:
+    # A metric label value and a directory name under models/.
+    if not _PROFILE.fullmatch(name):
+        raise ValueError("profile names are 1 to 64 of a-z A-Z 0-9 . _ -")
+    return name
+
+
+_PROFILE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TopicName = Annotated[str, AfterValidator(_topic_name)]
+ProfileName = Annotated[str, AfterValidator(_profile_name)]
 BootstrapServer = Annotated[str, AfterValidator(_bootstrap_server)]
 
 
@@ -149,16 +165,111 @@ class KafkaConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
-    """Which trained artifact to load: an artifact directory, or a directory with a ``current``."""
+class ProfileConfig(_Section):
+    """One device profile: the registry (or artifact) of its model and its own alert settings."""
 
     path: Path
     expected_features: list[str] | None = Field(
         None, description="refuse to start unless the model's feature order is exactly this"
     )
+    alerts: dict[str, Any] | None = Field(
+        None, description="alerts fields that replace the top-level ones for this profile"
+    )
+
+
+class RouteConfig(_Section):
+    """One routing rule: ``reading: true``, or ``devices``/``device_regex``/``topics`` + ``profile``."""
+
+    reading: bool = Field(False, description="the reading's own profile field decides")
+    devices: list[str] | None = Field(None, description="device-id glob patterns (pump-*)")
+    device_regex: str | None = Field(None, description="a regular expression for the whole id")
+    topics: list[TopicName] | None = None
+    profile: ProfileName | None = None
+
+    def rule(self) -> RouteRule:
+        """The pure rule (raises ``ValueError`` unless exactly one matcher is given)."""
+        given = [
+            kind
+            for kind, value in (
+                ("reading", self.reading or None),
+                ("devices", self.devices),
+                ("device_regex", self.device_regex),
+                ("topics", self.topics),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "a route has exactly one of reading, devices, device_regex, topics "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        kind = given[0]
+        patterns: tuple[str, ...] = {
+            "reading": (),
+            "devices": tuple(self.devices or ()),
+            "device_regex": (self.device_regex or "",),
+            "topics": tuple(self.topics or ()),
+        }[kind]
+        return RouteRule(kind, patterns, self.profile)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> RouteConfig:
+        self.rule()
+        return self
+
+
+class ModelConfig(_Section):
+    """Which models to load: one (``path``), or one per device profile with routing rules.
+
+    ``path`` is an artifact directory or a registry directory whose ``current`` names one; a
+    ``candidate`` there is scored in shadow (``shadow``).
+    """
+
+    path: Path | None = None
+    expected_features: list[str] | None = Field(
+        None, description="refuse to start unless the model's feature order is exactly this"
+    )
+    profiles: dict[ProfileName, ProfileConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="which profile a reading belongs to; first match wins"
+    )
+    default_profile: ProfileName | None = Field(
+        None, description="the profile of readings no route matches (None: unknown_profile)"
+    )
     reload_interval_s: float = Field(
         10.0, ge=0, description="how often to check a registry's current pointer (0: never)"
     )
+    shadow: bool = Field(True, description="score a registry's candidate model in shadow")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelConfig:
+        if (self.path is None) == (not self.profiles):
+            raise ValueError("give either model.path (one model) or model.profiles, not both")
+        if self.path is not None and (self.routes or self.default_profile):
+            raise ValueError("model.routes and model.default_profile need model.profiles")
+        if self.profiles and not self.routes and self.default_profile is None:
+            raise ValueError("with model.profiles, give model.routes or model.default_profile")
+        if self.profiles:
+            self.router()  # routes to unknown profiles, reported as a configuration error
+        return self
+
+    def profile_map(self) -> dict[str, ProfileConfig]:
+        """Every profile by name; the single-model form is the one profile ``default``."""
+        if self.path is not None:
+            return {
+                DEFAULT_PROFILE: ProfileConfig(
+                    path=self.path, expected_features=self.expected_features
+                )
+            }
+        return dict(self.profiles)
+
+    def router(self) -> Router | None:
+        """The routing rules over :meth:`profile_map`'s order; ``None`` with one model."""
+        if self.path is not None:
+            return None
+        return Router(
+            list(self.profiles), [route.rule() for route in self.routes], self.default_profile
+        )
 
 
 class WindowConfig(_Section):
@@ -323,6 +434,23 @@ class AlertConfig(_Section):
         )
 
 
+class DriftConfig(_Section):
+    """Drift watch: recent live scores per profile against the model's validation scores."""
+
+    windows: int = Field(
+        5000, ge=0, description="recent scores per profile (those of firing devices left out)"
+    )
+    min_windows: int = Field(
+        1000, ge=1, description="scores needed before the drift is reported (NaN until then)"
+    )
+
+    @model_validator(mode="after")
+    def _enough(self) -> DriftConfig:
+        if self.windows and self.min_windows > self.windows:
+            raise ValueError("drift.min_windows must not exceed drift.windows")
+        return self
+
+
 class MetricsConfig(_Section):
     """Prometheus endpoint, plus /healthz and /readyz on the same port."""
 
@@ -350,9 +478,37 @@ class DetectorConfig(_Section):
     windows: WindowConfig = Field(default_factory=WindowConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     commit_interval_ms: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _profile_alerts(self) -> DetectorConfig:
+        for name in self.model.profiles:
+            try:
+                self.alerts_for(name)
+            except ValueError as exc:
+                raise ValueError(f"model.profiles.{name}.alerts: {exc}") from None
+        return self
+
+    def alerts_for(self, profile: str) -> AlertConfig:
+        """The alert settings of ``profile``: the top-level ones with its overrides applied."""
+        override = self.model.profile_map()[profile].alerts
+        if not override:
+            return self.alerts
+        return AlertConfig.model_validate(_merged(self.alerts.model_dump(), override))
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values, section by section (nested mappings merge too)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_config(path: Path | None) -> DetectorConfig:

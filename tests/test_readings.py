@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.readings import ParsedMessage, ReadingParser, RejectReason, encode_reading
+from detector.core.routing import Router, RouteRule
 
 FEATURES = ["temperature", "pressure", "vibration"]
 TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -335,7 +336,7 @@ def test_naive_datetime_is_utc_regardless_of_local_timezone(
 class _ReferenceParser(ReadingParser):
     """The parser with its fast path switched off: stdlib JSON and pydantic for every reading."""
 
-    def _parse_valid(self, document: object) -> ParsedMessage | None:
+    def _parse_valid(self, document: object, topic: str) -> ParsedMessage | None:
         return None
 
 
@@ -443,7 +444,70 @@ def test_fast_path_takes_valid_messages() -> None:
     """Valid readings, ints and missing sensors included, never need pydantic."""
     sensors = {"temperature": 60, "pressure": 1.5, "humidity": 3.0}
     document = [_reading(sensors=sensors), _reading(ts=TS + 1, device_id="d2")]
-    parsed = FUZZ_PARSER._parse_valid(json.loads(_bytes(document)))
+    parsed = FUZZ_PARSER._parse_valid(json.loads(_bytes(document)), "")
     assert parsed is not None
     assert parsed.unknown_sensors == 1
     assert parsed.device_ids == _assert_same(_bytes(document)).device_ids == ["pump-7", "d2"]
+
+
+ROUTER = Router(
+    ["pump", "fan"],
+    [
+        RouteRule("reading"),
+        RouteRule("devices", ("pump-*",), "pump"),
+        RouteRule("topics", ("fans",), "fan"),
+    ],
+)
+PROFILE_FEATURES = [list(FEATURES), ["vibration", "temperature"]]
+ROUTED_PARSER = ReadingParser(FEATURES, router=ROUTER, profile_features=PROFILE_FEATURES)
+ROUTED_REFERENCE = _ReferenceParser(FEATURES, router=ROUTER, profile_features=PROFILE_FEATURES)
+_routed_reading = st.fixed_dictionaries(
+    {
+        "device_id": st.sampled_from(["pump-1", "fan-1", "other"]),
+        "ts": st.floats(min_value=0, max_value=4e9),
+        "sensors": st.dictionaries(
+            st.sampled_from([*FEATURES, "vibration"]), st.floats(min_value=-1e6, max_value=1e6)
+        ),
+    },
+    optional={
+        "profile": st.sampled_from(["pump", "fan", "compressor", ""])
+        | st.integers()
+        | st.none()
+        | st.text(min_size=65, max_size=66)
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    document=st.one_of(_routed_reading, st.lists(_routed_reading, max_size=5)),
+    topic=st.sampled_from(["readings", "fans"]),
+)
+def test_routed_fast_path_equals_reference_path(document: object, topic: str) -> None:
+    """Property: with routing, both paths give each reading the same profile and features."""
+    raw = json.dumps(document).encode()
+    fast, reference = ROUTED_PARSER.parse(raw, topic), ROUTED_REFERENCE.parse(raw, topic)
+    assert fast.profiles == reference.profiles
+    assert fast.rejections == reference.rejections
+    assert fast.device_ids == reference.device_ids
+    for mine, theirs, profile in zip(fast.values, reference.values, fast.profiles, strict=True):
+        assert len(mine) == len(PROFILE_FEATURES[profile])
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_routing_maps_each_reading_to_its_profile_features() -> None:
+    readings = [
+        {"device_id": "pump-1", "ts": 1.0, "sensors": {"temperature": 1.0}},
+        {"device_id": "fan-1", "ts": 1.0, "sensors": {"vibration": 2.0, "temperature": 3.0}},
+        {"device_id": "x", "ts": 1.0, "sensors": {"temperature": 1.0}, "profile": "fan"},
+        {"device_id": "y", "ts": 1.0, "sensors": {"temperature": 1.0}},
+        {"device_id": "pump-2", "ts": 1.0, "sensors": {"temperature": 1.0}, "profile": "boiler"},
+    ]
+    parsed = ROUTED_PARSER.parse(json.dumps(readings).encode(), "fans")
+    assert parsed.device_ids == ["pump-1", "fan-1", "x", "y"]
+    assert parsed.profiles == [0, 1, 1, 1]  # fan-1 and y by topic, x by its own field
+    np.testing.assert_array_equal(parsed.values[1], np.array([2.0, 3.0], dtype=np.float32))
+    (rejection,) = parsed.rejections
+    assert rejection.reason is RejectReason.UNKNOWN_PROFILE and rejection.index == 4
+    unrouted = ROUTED_PARSER.parse(json.dumps(readings[3]).encode(), "readings")
+    assert unrouted.rejections[0].reason is RejectReason.UNKNOWN_PROFILE

@@ -21,6 +21,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from detector.core.routing import Router
+
 __all__ = [
     "ParsedMessage",
     "Reading",
@@ -70,6 +72,8 @@ class RejectReason(str, enum.Enum):
     LATE = "late"
     FUTURE_TIMESTAMP = "future_timestamp"
     TOO_MANY_DEVICES = "too_many_devices"
+    UNKNOWN_PROFILE = "unknown_profile"  # no routing rule gives the reading a configured profile
+    PROFILE_CONFLICT = "profile_conflict"  # the device is tracked under another profile
     UNDECODABLE = "undecodable"  # the Kafka client could not decode the record itself
     INTERNAL_ERROR = "internal_error"  # a bug met while ingesting it: logged with the traceback
 
@@ -98,20 +102,36 @@ class ParsedMessage:
     timestamps: list[float] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
     indices: list[int | None] = field(default_factory=list)  # position in a batch message
+    profiles: list[int] = field(default_factory=list)  # each reading's profile (router's index)
     rejections: list[Rejection] = field(default_factory=list)
     unknown_sensors: int = 0
 
 
 class ReadingParser:
-    """Parses message values against a fixed feature order (the model's)."""
+    """Parses message values against fixed feature orders (the models').
 
-    def __init__(self, feature_names: list[str], max_message_bytes: int = 1_048_576) -> None:
+    With one model, ``feature_names`` is its order and every reading is profile 0. With device
+    profiles, ``profile_features`` holds each profile's order (in the ``router``'s profile
+    order) and each reading is mapped to the features of the profile the router gives it.
+    """
+
+    def __init__(
+        self,
+        feature_names: list[str],
+        max_message_bytes: int = 1_048_576,
+        router: Router | None = None,
+        profile_features: list[list[str]] | None = None,
+    ) -> None:
         self.feature_names = list(feature_names)
-        self._index = {name: i for i, name in enumerate(self.feature_names)}
         self.max_message_bytes = max_message_bytes
+        self.router = router
+        self._names = [list(names) for names in (profile_features or [self.feature_names])]
+        self._indexes = [{name: i for i, name in enumerate(names)} for names in self._names]
+        if router is not None and len(router.profiles) != len(self._names):
+            raise ValueError("need the feature order of every profile the router knows")
 
-    def parse(self, value: bytes | None) -> ParsedMessage:
-        """Parse one message value; never raises on bad input."""
+    def parse(self, value: bytes | None, topic: str = "") -> ParsedMessage:
+        """Parse one message value from ``topic``; never raises on bad input."""
         result = ParsedMessage()
         if value is None:
             result.rejections.append(Rejection(RejectReason.UNPARSABLE, "empty message value"))
@@ -122,7 +142,7 @@ class ReadingParser:
             )
             return result
         try:
-            fast = self._parse_valid(orjson.loads(value))
+            fast = self._parse_valid(orjson.loads(value), topic)
         except orjson.JSONDecodeError:
             fast = None  # NaN, a UTF-16 text, a lone surrogate...: the full path decides
         if fast is not None:
@@ -136,12 +156,12 @@ class ReadingParser:
             return result
         if isinstance(document, list):
             for index, item in enumerate(document):
-                self._parse_item(item, result, index)
+                self._parse_item(item, result, index, topic)
         else:
-            self._parse_item(document, result, None)
+            self._parse_item(document, result, None, topic)
         return result
 
-    def _parse_valid(self, document: object) -> ParsedMessage | None:
+    def _parse_valid(self, document: object, topic: str) -> ParsedMessage | None:
         """The common case, a message whose readings are all valid, without pydantic.
 
         Returns ``None`` as soon as anything is unusual (a wrong type, a non-finite or float32
@@ -150,10 +170,12 @@ class ReadingParser:
         pydantic, so both paths give the same result (tests/test_readings.py checks that).
         """
         items = document if isinstance(document, list) else [document]
-        names = self.feature_names
+        router = self.router
+        names = self._names[0]
         device_ids: list[str] = []
         timestamps: list[float] = []
         vectors: list[np.ndarray] = []
+        profiles: list[int] = []
         unknown = 0
         for item in items:
             if type(item) is not dict:
@@ -163,6 +185,17 @@ class ReadingParser:
             sensors = item.get("sensors")
             if type(device_id) is not str or not 0 < len(device_id) <= _MAX_DEVICE_ID:
                 return None
+            declared = item.get("profile")
+            if declared is not None and (
+                type(declared) is not str or not 0 < len(declared) <= _MAX_PROFILE
+            ):
+                return None
+            profile = 0
+            if router is not None:
+                found = router.route(topic, device_id, declared)
+                if found is None:
+                    return None  # rejected as unknown_profile by the full path
+                profile, names = found, self._names[found]
             if type(ts) is int and -_EXACT_INT <= ts <= _EXACT_INT:
                 ts = float(ts)
             elif type(ts) is not float or not math.isfinite(ts):
@@ -190,15 +223,19 @@ class ReadingParser:
             device_ids.append(device_id)
             timestamps.append(ts)
             vectors.append(np.array(row, dtype=np.float32))
+            profiles.append(profile)
         return ParsedMessage(
             device_ids=device_ids,
             timestamps=timestamps,
             values=vectors,
             indices=list(range(len(items))) if isinstance(document, list) else [None],
+            profiles=profiles,
             unknown_sensors=unknown,
         )
 
-    def _parse_item(self, item: object, result: ParsedMessage, index: int | None) -> None:
+    def _parse_item(
+        self, item: object, result: ParsedMessage, index: int | None, topic: str
+    ) -> None:
         if not isinstance(item, dict):
             result.rejections.append(
                 Rejection(
@@ -220,12 +257,24 @@ class ReadingParser:
             where = ".".join(str(part) for part in first["loc"])
             result.rejections.append(Rejection(reason, f"{where}: {first['msg']}", index))
             return
+        profile = 0
+        if self.router is not None:
+            found = self.router.route(topic, reading.device_id, reading.profile)
+            if found is None:
+                detail = (
+                    f"{reading.device_id}: no profile for it (topic {topic}, "
+                    f"profile field {reading.profile!r})"
+                )
+                result.rejections.append(Rejection(RejectReason.UNKNOWN_PROFILE, detail, index))
+                return
+            profile = found
         ts = reading.epoch_seconds()
-        vector = np.full(len(self.feature_names), np.nan, dtype=np.float32)
+        positions = self._indexes[profile]
+        vector = np.full(len(self._names[profile]), np.nan, dtype=np.float32)
         # Values beyond float32 become inf here and are rejected as non-finite just below.
         with np.errstate(over="ignore"):
             for name, number in reading.sensors.items():
-                position = self._index.get(name)
+                position = positions.get(name)
                 if position is None:
                     result.unknown_sensors += 1
                 else:
@@ -244,6 +293,7 @@ class ReadingParser:
         result.timestamps.append(ts)
         result.values.append(vector)
         result.indices.append(index)
+        result.profiles.append(profile)
 
 
 def encode_reading(device_id: str, ts: float, sensors: dict[str, float]) -> dict[str, object]:
