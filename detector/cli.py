@@ -253,19 +253,39 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from detector_devtools.synthetic import generate_fleet, split_at, write_fleet
-
-    fleet = generate_fleet(
-        args.devices,
-        args.normal_steps + args.stream_steps,
-        seed=args.seed,
-        anomalies_per_device=args.anomalies_per_device,
-        quiet_steps=args.normal_steps,
+    from detector_devtools.synthetic import (
+        PROFILE_COLUMN,
+        generate_fleet,
+        generate_mixed_fleet,
+        split_at,
+        write_fleet,
     )
+
+    if args.profiles is not None and not args.mixed:
+        return error_exit("detector synth", "--profiles needs --mixed")
+    sizes = {
+        "n_steps": args.normal_steps + args.stream_steps,
+        "seed": args.seed,
+        "anomalies_per_device": args.anomalies_per_device,
+        "quiet_steps": args.normal_steps,
+    }
+    try:
+        if args.mixed:
+            profiles = (args.profiles or "pump,fan").split(",")
+            fleet = generate_mixed_fleet(args.devices, profiles=profiles, **sizes)
+        else:
+            fleet = generate_fleet(args.devices, **sizes)
+    except ValueError as exc:
+        return error_exit("detector synth", exc)
     for name, part in zip(("normal", "stream"), split_at(fleet, args.normal_steps), strict=True):
         paths = write_fleet(part, args.out, name)
+        kinds = ""
+        if args.mixed:
+            counts = part.readings[PROFILE_COLUMN].value_counts(sort=False)
+            kinds = f" ({', '.join(f'{kind} {n}' for kind, n in counts.items())})"
         print(
-            f"{name}: {len(part.readings)} rows, {len(part.episodes)} anomalies -> {paths['readings']}"
+            f"{name}: {len(part.readings)} rows{kinds}, {len(part.episodes)} anomalies "
+            f"-> {paths['readings']}"
         )
     return 0
 
@@ -320,7 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate a synthetic fleet: normal.csv (training) and stream.csv (with anomalies)",
     )
     syn.add_argument("--out", type=Path, required=True)
-    syn.add_argument("--devices", type=int, default=4)
+    syn.add_argument(
+        "--devices", type=int, default=4, help="devices (of each profile with --mixed)"
+    )
+    syn.add_argument(
+        "--mixed",
+        action="store_true",
+        help="a fleet of several device profiles: one wide table over every profile's sensors "
+        "(empty where a device lacks one) with a profile column; devices are <profile>-<i>",
+    )
+    syn.add_argument(
+        "--profiles",
+        help="with --mixed: comma-separated, of pump, fan, compressor (default: pump,fan)",
+    )
     syn.add_argument("--normal-steps", type=int, default=3000)
     syn.add_argument("--stream-steps", type=int, default=1500)
     syn.add_argument("--anomalies-per-device", type=int, default=2)

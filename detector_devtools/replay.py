@@ -11,6 +11,7 @@ import pandas as pd
 from kafka import KafkaProducer
 
 from detector.core.datafiles import sensor_columns
+from detector_devtools.synthetic import PROFILE_COLUMN
 
 __all__ = ["encode_messages", "interleave", "replay"]
 
@@ -26,12 +27,22 @@ def encode_messages(table: pd.DataFrame, batch_size: int = 1) -> list[tuple[byte
     """(key, value) pairs: one reading per message, or up to ``batch_size`` per device per message.
 
     Batches group consecutive readings of the same device, since a gateway batch is keyed by one
-    device and must keep that device's order.
+    device and must keep that device's order. A NaN value leaves its sensor out of the reading, as
+    a device that lacks or lost the sensor would (in a mixed-profile table, the columns of the
+    other profiles' sensors). With a ``profile`` column each reading carries its ``"profile"``,
+    which the daemon's routing can read.
     """
-    sensors = sensor_columns(table)
+    sensors = [c for c in sensor_columns(table) if c != PROFILE_COLUMN]
     values = table[sensors].to_numpy(dtype=np.float64)
+    present = ~np.isnan(values)
+    complete = present.all(axis=1)
     devices = table["device_id"].astype(str).tolist()
     stamps = table["ts"].to_numpy(dtype=np.float64)
+    profiles = (
+        [None if pd.isna(p) else str(p) for p in table[PROFILE_COLUMN]]
+        if PROFILE_COLUMN in table.columns
+        else None
+    )
     messages: list[tuple[bytes, bytes]] = []
     open_batch: dict[str, list[dict[str, object]]] = {}
 
@@ -41,11 +52,18 @@ def encode_messages(table: pd.DataFrame, batch_size: int = 1) -> list[tuple[byte
         messages.append((device.encode(), json.dumps(body).encode()))
 
     for i, device in enumerate(devices):
-        reading = {
+        row = values[i].tolist()
+        reading: dict[str, object] = {
             "device_id": device,
             "ts": float(stamps[i]),
-            "sensors": dict(zip(sensors, values[i].tolist(), strict=True)),
+            "sensors": (
+                dict(zip(sensors, row, strict=True))
+                if complete[i]
+                else {name: v for name, v, ok in zip(sensors, row, present[i], strict=True) if ok}
+            ),
         }
+        if profiles is not None and profiles[i] is not None:
+            reading["profile"] = profiles[i]
         open_batch.setdefault(device, []).append(reading)
         if len(open_batch[device]) >= batch_size:
             close(device)

@@ -1,16 +1,17 @@
 """Synthetic IoT fleet generator for demos and tests.
 
-Each device emits eight correlated sensor channels driven by a few shared latent factors (a
-daily-like cycle, a slow load process and a slow ambient process). Optionally, labelled anomaly
-episodes are injected so detectors can be trained on the normal part and scored on the rest.
-Everything is deterministic from ``seed``.
+Each device emits correlated sensor channels driven by a few shared latent factors (a daily-like
+cycle, a slow load process and a slow ambient process). Optionally, labelled anomaly episodes are
+injected so detectors can be trained on the normal part and scored on the rest. A fleet is of one
+kind (:func:`generate_fleet`: pumps, eight sensors) or mixes several device profiles with their own
+sensor sets and normals (:func:`generate_mixed_fleet`). Everything is deterministic from ``seed``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,56 +20,125 @@ import pandas as pd
 
 __all__ = [
     "ANOMALY_KINDS",
+    "PROFILES",
+    "PROFILE_COLUMN",
     "SENSORS",
     "AnomalyEpisode",
+    "DeviceProfile",
     "Fleet",
     "generate_fleet",
+    "generate_mixed_fleet",
     "split_at",
     "write_fleet",
 ]
 
-SENSORS: tuple[str, ...] = (
-    "temperature",
-    "pressure",
-    "vibration",
-    "current",
-    "voltage",
-    "flow_rate",
-    "rpm",
-    "humidity",
-)
 ANOMALY_KINDS: tuple[str, ...] = ("spike", "drift", "stuck", "correlation_break")
+# The readings column of a mixed fleet naming each row's device profile; the trainer's
+# data.profile_column and the replay tool's "profile" field read it.
+PROFILE_COLUMN = "profile"
 
-# Per-sensor model: nominal level, variation scale (roughly the std of the normal signal), loadings
-# on the latent factors (cycle, lagged cycle, load, ambient) and noise as a fraction of the scale.
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One kind of device: its sensors and how their normal behaves.
+
+    Per sensor: nominal level (``baseline``), variation scale (``scale``, roughly the std of the
+    normal signal), loadings on the latent factors (cycle, lagged cycle, load, ambient) and noise
+    as a fraction of the scale. ``correlated_pairs`` are pairs with strongly positive loadings on
+    the same factors; flipping one of them is invisible to per-sensor thresholds but breaks the
+    joint structure a multivariate detector learns. The cycle's period is ``cycle_factor`` times
+    the fleet's ``cycle_steps``; ``load_phi`` and ``load_smooth_steps`` set how fast load moves.
+    """
+
+    name: str
+    sensors: tuple[str, ...]
+    baseline: tuple[float, ...]
+    scale: tuple[float, ...]
+    loadings: tuple[tuple[float, float, float, float], ...]
+    noise_frac: tuple[float, ...]
+    correlated_pairs: tuple[tuple[str, str], ...]
+    cycle_factor: float = 1.0
+    load_phi: float = 0.99
+    load_smooth_steps: int = 20
+
+
 # Mechanical channels share the load loading so they move together, voltage sags under load, and
 # humidity follows ambient and runs against the cycle, which is what makes the fleet multivariate.
-_BASELINE = np.array([60.0, 3.0, 0.5, 12.0, 230.0, 30.0, 1500.0, 40.0])
-_SCALE = np.array([4.0, 0.25, 0.06, 1.5, 2.5, 3.0, 120.0, 5.0])
-_LOADINGS = np.array(
-    [
+_PUMP = DeviceProfile(
+    name="pump",
+    sensors=(
+        "temperature",
+        "pressure",
+        "vibration",
+        "current",
+        "voltage",
+        "flow_rate",
+        "rpm",
+        "humidity",
+    ),
+    baseline=(60.0, 3.0, 0.5, 12.0, 230.0, 30.0, 1500.0, 40.0),
+    scale=(4.0, 0.25, 0.06, 1.5, 2.5, 3.0, 120.0, 5.0),
+    loadings=(
         # cycle, cycle_lag, load, ambient
-        [0.0, 0.7, 0.5, 0.3],  # temperature: follows the cycle with a lag, warms with load
-        [0.3, 0.0, 0.8, 0.0],  # pressure
-        [0.3, 0.0, 0.85, 0.0],  # vibration
-        [0.4, 0.0, 0.85, 0.0],  # current
-        [-0.3, 0.0, -0.4, 0.3],  # voltage: sags when the plant draws more current
-        [0.4, 0.0, 0.8, 0.0],  # flow_rate
-        [0.4, 0.0, 0.85, 0.0],  # rpm
-        [-0.5, 0.0, 0.0, 0.7],  # humidity
-    ]
+        (0.0, 0.7, 0.5, 0.3),  # temperature: follows the cycle with a lag, warms with load
+        (0.3, 0.0, 0.8, 0.0),  # pressure
+        (0.3, 0.0, 0.85, 0.0),  # vibration
+        (0.4, 0.0, 0.85, 0.0),  # current
+        (-0.3, 0.0, -0.4, 0.3),  # voltage: sags when the plant draws more current
+        (0.4, 0.0, 0.8, 0.0),  # flow_rate
+        (0.4, 0.0, 0.85, 0.0),  # rpm
+        (-0.5, 0.0, 0.0, 0.7),  # humidity
+    ),
+    noise_frac=(0.04, 0.05, 0.05, 0.04, 0.05, 0.04, 0.03, 0.05),
+    correlated_pairs=(
+        ("current", "rpm"),
+        ("flow_rate", "pressure"),
+        ("vibration", "current"),
+        ("rpm", "flow_rate"),
+        ("current", "flow_rate"),
+    ),
 )
-_NOISE_FRAC = np.array([0.04, 0.05, 0.05, 0.04, 0.05, 0.04, 0.03, 0.05])
-
-# Pairs with strongly positive loadings on the same factors; flipping one of them is invisible to
-# per-sensor thresholds but breaks the joint structure a multivariate detector learns.
-_CORRELATED_PAIRS: tuple[tuple[str, str], ...] = (
-    ("current", "rpm"),
-    ("flow_rate", "pressure"),
-    ("vibration", "current"),
-    ("rpm", "flow_rate"),
-    ("current", "flow_rate"),
+# A fan has fewer sensors, one the pump lacks (airflow), other levels for the names they share,
+# a duty cycle twice as short and a load that changes faster: a pump model is wrong for it.
+_FAN = DeviceProfile(
+    name="fan",
+    sensors=("vibration", "current", "temperature", "airflow"),
+    baseline=(2.0, 4.0, 45.0, 1200.0),
+    scale=(0.25, 0.5, 3.0, 150.0),
+    loadings=(
+        (0.4, 0.0, 0.8, 0.0),  # vibration
+        (0.5, 0.0, 0.8, 0.0),  # current
+        (0.0, 0.6, 0.4, 0.6),  # temperature: motor heat lags the cycle, ambient matters more
+        (0.5, 0.0, 0.8, 0.0),  # airflow
+    ),
+    noise_frac=(0.05, 0.04, 0.04, 0.04),
+    correlated_pairs=(("current", "airflow"), ("vibration", "current"), ("airflow", "vibration")),
+    cycle_factor=0.5,
+    load_phi=0.97,
+    load_smooth_steps=10,
 )
+# A compressor runs hot and slow: long cycles, a sluggish load, oil pressure following load.
+_COMPRESSOR = DeviceProfile(
+    name="compressor",
+    sensors=("temperature", "pressure", "current", "vibration", "oil_pressure"),
+    baseline=(85.0, 8.0, 30.0, 1.2, 4.0),
+    scale=(5.0, 0.6, 3.0, 0.15, 0.3),
+    loadings=(
+        (0.0, 0.6, 0.6, 0.4),  # temperature
+        (0.5, 0.0, 0.8, 0.0),  # pressure
+        (0.4, 0.0, 0.9, 0.0),  # current
+        (0.3, 0.0, 0.85, 0.0),  # vibration
+        (0.2, 0.0, 0.6, -0.3),  # oil_pressure: thinner oil when the room is warm
+    ),
+    noise_frac=(0.04, 0.05, 0.04, 0.05, 0.05),
+    correlated_pairs=(("current", "pressure"), ("vibration", "current"), ("pressure", "vibration")),
+    cycle_factor=2.0,
+    load_phi=0.995,
+    load_smooth_steps=30,
+)
+PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (_PUMP, _FAN, _COMPRESSOR)}
+# The sensors of a single-kind fleet (:func:`generate_fleet`), in column order.
+SENSORS: tuple[str, ...] = _PUMP.sensors
 
 _MIN_GAP_STEPS = 150
 _WARMUP_FRACTION = 0.25
@@ -137,30 +207,45 @@ def _device_ids(n_devices: int) -> list[str]:
 
 
 def _normal_signals(
-    rng: np.random.Generator, n_devices: int, n_steps: int, cycle_steps: int
+    rng: np.random.Generator,
+    profile: DeviceProfile,
+    n_devices: int,
+    n_steps: int,
+    cycle_steps: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(clean, observed)`` arrays of shape ``(n_devices, n_steps, n_sensors)``."""
     t = np.arange(n_steps, dtype=float)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=(n_devices, 1))
-    omega = 2.0 * np.pi / cycle_steps
+    period = cycle_steps * profile.cycle_factor
+    omega = 2.0 * np.pi / period
     # Temperature responds to the cycle about an eighth of a period late (thermal inertia).
-    lag = cycle_steps / 8.0
+    lag = period / 8.0
     cycle = np.sin(omega * t + phase)
     cycle_lag = np.sin(omega * (t - lag) + phase)
     # Real loads and ambient conditions saturate; a soft limit keeps "normal" inside an envelope
     # that a model trained on a few thousand steps can have seen.
-    load = _saturate(_smooth_process(rng, n_devices, n_steps, phi=0.99, smooth_steps=20))
+    load = _saturate(
+        _smooth_process(
+            rng, n_devices, n_steps, phi=profile.load_phi, smooth_steps=profile.load_smooth_steps
+        )
+    )
     ambient = _saturate(_smooth_process(rng, n_devices, n_steps, phi=0.998, smooth_steps=50))
     factors = np.stack([cycle, cycle_lag, load, ambient], axis=-1)  # (dev, t, factor)
 
-    n_sensors = len(SENSORS)
+    n_sensors = len(profile.sensors)
     # Mild per-device calibration differences keep the fleet similar but not identical.
     offset = 1.0 + 0.03 * rng.standard_normal((n_devices, 1, n_sensors))
     gain = np.clip(1.0 + 0.08 * rng.standard_normal((n_devices, 1, n_sensors)), 0.8, 1.2)
     noise_mult = rng.uniform(0.8, 1.2, size=(n_devices, 1, n_sensors))
 
-    clean = _BASELINE * offset + _SCALE * gain * (factors @ _LOADINGS.T)
-    noise = _NOISE_FRAC * _SCALE * noise_mult * rng.standard_normal((n_devices, n_steps, n_sensors))
+    baseline, scale = np.array(profile.baseline), np.array(profile.scale)
+    clean = baseline * offset + scale * gain * (factors @ np.array(profile.loadings).T)
+    noise = (
+        np.array(profile.noise_frac)
+        * scale
+        * noise_mult
+        * rng.standard_normal((n_devices, n_steps, n_sensors))
+    )
     return clean, clean + noise
 
 
@@ -212,6 +297,7 @@ def _window_mean(x: np.ndarray, length: int) -> np.ndarray:
 
 def _inject_device(
     rng: np.random.Generator,
+    profile: DeviceProfile,
     device: int,
     n_episodes: int,
     clean: np.ndarray,
@@ -225,7 +311,8 @@ def _inject_device(
     # Statistics of the untouched signal define "normal" for the magnitudes below.
     mu = x.mean(axis=0)
     sigma = x.std(axis=0)
-    sensor_index = {name: i for i, name in enumerate(SENSORS)}
+    sensor_index = {name: i for i, name in enumerate(profile.sensors)}
+    pairs = profile.correlated_pairs
 
     kinds = [ANOMALY_KINDS[(device + j) % len(ANOMALY_KINDS)] for j in range(n_episodes)]
     lengths: list[int] = []
@@ -236,7 +323,7 @@ def _inject_device(
         length = int(rng.integers(lo, hi + 1))
         lengths.append(length)
         if kind == "correlation_break":
-            a, b = _CORRELATED_PAIRS[int(rng.integers(len(_CORRELATED_PAIRS)))]
+            a, b = pairs[int(rng.integers(len(pairs)))]
             # Mirror whichever of the pair the rng picks; the other keeps behaving normally.
             pair = (sensor_index[a], sensor_index[b])
             flipped = pair[int(rng.integers(2))]
@@ -278,6 +365,97 @@ def _inject_device(
     return out
 
 
+@dataclass(frozen=True)
+class _Devices:
+    """Simulated devices of one profile, arrays shaped ``(device, step[, sensor])``."""
+
+    observed: np.ndarray
+    anomaly: np.ndarray
+    kind: np.ndarray
+    episodes: list[AnomalyEpisode]
+
+
+def _check_sizes(
+    n_devices: int, n_steps: int, anomalies_per_device: int, cycle_steps: int, period_s: float
+) -> None:
+    if n_devices < 1 or n_steps < 1:
+        raise ValueError("n_devices and n_steps must be at least 1")
+    if anomalies_per_device < 0:
+        raise ValueError("anomalies_per_device must be non-negative")
+    if cycle_steps < 2:
+        raise ValueError("cycle_steps must be at least 2")
+    if not period_s > 0:
+        raise ValueError("period_s must be positive")
+
+
+def _simulate(
+    rng: np.random.Generator,
+    profile: DeviceProfile,
+    ids: list[str],
+    ts: np.ndarray,
+    anomalies_per_device: int,
+    cycle_steps: int,
+    quiet_steps: int,
+) -> _Devices:
+    """Normal signals of ``ids`` with their anomaly episodes injected and labelled."""
+    n_devices, n_steps = len(ids), ts.size
+    clean, observed = _normal_signals(rng, profile, n_devices, n_steps, cycle_steps)
+    anomaly = np.zeros((n_devices, n_steps), dtype=np.int64)
+    kind_grid = np.full((n_devices, n_steps), "", dtype=object)
+    episodes: list[AnomalyEpisode] = []
+    if anomalies_per_device > 0:
+        for d in range(n_devices):
+            for kind, sensors, s, e in _inject_device(
+                rng, profile, d, anomalies_per_device, clean, observed, quiet_steps
+            ):
+                anomaly[d, s : e + 1] = 1
+                kind_grid[d, s : e + 1] = kind
+                episodes.append(
+                    AnomalyEpisode(
+                        device_id=ids[d],
+                        kind=kind,
+                        sensors=tuple(profile.sensors[i] for i in sensors),
+                        start_ts=float(ts[s]),
+                        end_ts=float(ts[e]),
+                    )
+                )
+
+    # Physical floor: none of these quantities can be negative, whatever an anomaly did.
+    np.maximum(observed, 0.0, out=observed)
+    return _Devices(observed, anomaly, kind_grid, episodes)
+
+
+def _fleet(
+    ts: np.ndarray,
+    ids: list[str],
+    sensors: Sequence[str],
+    values: np.ndarray,
+    anomaly: np.ndarray,
+    kind_grid: np.ndarray,
+    episodes: list[AnomalyEpisode],
+    profiles: Sequence[str] | None = None,
+) -> Fleet:
+    """Tables from device-major arrays; ``profiles`` (one per device) adds the profile column."""
+    n_devices, n_steps = anomaly.shape
+    # Time-major layout gives the streaming order (all devices at ts0, then ts1, ...).
+    ts_col = np.repeat(ts, n_devices)
+    dev_col = np.tile(np.array(ids, dtype=object), n_steps)
+    columns: dict[str, np.ndarray] = {"ts": ts_col, "device_id": dev_col}
+    if profiles is not None:
+        columns[PROFILE_COLUMN] = np.tile(np.array(profiles, dtype=object), n_steps)
+    flat = values.transpose(1, 0, 2).reshape(-1, len(sensors))
+    readings = pd.concat([pd.DataFrame(columns), pd.DataFrame(flat, columns=list(sensors))], axis=1)
+    labels = pd.DataFrame(
+        {
+            "ts": ts_col,
+            "device_id": dev_col,
+            "anomaly": anomaly.T.reshape(-1),
+            "kind": kind_grid.T.reshape(-1),
+        }
+    )
+    return Fleet(readings=readings, labels=labels, episodes=episodes)
+
+
 def generate_fleet(
     n_devices: int = 4,
     n_steps: int = 2000,
@@ -314,59 +492,91 @@ def generate_fleet(
         ValueError: On non-positive sizes, or when ``n_steps`` cannot fit the requested episodes
             after the first 25% with at least 150 normal steps between episodes.
     """
-    if n_devices < 1 or n_steps < 1:
-        raise ValueError("n_devices and n_steps must be at least 1")
-    if anomalies_per_device < 0:
-        raise ValueError("anomalies_per_device must be non-negative")
-    if cycle_steps < 2:
-        raise ValueError("cycle_steps must be at least 2")
-    if not period_s > 0:
-        raise ValueError("period_s must be positive")
-
+    _check_sizes(n_devices, n_steps, anomalies_per_device, cycle_steps, period_s)
     quiet = math.ceil(_WARMUP_FRACTION * n_steps) if quiet_steps is None else quiet_steps
-    rng = np.random.default_rng(seed)
-    clean, observed = _normal_signals(rng, n_devices, n_steps, cycle_steps)
     ids = _device_ids(n_devices)
     ts = start_ts + np.arange(n_steps, dtype=float) * period_s
+    rng = np.random.default_rng(seed)
+    sim = _simulate(rng, _PUMP, ids, ts, anomalies_per_device, cycle_steps, quiet)
+    return _fleet(ts, ids, SENSORS, sim.observed, sim.anomaly, sim.kind, sim.episodes)
 
-    anomaly = np.zeros((n_devices, n_steps), dtype=np.int64)
-    kind_grid = np.full((n_devices, n_steps), "", dtype=object)
-    episodes: list[AnomalyEpisode] = []
-    if anomalies_per_device > 0:
-        for d in range(n_devices):
-            for kind, sensors, s, e in _inject_device(
-                rng, d, anomalies_per_device, clean, observed, quiet
-            ):
-                anomaly[d, s : e + 1] = 1
-                kind_grid[d, s : e + 1] = kind
-                episodes.append(
-                    AnomalyEpisode(
-                        device_id=ids[d],
-                        kind=kind,
-                        sensors=tuple(SENSORS[i] for i in sensors),
-                        start_ts=float(ts[s]),
-                        end_ts=float(ts[e]),
-                    )
-                )
 
-    # Physical floor: none of these quantities can be negative, whatever an anomaly did.
-    np.maximum(observed, 0.0, out=observed)
+def generate_mixed_fleet(
+    devices_per_profile: int = 2,
+    n_steps: int = 2000,
+    *,
+    profiles: Sequence[str] = ("pump", "fan"),
+    seed: int = 0,
+    anomalies_per_device: int = 0,
+    start_ts: float = 1_700_000_000.0,
+    period_s: float = 1.0,
+    cycle_steps: int = 240,
+    quiet_steps: int | None = None,
+) -> Fleet:
+    """Generate a deterministic fleet of several device profiles (see :data:`PROFILES`).
 
-    # Time-major layout gives the streaming order (all devices at ts0, then ts1, ...).
-    ts_col = np.repeat(ts, n_devices)
-    dev_col = np.tile(np.array(ids, dtype=object), n_steps)
-    values = observed.transpose(1, 0, 2).reshape(-1, len(SENSORS))
-    readings = pd.DataFrame({"ts": ts_col, "device_id": dev_col})
-    readings = pd.concat([readings, pd.DataFrame(values, columns=list(SENSORS))], axis=1)
-    labels = pd.DataFrame(
-        {
-            "ts": ts_col,
-            "device_id": dev_col,
-            "anomaly": anomaly.T.reshape(-1),
-            "kind": kind_grid.T.reshape(-1),
-        }
+    Every profile's devices are simulated and disturbed as in :func:`generate_fleet`, with that
+    profile's sensors and normal; a profile's devices depend only on ``seed`` and its name, not on
+    which other profiles are in the fleet.
+
+    Args:
+        devices_per_profile: Devices of each profile, named ``<profile>-0``, ``<profile>-1``, ...
+        n_steps: Readings per device; all devices share the same timestamps.
+        profiles: Names in :data:`PROFILES`, e.g. ``("pump", "fan", "compressor")``.
+        seed: Equal seeds give identical fleets.
+        anomalies_per_device: As in :func:`generate_fleet`, with ``i`` the device's number within
+            its profile, so every profile gets every kind under the same conditions.
+        start_ts: Epoch seconds of the first reading.
+        period_s: Seconds between consecutive readings of a device.
+        cycle_steps: Period of the pump's daily-like cycle, in steps; other profiles scale it by
+            their ``cycle_factor``.
+        quiet_steps: No episode starts in the first ``quiet_steps`` steps (default: 25%).
+
+    Returns:
+        A :class:`Fleet`. ``readings`` has columns ``ts``, ``device_id``, ``profile`` and one float
+        column per sensor of any profile (the first profile's in its order, then each later
+        profile's new ones), NaN where the row's profile lacks the sensor. Rows are in time order;
+        within a timestamp, profiles in ``profiles`` order, devices by number. ``labels`` is as in
+        :func:`generate_fleet`.
+
+    Raises:
+        ValueError: On an unknown or repeated profile, on non-positive sizes, or when ``n_steps``
+            cannot fit the requested episodes.
+    """
+    unknown = [name for name in profiles if name not in PROFILES]
+    if unknown or not profiles:
+        raise ValueError(f"profiles must be some of {sorted(PROFILES)}, got {list(profiles)}")
+    if len(set(profiles)) != len(profiles):
+        raise ValueError(f"profiles repeat: {list(profiles)}")
+    _check_sizes(devices_per_profile, n_steps, anomalies_per_device, cycle_steps, period_s)
+    quiet = math.ceil(_WARMUP_FRACTION * n_steps) if quiet_steps is None else quiet_steps
+    ts = start_ts + np.arange(n_steps, dtype=float) * period_s
+    kinds = [PROFILES[name] for name in profiles]
+    sensors = list(dict.fromkeys(s for kind in kinds for s in kind.sensors))
+    column = {name: i for i, name in enumerate(sensors)}
+
+    ids: list[str] = []
+    parts: list[_Devices] = []
+    values = np.full((devices_per_profile * len(kinds), n_steps, len(sensors)), np.nan)
+    for k, kind in enumerate(kinds):
+        # Seeding by name keeps a profile's devices the same whatever else is in the fleet.
+        rng = np.random.default_rng([seed, *kind.name.encode()])
+        names = [f"{kind.name}-{i}" for i in range(devices_per_profile)]
+        part = _simulate(rng, kind, names, ts, anomalies_per_device, cycle_steps, quiet)
+        rows = slice(k * devices_per_profile, (k + 1) * devices_per_profile)
+        values[rows, :, [column[s] for s in kind.sensors]] = part.observed
+        ids += names
+        parts.append(part)
+    return _fleet(
+        ts,
+        ids,
+        sensors,
+        values,
+        np.concatenate([p.anomaly for p in parts]),
+        np.concatenate([p.kind for p in parts]),
+        [e for p in parts for e in p.episodes],
+        profiles=[kind.name for kind in kinds for _ in range(devices_per_profile)],
     )
-    return Fleet(readings=readings, labels=labels, episodes=episodes)
 
 
 def split_at(fleet: Fleet, step: int, period_s: float = 1.0) -> tuple[Fleet, Fleet]:

@@ -1,8 +1,10 @@
-"""The demo: embedded broker -> synthetic fleet -> trainer -> detector daemon -> replay -> alerts.
+"""The demo: embedded broker -> mixed synthetic fleet -> one model per profile -> detector -> alerts.
 
+The fleet holds two device profiles, pumps and fans, with different sensors and normals; each
+profile's model is trained on its own rows of the fleet file and scores only its own devices.
 Run through ``make demo``. ``DEMO_SECONDS=N`` streams for N seconds after the detector is up,
-then stops every process it started and prints ``alerts: <count>``; without it the demo runs
-until Ctrl-C.
+then stops every process it started, prints a summary per profile and ``alerts: <count>``;
+without it the demo runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+import pandas as pd
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from detector_devtools.embedded_broker import (
     EmbeddedBroker,
@@ -25,48 +30,227 @@ from detector_devtools.embedded_broker import (
     wait_for_port,
 )
 from detector_devtools.launch import daemon_env, spawn_daemon
+from detector_devtools.replay import encode_messages, interleave, replay
+from detector_devtools.synthetic import PROFILE_COLUMN
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
+PROFILES = ("pump", "fan")
+DEVICES_PER_PROFILE = 3
 READINGS, ALERTS = "demo-readings", "demo-alerts"
-REPLAY_RATE = 400  # readings/s: the whole stream takes about 20 s
+REPLAY_RATE = 600  # readings/s: the whole stream (9000 readings) takes about 15 s
+# One daemon scores every profile from the model.profiles config (routed by the readings'
+# profile field). Off, each profile gets its own single-model daemon and topics, which today's
+# `detector run` serves; switch it on once `detector run` loads model.profiles.
+ONE_DAEMON_FOR_ALL_PROFILES = False
+
+
+@dataclass(frozen=True)
+class Daemons:
+    """Running detector processes and where the demo sends readings and reads alerts.
+
+    ``alerts`` maps each alerts topic to the profile whose alerts it carries, or to ``None``
+    when the alerts name their profile themselves.
+    """
+
+    processes: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+    readings: dict[str, str]
+    alerts: dict[str, str | None]
 
 
 def say(message: str) -> None:
+    """One line of demo narration."""
     print(f"[demo] {message}", flush=True)
 
 
 def run_step(args: list[str], env: dict[str, str]) -> None:
+    """Run ``python ARGS`` in the repository; a failure stops the demo."""
     subprocess.run([sys.executable, *args], check=True, cwd=ROOT, env=env)
 
 
-def print_alerts(bootstrap: str, stop: threading.Event, seen: list[dict]) -> None:
+def train_profiles(data: Path, models: Path, env: dict[str, str]) -> bool:
+    """Train one model per profile, in parallel, into the registries ``models/<profile>``.
+
+    Each model learns from its own profile's rows of normal.csv and only the sensors that
+    profile has. Returns whether every fit succeeded; logs go to ``.demo/train-<profile>.log``.
+    """
+    fleet = pd.read_csv(data / "normal.csv")
+    fits: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for profile in PROFILES:
+        rows = fleet[fleet[PROFILE_COLUMN] == profile].drop(columns=PROFILE_COLUMN)
+        path = data / f"normal_{profile}.csv"
+        rows.dropna(axis=1, how="all").to_csv(path, index=False)
+        log = WORK / f"train-{profile}.log"
+        # A small LSTM gains little from a second thread: two fits side by side, one thread
+        # each, take about as long as one fit with both cores.
+        train_env = {**env, "TRAINER_DATA__PATHS": json.dumps([str(path)]), "OMP_NUM_THREADS": "1"}
+        command = ["-m", "trainer", "fit", "--config", "configs/trainer.yaml"]
+        command += ["--output", str(models / profile), "--no-progress"]
+        with log.open("wb") as handle:
+            process = subprocess.Popen(
+                [sys.executable, *command],
+                cwd=ROOT,
+                env=train_env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        fits[profile] = (process, log)
+    ok = True
+    for profile, (process, log) in fits.items():
+        lines = log.read_text().splitlines() if process.wait() == 0 else []
+        if lines:
+            say(f"{profile}: {lines[-1]}")
+        else:
+            say(f"training the {profile} model failed; see {log}")
+            ok = False
+    return ok
+
+
+def start_one_daemon_for_all_profiles(bootstrap: str, models: Path) -> Daemons:
+    """One daemon with a model per profile (model.profiles), routed by the readings' profile.
+
+    The routes are the operator's usual ones: the reading's own ``profile`` field decides, else
+    its device id (``pump-*``).
+    """
+    create_topics(bootstrap, {READINGS: 4, ALERTS: 1})
+    config = yaml.safe_load((ROOT / "configs/detector.yaml").read_text())
+    config["model"] = {
+        "profiles": {profile: {"path": str(models / profile)} for profile in PROFILES},
+        "routes": [{"reading": True}, {"devices": ["pump-*"], "profile": "pump"}],
+        "default_profile": None,
+    }
+    config_path = WORK / "detector-profiles.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    env = daemon_env(
+        bootstrap,
+        READINGS,
+        ALERTS,
+        models,
+        port,
+        PYTHONUNBUFFERED="1",
+        DETECTOR_KAFKA__GROUP_ID="demo-detector",
+    )
+    # The config file holds model.profiles; a model.path beside it is a configuration error.
+    env.pop("DETECTOR_MODEL__PATH")
+    log = WORK / "detector.log"
+    process = spawn_daemon(config_path, env, log, ROOT)
+    wait_for_port("127.0.0.1", port, 60)
+    say(f"detector running with {config_path.name}; metrics at http://127.0.0.1:{port}/metrics")
+    return Daemons([process], [log], dict.fromkeys(PROFILES, READINGS), {ALERTS: None})
+
+
+def start_daemon_per_profile(bootstrap: str, models: Path) -> Daemons:
+    """One single-model daemon per profile, each on its own readings and alerts topics."""
+    readings = {profile: f"{READINGS}-{profile}" for profile in PROFILES}
+    alerts = {f"{ALERTS}-{profile}": profile for profile in PROFILES}
+    create_topics(bootstrap, {**dict.fromkeys(readings.values(), 2), **dict.fromkeys(alerts, 1)})
+    processes, logs, ports = [], [], []
+    for profile in PROFILES:
+        port = free_port()
+        env = daemon_env(
+            bootstrap,
+            readings[profile],
+            f"{ALERTS}-{profile}",
+            models / profile,
+            port,
+            PYTHONUNBUFFERED="1",
+            DETECTOR_KAFKA__GROUP_ID=f"demo-detector-{profile}",
+        )
+        logs.append(WORK / f"detector-{profile}.log")
+        processes.append(spawn_daemon(ROOT / "configs/detector.yaml", env, logs[-1], ROOT))
+        ports.append(port)
+    for profile, port in zip(PROFILES, ports, strict=True):
+        wait_for_port("127.0.0.1", port, 60)
+        say(f"{profile} detector running; metrics at http://127.0.0.1:{port}/metrics")
+    return Daemons(processes, logs, readings, alerts)
+
+
+def print_alerts(
+    bootstrap: str, topics: dict[str, str | None], stop: threading.Event, seen: list[dict]
+) -> None:
+    """Print every alert as it arrives and collect it in ``seen``, its ``profile`` filled in."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    partition = TopicPartition(ALERTS, 0)
-    consumer.assign([partition])
-    consumer.seek_to_beginning(partition)
+    partitions = [TopicPartition(topic, 0) for topic in topics]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
     while not stop.is_set():
-        for records in consumer.poll(timeout_ms=200).values():
+        for partition, records in consumer.poll(timeout_ms=200).items():
             for record in records:
                 alert = json.loads(record.value)
+                alert["profile"] = topics[partition.topic] or alert["profile"]
                 seen.append(alert)
                 top = ", ".join(f"{t['sensor']} {t['share']:.0%}" for t in alert["top_sensors"])
                 say(
-                    f"ALERT {alert['state']:<8} {alert['device_id']} severity {alert['severity']:.2f} "
-                    f"score {alert['score']:.4f} top: {top}"
+                    f"ALERT {alert['state']:<8} {alert['profile']:<5} {alert['device_id']} "
+                    f"severity {alert['severity']:.2f} score {alert['score']:.4f} top: {top}"
                 )
     consumer.close()
 
 
+def replay_stream(
+    stream: pd.DataFrame, topics: dict[str, str], bootstrap: str, stop: threading.Event
+) -> None:
+    """Send the stream in time order at REPLAY_RATE, each reading to its profile's topic.
+
+    A second of readings at a time, so that a stop takes effect within a second.
+    """
+    rows = interleave(stream)
+    messages = encode_messages(rows)  # one per row, in the rows' order
+    destinations = [topics[profile] for profile in rows[PROFILE_COLUMN]]
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        for start in range(0, len(messages), REPLAY_RATE):
+            if stop.is_set():
+                return
+            chunk: dict[str, list[tuple[bytes, bytes]]] = {}
+            stop_at = start + REPLAY_RATE
+            for topic, message in zip(
+                destinations[start:stop_at], messages[start:stop_at], strict=True
+            ):
+                chunk.setdefault(topic, []).append(message)
+            for topic, part in chunk.items():
+                replay(part, producer, topic, rate=REPLAY_RATE, progress_every=0)
+        say(f"replayed {len(messages)} readings")
+    finally:
+        producer.close()
+
+
+def summarise(alerts: list[dict], episodes: list[dict], profile_of: dict[str, str]) -> None:
+    """Per profile: injected anomalies caught by a firing alert, and alerts that explain none."""
+
+    def overlaps(alert: dict, episode: dict) -> bool:
+        return (
+            alert["device_id"] == episode["device_id"]
+            and alert["window_end"] >= episode["start_ts"]
+            and alert["window_start"] <= episode["end_ts"]
+        )
+
+    for profile in PROFILES:
+        mine = [e for e in episodes if profile_of[e["device_id"]] == profile]
+        raised = [a for a in alerts if a["profile"] == profile]
+        firing = [a for a in raised if a["state"] == "firing"]
+        caught = sum(any(overlaps(a, e) for a in firing) for e in mine)
+        unexplained = sum(not any(overlaps(a, e) for e in mine) for a in firing)
+        say(
+            f"{profile}: {len(mine)} anomalies injected, {caught} caught; {len(firing)} firing "
+            f"alerts ({unexplained} not overlapping an injected anomaly), "
+            f"{len(raised) - len(firing)} resolved"
+        )
+
+
 def main() -> int:
+    """Run the demo; 0 when it ran to the end (or to Ctrl-C)."""
     seconds = float(os.environ["DEMO_SECONDS"]) if os.environ.get("DEMO_SECONDS") else None
     WORK.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    processes: list[subprocess.Popen[bytes]] = []
+    daemons: Daemons | None = None
     stop = threading.Event()
     alerts: list[dict] = []
     broker = EmbeddedBroker(log_path=WORK / "broker.log")
-    printer: threading.Thread | None = None
+    threads: list[threading.Thread] = []
+    data = WORK / "data"
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
@@ -76,64 +260,45 @@ def main() -> int:
     try:
         broker.start()
         say(f"broker (Tansu) on {broker.bootstrap_servers}")
-        create_topics(broker.bootstrap_servers, {READINGS: 4, ALERTS: 1})
-        data = WORK / "data"
-        run_step(["-m", "detector", "synth", "--out", str(data), "--devices", "4"], env)
+        synth = ["synth", "--out", str(data), "--mixed", "--profiles", ",".join(PROFILES)]
+        run_step(["-m", "detector", *synth, "--devices", str(DEVICES_PER_PROFILE)], env)
         models = WORK / "models"
-        train_env = {**env, "TRAINER_DATA__PATHS": json.dumps([str(data / "normal.csv")])}
-        say("training the LSTM autoencoder on normal data (about a minute on 2 cores)")
-        run_step(
-            ["-m", "trainer", "fit", "--config", "configs/trainer.yaml", "--output", str(models)],
-            train_env,
+        say(f"training one LSTM autoencoder per profile ({', '.join(PROFILES)}) on normal data")
+        if not train_profiles(data, models, env):
+            return 1
+        start = (
+            start_one_daemon_for_all_profiles
+            if ONE_DAEMON_FOR_ALL_PROFILES
+            else start_daemon_per_profile
         )
-        metrics_port = free_port()
-        detector_env = daemon_env(
-            broker.bootstrap_servers,
-            READINGS,
-            ALERTS,
-            models,
-            metrics_port,
-            PYTHONUNBUFFERED="1",
-            DETECTOR_KAFKA__GROUP_ID="demo-detector",
-        )
-        log = WORK / "detector.log"
-        processes.append(spawn_daemon(ROOT / "configs/detector.yaml", detector_env, log, ROOT))
-        wait_for_port("127.0.0.1", metrics_port, 60)
-        say(f"detector running; metrics at http://127.0.0.1:{metrics_port}/metrics, log {log}")
-        printer = threading.Thread(
-            target=print_alerts, args=(broker.bootstrap_servers, stop, alerts)
-        )
-        printer.start()
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "detector",
-                    "replay",
-                    str(data / "stream.csv"),
-                    "--topic",
-                    READINGS,
-                    "--rate",
-                    str(REPLAY_RATE),
-                    "--bootstrap-servers",
-                    broker.bootstrap_servers,
-                ],
-                cwd=ROOT,
-                env=env,
+        daemons = start(broker.bootstrap_servers, models)
+        threads.append(
+            threading.Thread(
+                target=print_alerts, args=(broker.bootstrap_servers, daemons.alerts, stop, alerts)
             )
         )
+        stream = pd.read_csv(data / "stream.csv")
+        threads.append(
+            threading.Thread(
+                target=replay_stream,
+                args=(stream, daemons.readings, broker.bootstrap_servers, stop),
+            )
+        )
+        for thread in threads:
+            thread.start()
         say(f"replaying the stream ({data / 'stream_episodes.json'} lists the injected anomalies)")
         say("press Ctrl-C to stop" if seconds is None else f"running for {seconds:.0f} s")
         deadline = None if seconds is None else time.monotonic() + seconds
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            if processes[0].poll() is not None:
-                say(f"detector exited with {processes[0].returncode}; see {log.name}")
-                return 1
+            for process, log in zip(daemons.processes, daemons.logs, strict=True):
+                if process.poll() is not None:
+                    say(f"detector exited with {process.returncode}; see {log}")
+                    return 1
             time.sleep(0.2)
     finally:
         stop.set()
-        for process in reversed(processes):
+        processes = [] if daemons is None else daemons.processes
+        for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in processes:
@@ -141,25 +306,12 @@ def main() -> int:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if printer is not None:
-            printer.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)
         broker.stop()
-    episodes = json.loads((WORK / "data" / "stream_episodes.json").read_text())
-    firing = [alert for alert in alerts if alert["state"] == "firing"]
-
-    def overlaps(alert: dict, episode: dict) -> bool:
-        return (
-            alert["device_id"] == episode["device_id"]
-            and alert["window_end"] >= episode["start_ts"]
-            and alert["window_start"] <= episode["end_ts"]
-        )
-
-    caught = sum(any(overlaps(a, e) for a in firing) for e in episodes)
-    unexplained = sum(not any(overlaps(a, e) for e in episodes) for a in firing)
-    say(
-        f"{len(episodes)} anomalies injected, {caught} caught; {len(firing)} firing alerts "
-        f"({unexplained} not overlapping an injected anomaly), {len(alerts) - len(firing)} resolved"
-    )
+    episodes = json.loads((data / "stream_episodes.json").read_text())
+    profile_of = dict(zip(stream["device_id"], stream[PROFILE_COLUMN], strict=True))
+    summarise(alerts, episodes, profile_of)
     print(f"alerts: {len(alerts)}", flush=True)
     return 0
 

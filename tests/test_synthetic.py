@@ -13,12 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detector.cli import main
 from detector_devtools.synthetic import (
     ANOMALY_KINDS,
+    PROFILE_COLUMN,
+    PROFILES,
     SENSORS,
     AnomalyEpisode,
     Fleet,
     generate_fleet,
+    generate_mixed_fleet,
+    split_at,
     write_fleet,
 )
 
@@ -307,3 +312,140 @@ def test_write_fleet_without_anomalies_writes_empty_episode_list(tmp_path: Path)
     paths = write_fleet(generate_fleet(2, 100, seed=3), tmp_path, "clean")
     assert json.loads(paths["episodes"].read_text(encoding="utf-8")) == []
     assert (pd.read_csv(paths["labels"])["anomaly"] == 0).all()
+
+
+MIXED_STEPS = 1200
+
+
+@pytest.fixture(scope="module")
+def mixed() -> Fleet:
+    return generate_mixed_fleet(
+        2, MIXED_STEPS, profiles=("pump", "fan", "compressor"), seed=5, anomalies_per_device=2
+    )
+
+
+def test_mixed_fleet_is_wide_over_every_profiles_sensors(mixed: Fleet) -> None:
+    r = mixed.readings
+    union = list(
+        dict.fromkeys(s for p in ("pump", "fan", "compressor") for s in PROFILES[p].sensors)
+    )
+    assert list(r.columns) == ["ts", "device_id", PROFILE_COLUMN, *union]
+    assert PROFILES["fan"].sensors != PROFILES["pump"].sensors
+    assert set(PROFILES["fan"].sensors) - set(SENSORS)  # a sensor pumps do not have
+    ids = [f"{p}-{i}" for p in ("pump", "fan", "compressor") for i in range(2)]
+    assert r["device_id"].tolist() == ids * MIXED_STEPS
+    assert (r[PROFILE_COLUMN] == r["device_id"].str.split("-").str[0]).all()
+    assert r.equals(r.sort_values("ts", kind="stable"))
+    assert mixed.labels["device_id"].tolist() == r["device_id"].tolist()
+
+
+def test_mixed_fleet_is_nan_exactly_where_a_profile_lacks_a_sensor(mixed: Fleet) -> None:
+    r = mixed.readings
+    for name, profile in PROFILES.items():
+        rows = r[r[PROFILE_COLUMN] == name].drop(columns=["ts", "device_id", PROFILE_COLUMN])
+        own = list(profile.sensors)
+        assert np.isfinite(rows[own].to_numpy()).all(), name
+        assert rows.drop(columns=own).isna().all().all(), name
+
+
+def test_profiles_have_their_own_normals(mixed: Fleet) -> None:
+    means = mixed.readings.groupby(PROFILE_COLUMN)[["temperature", "vibration", "current"]].mean()
+    for sensor in means.columns:
+        assert means[sensor].nunique() == 3, sensor
+    for name, profile in PROFILES.items():
+        nominal = pd.Series(profile.baseline, index=list(profile.sensors))
+        rows = mixed.readings[mixed.readings[PROFILE_COLUMN] == name]
+        assert ((rows[list(profile.sensors)].mean() - nominal).abs() / nominal < 0.25).all()
+
+
+def test_mixed_fleet_has_episodes_on_every_profile(mixed: Fleet) -> None:
+    for name, profile in PROFILES.items():
+        eps = [e for e in mixed.episodes if e.device_id.startswith(f"{name}-")]
+        # Device i's j-th episode is ANOMALY_KINDS[(i + j) % 4], counting i within the profile.
+        for i in range(2):
+            mine = sorted(
+                (e for e in eps if e.device_id == f"{name}-{i}"), key=lambda e: e.start_ts
+            )
+            assert [e.kind for e in mine] == [ANOMALY_KINDS[(i + j) % 4] for j in range(2)]
+        assert all(set(e.sensors) <= set(profile.sensors) for e in eps), name
+    _check_episode_layout(mixed, MIXED_STEPS, 1.0, 1_700_000_000.0)
+    _check_labels_match(mixed, 1.0)
+
+
+def test_mixed_fleet_correlation_break_on_a_fan_flips_its_pair() -> None:
+    f = generate_mixed_fleet(4, 2000, profiles=("fan",), seed=2, anomalies_per_device=2)
+    breaks = [e for e in f.episodes if e.kind == "correlation_break"]
+    assert breaks
+    for ep in breaks:
+        mirrored, partner = ep.sensors
+        normal = f.readings.loc[_normal_mask(f, ep.device_id)]
+        inside = f.readings.loc[_episode_mask(f, ep)]
+        assert normal[mirrored].corr(normal[partner]) > 0.5
+        assert inside[mirrored].corr(inside[partner]) < 0.0
+
+
+def test_mixed_fleet_is_deterministic_by_seed() -> None:
+    a = generate_mixed_fleet(2, 800, seed=3, anomalies_per_device=1)
+    b = generate_mixed_fleet(2, 800, seed=3, anomalies_per_device=1)
+    pd.testing.assert_frame_equal(a.readings, b.readings, check_exact=True)
+    pd.testing.assert_frame_equal(a.labels, b.labels, check_exact=True)
+    assert a.episodes == b.episodes
+    c = generate_mixed_fleet(2, 800, seed=4, anomalies_per_device=1)
+    assert not a.readings["current"].equals(c.readings["current"])
+
+
+def test_a_profiles_devices_do_not_depend_on_the_other_profiles() -> None:
+    alone = generate_mixed_fleet(2, 800, profiles=("fan",), seed=9, anomalies_per_device=1)
+    mixed = generate_mixed_fleet(2, 800, profiles=("pump", "fan"), seed=9, anomalies_per_device=1)
+    fans = mixed.readings[mixed.readings[PROFILE_COLUMN] == "fan"].reset_index(drop=True)
+    sensors = list(PROFILES["fan"].sensors)
+    pd.testing.assert_frame_equal(fans[sensors], alone.readings[sensors], check_exact=True)
+    assert [e for e in mixed.episodes if e.device_id.startswith("fan-")] == alone.episodes
+
+
+@pytest.mark.parametrize(
+    "profiles", [("pump", "boiler"), ("fan", "fan"), ()], ids=["unknown", "repeated", "none"]
+)
+def test_mixed_fleet_refuses_bad_profiles(profiles: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="profiles"):
+        generate_mixed_fleet(2, 400, profiles=profiles)
+
+
+def test_mixed_fleet_splits_and_writes_with_nan_and_profiles_intact(tmp_path: Path) -> None:
+    f = generate_mixed_fleet(2, 1600, seed=1, anomalies_per_device=1, quiet_steps=1000)
+    normal, stream = split_at(f, 1000)
+    assert not normal.episodes and len(stream.episodes) == 4
+    assert len(normal.readings) == 4 * 1000
+    paths = write_fleet(stream, tmp_path, "stream")
+    back = pd.read_csv(paths["readings"])
+    assert list(back.columns) == list(stream.readings.columns)
+    assert back[PROFILE_COLUMN].tolist() == stream.readings[PROFILE_COLUMN].tolist()
+    sensors = [c for c in back.columns if c not in ("ts", "device_id", PROFILE_COLUMN)]
+    np.testing.assert_array_equal(back[sensors].isna(), stream.readings[sensors].isna())
+    np.testing.assert_allclose(back[sensors], stream.readings[sensors], rtol=1e-12)
+
+
+def test_synth_command_writes_a_mixed_fleet_only_when_asked(tmp_path: Path) -> None:
+    sizes = ["--devices", "2", "--normal-steps", "600", "--stream-steps", "400"]
+    assert main(["synth", "--out", str(tmp_path / "one"), *sizes]) == 0
+    single = pd.read_csv(tmp_path / "one" / "stream.csv")
+    assert list(single.columns) == ["ts", "device_id", *SENSORS]
+
+    assert main(["synth", "--out", str(tmp_path / "mixed"), "--mixed", *sizes]) == 0
+    normal = pd.read_csv(tmp_path / "mixed" / "normal.csv")
+    stream = pd.read_csv(tmp_path / "mixed" / "stream.csv")
+    episodes = json.loads((tmp_path / "mixed" / "stream_episodes.json").read_text())
+    assert sorted(stream["device_id"].unique()) == ["fan-0", "fan-1", "pump-0", "pump-1"]
+    assert set(normal[PROFILE_COLUMN]) == {"pump", "fan"}
+    assert len(normal) == 4 * 600 and len(stream) == 4 * 400
+    assert {e["device_id"].split("-")[0] for e in episodes} == {"pump", "fan"}
+
+
+def test_synth_command_refuses_profiles_without_mixed_and_unknown_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--profiles", "fan"]) == 2
+    assert "--profiles needs --mixed" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--mixed", "--profiles", "pump,boiler"]) == 2
+    assert "boiler" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
