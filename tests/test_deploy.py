@@ -22,6 +22,8 @@ from detector.config import ENV_PREFIX, DetectorConfig
 from detector.metrics import DetectorMetrics
 from detector.settings import load_settings
 from tests.conftest import ROOT
+from trainer.cli import build_parser
+from trainer.config import TrainerConfig, profile_registry
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -145,19 +147,38 @@ def test_compose_services_agree_on_names_ports_and_paths() -> None:
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
+SERIES_SUFFIXES = {
+    "counter": ["_total"],
+    "histogram": ["_bucket", "_sum", "_count"],
+    "info": ["_info"],
+    "gauge": [""],
+}
+
+
 def exposed_metric_names() -> set[str]:
     """Names of the series the daemon's registry exposes (``_total``, ``_bucket``, ``_info``…)."""
-    suffixes = {
-        "counter": ["_total"],
-        "histogram": ["_bucket", "_sum", "_count"],
-        "info": ["_info"],
-        "gauge": [""],
-    }
     return {
         family.name + suffix
         for family in DetectorMetrics().registry.collect()
-        for suffix in suffixes[family.type]
+        for suffix in SERIES_SUFFIXES[family.type]
     }
+
+
+def profile_labelled_series() -> set[str]:
+    """Series names whose metric carries the ``profile`` label.
+
+    prometheus_client has no public accessor for a metric's label names before it has children;
+    ``_name``, ``_type`` and ``_labelnames`` are the attributes every metric wrapper sets.
+    """
+    metrics = [m for m in vars(DetectorMetrics()).values() if hasattr(m, "_labelnames")]
+    found = {
+        m._name + suffix
+        for m in metrics
+        if "profile" in m._labelnames
+        for suffix in SERIES_SUFFIXES[m._type]
+    }
+    assert "detector_windows_scored_total" in found  # the attributes are what this expects
+    return found
 
 
 def dashboard_and_rule_expressions() -> list[str]:
@@ -190,8 +211,35 @@ def test_dashboard_and_rules_use_only_metrics_the_daemon_exposes() -> None:
         "detector_devices_tracked",
         "detector_model_info",
         "detector_scoring_info",
+        "detector_score_drift",
+        "detector_shadow_info",
+        "detector_shadow_alerts_total",
+        "detector_shadow_anomaly_score_bucket",
     ):
         assert needed in used, f"dashboard has no panel on {needed}"
+
+
+SELECTOR = re.compile(r"\b(detector_\w+)(\{[^}]*\})?")
+
+
+def test_dashboard_filters_profile_labelled_metrics_by_the_profile_variable() -> None:
+    # Every metric with a profile label follows the Profile selector; a metric without one must
+    # not be filtered by it (profile=~"pump" selects nothing where the label is absent).
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "profile"]
+    assert variable["definition"] == "label_values(detector_windows_scored_total, profile)"
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    labelled = profile_labelled_series()
+    wrong = []
+    for panel in panels_of(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            for name, matchers in SELECTOR.findall(target["expr"]):
+                filtered = 'profile=~"$profile"' in matchers
+                if filtered != (name in labelled):
+                    wrong.append(f"{panel['title']}/{target['refId']}: {name}{matchers}")
+    assert not wrong, "\n".join(wrong)
+    heatmap = next(p for p in panels_of(dashboard["panels"]) if p["type"] == "heatmap")
+    assert heatmap["repeat"] == "profile", "one score heatmap per profile (each its own scale)"
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
@@ -261,10 +309,16 @@ def test_k8s_deployment_probes_config_and_volumes_agree(tmp_path: Path) -> None:
     config_volume = next(n for n, v in volumes.items() if "configMap" in v)
     assert volumes[config_volume]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     assert config_path == f"{mounts[config_volume]}/detector.yaml"
+    assert volumes[config_volume]["configMap"]["items"] == [
+        {"key": "detector.yaml", "path": "detector.yaml"}
+    ]
     models_volume = next(n for n, v in volumes.items() if "persistentVolumeClaim" in v)
     claim = volumes[models_volume]["persistentVolumeClaim"]["claimName"]
     assert claim == objects["PersistentVolumeClaim"]["metadata"]["name"]
-    assert str(config.model.path).startswith(mounts[models_volume] + "/")
+    profiles = config.model.profile_map()
+    assert profiles
+    for profile in profiles.values():
+        assert str(profile.path).startswith(mounts[models_volume] + "/")
 
     # The referenced Secret is the one the example creates.
     (secret_ref,) = [
@@ -291,6 +345,103 @@ def test_k8s_monitoring_matches_the_pods_and_rules() -> None:
     pattern = re.search(r'job=~"([^"]+)"', down).group(1)
     assert re.fullmatch(pattern, job) and re.fullmatch(pattern, "anomaly-detector")
     assert objects["PrometheusRule"]["spec"] == load_yaml(RULES), "prometheusrule.yaml drifted"
+
+
+def mounted_file(pod_spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(ConfigMap name, key) of the file at ``path`` in ``container``, from its configMap mounts."""
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    for mount in container["volumeMounts"]:
+        source = volumes[mount["name"]].get("configMap")
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if source and path.startswith(directory):
+            name = path[len(directory) :]
+            if "items" not in source:
+                return source["name"], name  # every key is a file
+            keys = {item["path"]: item["key"] for item in source["items"]}
+            if name in keys:
+                return source["name"], keys[name]
+    raise AssertionError(f"{path} is not in a mounted ConfigMap")
+
+
+def trainer_pods() -> dict[str, dict[str, Any]]:
+    """The pod specs of the trainer Job and CronJob, by kind."""
+    objects = k8s_objects()
+    return {
+        "Job": objects["Job"]["spec"]["template"]["spec"],
+        "CronJob": objects["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+    }
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_k8s_trainer_trains_a_profile_the_detector_loads(kind: str, tmp_path: Path) -> None:
+    objects = k8s_objects()
+    pod = trainer_pods()[kind]
+    (container,) = pod["containers"]
+    assert container["args"][0] == "trainer"
+    args = build_parser().parse_args(container["args"][1:])  # the trainer's own parser accepts them
+    assert args.command == "fit" and args.profile and args.no_progress
+
+    # Both config files come from the shipped ConfigMap and validate.
+    configmap = objects["ConfigMap"]
+    data = {}
+    for option in ("config", "kafka_config"):
+        if getattr(args, option) is None:
+            continue
+        name, key = mounted_file(pod, container, str(getattr(args, option)))
+        assert name == configmap["metadata"]["name"], option
+        data[option] = configmap["data"][key]
+    (tmp_path / "trainer.yaml").write_text(data["config"])
+    trainer = load_settings(TrainerConfig, tmp_path / "trainer.yaml", "TRAINER_", {})
+    # The detector's config as the daemon sees it (its password from the Deployment's env).
+    (tmp_path / "detector.yaml").write_text(configmap["data"]["detector.yaml"])
+    (daemon,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    detector = load_settings(
+        DetectorConfig, tmp_path / "detector.yaml", ENV_PREFIX, config_environment(daemon)
+    )
+
+    # The registry it writes is the one the detector loads that profile from, on the same claim.
+    registry = profile_registry(trainer.output, args.profile)
+    assert detector.model.profile_map()[args.profile].path == registry
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (models,) = [m for m in container["volumeMounts"] if registry.is_relative_to(m["mountPath"])]
+    assert not models.get("readOnly")
+    claim = volumes[models["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim == objects["PersistentVolumeClaim"]["metadata"]["name"]
+
+    # Same pod conventions as the Deployment.
+    assert pod["enableServiceLinks"] is False and pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+    if args.from_kafka:
+        # The topic is one the detector reads and routes to this profile; the password comes
+        # from the Secret the example creates.
+        assert args.kafka_config is not None and args.exclude_flagged
+        assert args.from_kafka in detector.kafka.readings_topics
+        router = detector.model.router()
+        assert router is not None
+        assert router.profiles[router.route(args.from_kafka, "any-device")] == args.profile
+        (secret_ref,) = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        ]
+        assert secret_ref["name"] == objects["Secret"]["metadata"]["name"]
+        assert secret_ref["key"] in objects["Secret"]["stringData"]
+        environ = config_environment(container)
+        assert environ["DETECTOR_KAFKA__SASL_PASSWORD"] == "<secretKeyRef>"
+        load_settings(DetectorConfig, tmp_path / "detector.yaml", ENV_PREFIX, environ)
+
+
+def test_k8s_retraining_cronjob_runs_one_at_a_time_on_the_last_week() -> None:
+    cronjob = k8s_objects()["CronJob"]
+    spec = cronjob["spec"]
+    assert len(spec["schedule"].split()) == 5
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0
+    (container,) = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"][1:])
+    assert (args.since, args.until, args.promote) == ("-7d", "now", "auto")
 
 
 def test_kustomization_lists_existing_files() -> None:

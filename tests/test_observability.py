@@ -35,9 +35,10 @@ RULES = PROMETHEUS_DIR / "rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "detector.json"
 # What Grafana would put in for the dashboard's variables: a test run is shorter than any real
 # $__rate_interval, and 1m still covers every scrape of it (1 s interval).
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$profile": ".*"}
 # Alerts a healthy daemon must not raise. AlertStorm is left out on purpose: replaying a stream
-# with injected anomalies in seconds is, by rate, exactly what a storm looks like.
+# with injected anomalies in seconds is, by rate, exactly what a storm looks like. ModelDrift too:
+# that stream's scores, anomalies included, may well be far from the validation distribution.
 QUIET_WHEN_HEALTHY = {
     "DetectorDown",
     "DetectorNoProgress",
