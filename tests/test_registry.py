@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from detector.core.artifact import (
+    CANDIDATE_POINTER,
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
@@ -20,6 +22,7 @@ from detector.core.artifact import (
     DataSummary,
     ThresholdInfo,
     resolve_artifact_dir,
+    resolve_candidate,
     save_artifact,
 )
 from detector.core.model import LSTMAutoencoder, ModelSpec
@@ -29,13 +32,17 @@ from trainer.registry import (
     HistoryEntry,
     RegistryError,
     VersionInfo,
+    clear_candidate,
     current_stack,
     list_versions,
     promote,
+    promote_candidate,
+    read_candidate,
     read_current,
     read_history,
     rollback,
     rollback_target,
+    shadow,
 )
 
 SPEC = ModelSpec(n_features=2, hidden_size=4, latent_size=2)
@@ -216,3 +223,130 @@ def test_list_does_not_parse_an_oversized_metadata_file(registry: Path) -> None:
     assert versions["b"].error is not None and "bytes" in versions["b"].error
     assert versions["a"].error is None and versions["c"].error is None
     assert rollback(registry) == ("c", "a")  # the unreadable version is skipped
+
+
+def test_shadow_points_the_candidate_and_leaves_current_and_history(registry: Path) -> None:
+    assert shadow(registry, "b") is None
+    assert read_candidate(registry) == "b"
+    assert resolve_candidate(registry) == (registry / "b").resolve()
+    assert read_current(registry) == "c"
+    assert len(read_history(registry)) == 3
+    assert shadow(registry, "a") == "b"
+    assert clear_candidate(registry) == "a"
+    assert resolve_candidate(registry) is None
+    assert clear_candidate(registry) is None  # clearing twice is not an error
+
+
+def test_shadow_refuses_current_unknown_and_broken_versions(registry: Path) -> None:
+    with pytest.raises(RegistryError, match="is the current version"):
+        shadow(registry, "c")
+    with pytest.raises(RegistryError, match="unknown version"):
+        shadow(registry, "../models/a")
+    weights = registry / "a" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(RegistryError, match="does not load, candidate unchanged"):
+        shadow(registry, "a")
+    assert read_candidate(registry) is None
+
+
+def test_promote_candidate_makes_it_current_and_removes_the_pointer(registry: Path) -> None:
+    shadow(registry, "a")
+    assert promote_candidate(registry) == ("c", "a")
+    assert read_current(registry) == "a"
+    assert not (registry / CANDIDATE_POINTER).exists()
+    assert (read_history(registry)[-1].action, read_history(registry)[-1].version) == (
+        "promote",
+        "a",
+    )
+    # Rollback returns to the version current before the candidate was promoted.
+    assert rollback(registry) == ("a", "c")
+    with pytest.raises(RegistryError, match="no candidate"):
+        promote_candidate(registry)
+
+
+def test_promoting_the_candidate_by_name_also_ends_its_shadowing(registry: Path) -> None:
+    shadow(registry, "b")
+    promote(registry, "b")
+    assert read_candidate(registry) is None
+    shadow(registry, "a")
+    promote(registry, "c")  # another version: the candidate stays
+    assert read_candidate(registry) == "a"
+
+
+def test_cli_shadow_promote_candidate_and_list(
+    registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["shadow", "a", "--models", str(registry)]) == 0
+    assert "candidate: (none) -> a" in capsys.readouterr().out
+    assert main(["list", "--models", str(registry)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[-4]: line.split()[:-4] for line in lines[1:4]}
+    assert rows == {"a": ["c"], "b": [], "c": ["*"]}
+    assert "candidate (c): a" in lines[4]
+    assert main(["promote", "--candidate", "--models", str(registry)]) == 0
+    assert "current: c -> a" in capsys.readouterr().out
+    assert read_current(registry) == "a" and read_candidate(registry) is None
+    assert main(["shadow", "b", "--models", str(registry)]) == 0
+    assert main(["shadow", "--clear", "--models", str(registry)]) == 0
+    assert "candidate: b -> (none)" in capsys.readouterr().out.splitlines()[-1]
+    assert read_candidate(registry) is None
+
+
+def test_cli_candidate_errors_are_one_line_exit_2(
+    registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, message in [
+        (["promote", "--candidate"], "no candidate in"),
+        (["promote", "a", "--candidate"], "either VERSION or --candidate"),
+        (["promote"], "either VERSION or --candidate"),
+        (["shadow"], "either VERSION or --clear"),
+        (["shadow", "a", "--clear"], "either VERSION or --clear"),
+        (["shadow", "c"], "is the current version"),
+        (["shadow", "zzz"], "unknown version 'zzz'"),
+    ]:
+        assert main([*argv, "--models", str(registry)]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert read_current(registry) == "c" and read_candidate(registry) is None
+
+
+def _tiny_fit_config(tmp_path: Path, registry: Path) -> Path:
+    """A trainer config that fits in about a second: 200 rows, two epochs, no step minimum."""
+    steps = np.arange(200)
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "normal.csv"
+    pd.DataFrame(
+        {"ts": steps.astype(float), "flow": np.sin(steps / 5) + 0.1 * rng.normal(size=200)}
+    ).to_csv(csv, index=False)
+    config = tmp_path / "trainer.yaml"
+    config.write_text(
+        f"data: {{paths: [{csv}]}}\n"
+        "window: {length: 16, stride: 2}\n"
+        "model: {hidden_size: 8, latent_size: 4}\n"
+        "training: {epochs: 2, min_steps: 0, device: cpu}\n"
+        f"output: {{dir: {registry}}}\n"
+    )
+    return config
+
+
+def test_fit_promote_shadow_makes_the_new_version_the_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "models"
+    config = _tiny_fit_config(tmp_path, registry)
+    fit = ["fit", "--config", str(config), "--no-progress", "--promote", "shadow"]
+    # The first version has nothing to be shadowed beside: it becomes current.
+    assert main(fit) == 0
+    assert "now current (no current model to shadow)" in capsys.readouterr().out
+    first = read_current(registry)
+    assert first is not None and read_candidate(registry) is None
+    assert main(fit) == 0
+    out = capsys.readouterr().out
+    assert f"candidate, scored in shadow beside current {first}" in out
+    assert read_current(registry) == first
+    candidate = read_candidate(registry)
+    assert candidate not in (None, first)
+    assert resolve_candidate(registry) == (registry / str(candidate)).resolve()
+    assert [e.action for e in read_history(registry)] == ["save"]
+    assert main(["promote", "--candidate", "--models", str(registry)]) == 0
+    assert read_current(registry) == candidate and read_candidate(registry) is None

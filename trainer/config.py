@@ -5,6 +5,7 @@ Example override: ``TRAINER_TRAINING__EPOCHS=5``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from detector.settings import load_settings
 
 __all__ = [
     "ENV_PREFIX",
+    "PROFILE_NAME",
     "ArchitectureConfig",
     "DataConfig",
     "OutputConfig",
@@ -26,9 +28,12 @@ __all__ = [
     "TrainingConfig",
     "TrainingWindowConfig",
     "load_config",
+    "profile_registry",
 ]
 
 ENV_PREFIX = "TRAINER_"
+# A profile name is a directory under output.profiles_dir, so it is a plain file name.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class _Section(BaseModel):
@@ -42,6 +47,11 @@ class DataConfig(_Section):
     time_column: str | None = None
     device_column: str | None = None
     sensors: list[str] | None = Field(None, description="feature order; default: numeric columns")
+    profile_column: str | None = Field(
+        None,
+        description="column naming each row's device profile (a mixed fleet file): "
+        "``trainer fit --profile NAME`` trains on that profile's rows only",
+    )
 
 
 class TrainingWindowConfig(_Section):
@@ -135,9 +145,13 @@ class ThresholdConfig(_Section):
 
 
 class OutputConfig(_Section):
-    """Where versions are written: ``<dir>/<version>/`` and the ``<dir>/current`` pointer."""
+    """Where versions are written: ``<dir>/<version>/`` and the ``<dir>/current`` pointer.
+
+    ``trainer fit --profile NAME`` writes to the registry ``<profiles_dir>/<NAME>`` instead.
+    """
 
     dir: Path = Path("models/default")
+    profiles_dir: Path = Path("models")
 
 
 class TrainerConfig(_Section):
@@ -157,9 +171,21 @@ class TrainerConfig(_Section):
         sensors = self.data.sensors
         if sensors is not None and len(set(sensors)) != len(sensors):
             raise ValueError("data.sensors contains duplicates")
+        if sensors is not None and self.data.profile_column in sensors:
+            raise ValueError("data.sensors names data.profile_column, which is not a sensor")
         return self
 
 
 def load_config(path: Path | None) -> TrainerConfig:
     """Load and validate the trainer configuration; raises ``ConfigError`` naming bad fields."""
     return load_settings(TrainerConfig, path, ENV_PREFIX)
+
+
+def profile_registry(output: OutputConfig, profile: str) -> Path:
+    """The registry of ``profile``: ``<profiles_dir>/<profile>``; raises ``ValueError`` on a bad name."""
+    if not PROFILE_NAME.fullmatch(profile) or profile in (".", ".."):
+        raise ValueError(
+            f"profile name {profile!r} must be 1-64 letters, digits, '_', '.' or '-' "
+            "(and not '.' or '..')"
+        )
+    return output.profiles_dir / profile

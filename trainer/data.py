@@ -46,22 +46,43 @@ class NormalData:
     sha256: str
 
 
-def load_normal_files(config: DataConfig) -> NormalData:
-    """The configured files as :class:`NormalData`, hashed by their bytes."""
+def load_normal_files(config: DataConfig, profile: str | None = None) -> NormalData:
+    """The configured files as :class:`NormalData`, hashed by their bytes (and ``profile``).
+
+    ``profile`` selects the rows of one device profile, as :func:`load_normal_data` says.
+    """
     digest = hashlib.sha256()
     for path in config.paths:
         digest.update(sha256_file(path).encode())
-    return NormalData(load_normal_data(config), [str(p) for p in config.paths], digest.hexdigest())
+    if profile is not None:
+        # Two profiles trained from one fleet file are different training data.
+        digest.update(f"\0profile={profile}".encode())
+    return NormalData(
+        load_normal_data(config, profile), [str(p) for p in config.paths], digest.hexdigest()
+    )
 
 
-def load_normal_data(config: DataConfig) -> pd.DataFrame:
-    """All configured files as one table (``ts``, ``device_id``, sensors), NaN rows dropped."""
+def load_normal_data(config: DataConfig, profile: str | None = None) -> pd.DataFrame:
+    """All configured files as one table (``ts``, ``device_id``, sensors), NaN rows dropped.
+
+    With ``config.profile_column``, ``profile`` is required and only rows whose profile column
+    equals it are kept. A fleet file is wide with every kind's sensors, NaN where a kind has
+    none: without ``config.sensors`` the sensors entirely NaN in the kept rows are dropped, so
+    the profile trains on its own sensors.
+    """
+    column = config.profile_column
+    if column is not None and profile is None:
+        raise DataFileError(
+            f"data.profile_column {column!r} is set: name the profile to train (--profile NAME)"
+        )
+    extra = [column] if column is not None else []
     tables = [
         load_table(
             path,
             time_column=config.time_column,
             device_column=config.device_column,
             sensors=config.sensors,
+            extra_columns=extra,
         )
         for path in config.paths
     ]
@@ -69,8 +90,30 @@ def load_normal_data(config: DataConfig) -> pd.DataFrame:
     for path, table in zip(config.paths[1:], tables[1:], strict=True):
         if sensor_columns(table) != names:
             raise DataFileError(f"{path}: sensors {sensor_columns(table)} differ from {names}")
-    table = pd.concat(tables, ignore_index=True).dropna()
+    table = pd.concat(tables, ignore_index=True)
+    if column is not None and profile is not None:
+        table = _profile_rows(table, column, profile)
+        if config.sensors is None:
+            table = table.loc[:, table.notna().any(axis=0)]
+            if not sensor_columns(table):
+                raise DataFileError(f"the rows of profile {profile!r} have no sensor values")
+    table = table.dropna()
     return table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
+
+
+def _profile_rows(table: pd.DataFrame, column: str, profile: str) -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` is ``profile``, without that column."""
+    values = table[column]
+    if pd.api.types.is_numeric_dtype(values):
+        # A numeric profile column (profiles named 1, 2...) was read as numbers by load_table.
+        selected = values == pd.to_numeric(profile, errors="coerce")
+    else:
+        selected = values.astype(str) == profile
+    if not selected.any():
+        raise DataFileError(
+            f"no rows of profile {profile!r} (data.profile_column {column!r}) in the training data"
+        )
+    return table.loc[selected].drop(columns=column)
 
 
 def split_by_time(data: NormalData, validation_fraction: float) -> SplitData:

@@ -26,6 +26,7 @@ from detector.core.artifact import (
     ThresholdInfo,
     load_artifact,
     save_artifact,
+    set_candidate,
 )
 from detector.core.drift import reference_distribution
 from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
@@ -62,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Promotion = Literal["always", "auto", "never"]
+Promotion = Literal["always", "auto", "never", "shadow"]
 
 # A validation error this share of the data's variance or more means the model learned little
 # (1.0: it reconstructs a window no better than the sensors' means would).
@@ -99,6 +100,9 @@ class FitResult:
     # their scores were multiplied by.
     threshold_train_windows: int = 0
     train_score_factor: float = 1.0
+    # ``promote="shadow"``: the new version is the registry's candidate, beside this current one.
+    shadowed: bool = False
+    current_version: str | None = None
 
 
 def _version_id(config: TrainerConfig, data_sha: str) -> str:
@@ -206,7 +210,10 @@ def fit(
     ``data`` defaults to the configured files. With ``exclude_flagged`` the registry's current
     model first removes what it flags. ``promote``: ``always`` makes the new version current;
     ``auto`` only if it flags no more of the held-out normal windows than the current model
-    does; ``never`` leaves ``current`` alone (``trainer promote`` can switch later).
+    does; ``never`` leaves ``current`` alone (``trainer promote`` can switch later); ``shadow``
+    leaves it alone too and points the registry's ``candidate`` at the new version, which the
+    daemon then scores in shadow, unless there is no current model yet: then the new version
+    becomes current, as there is nothing to compare it with.
     """
     started = time.monotonic()
     require_writable(config.output.dir)
@@ -321,17 +328,22 @@ def fit(
             current.version,
             current_rate,
         )
-    promoted = promote == "always" or (
-        promote == "auto" and (current_rate is None or new_rate <= current_rate)
+    shadowed = promote == "shadow" and current is not None
+    promoted = (
+        promote == "always"
+        or (promote == "shadow" and current is None)
+        or (promote == "auto" and (current_rate is None or new_rate <= current_rate))
     )
     path = save_artifact(config.output.dir, metadata, model.cpu(), make_current=promoted)
+    if shadowed:
+        _make_candidate(config.output.dir, metadata["version"])
     seconds = time.monotonic() - started
     log.info(
         "wrote %s (threshold %.5g) in %.1f s; %s",
         path,
         threshold,
         seconds,
-        "now current" if promoted else "current model kept",
+        "now current" if promoted else "candidate" if shadowed else "current model kept",
     )
     params = threshold_info.params
     return FitResult(
@@ -350,7 +362,20 @@ def fit(
         len(val_raw),
         int(params.get("train_windows", 0)),
         params.get("train_score_factor", 1.0),
+        shadowed,
+        None if current is None else current.version,
     )
+
+
+def _make_candidate(registry: Path, version: str) -> None:
+    """Point the registry's candidate at the version just saved, a refusal as one line."""
+    try:
+        set_candidate(registry, version)
+    except OSError as exc:
+        raise TrainingError(
+            f"saved {version} in {registry} but cannot write its candidate pointer "
+            f"({exc.strerror or exc}): `trainer shadow {version} --models {registry}` retries"
+        ) from None
 
 
 def _score_distribution(scores: np.ndarray) -> ScoreDistribution:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from datetime import datetime, timezone
 
@@ -27,17 +29,40 @@ __all__ = ["parse_time", "read_normal_from_kafka"]
 
 log = logging.getLogger(__name__)
 
+# ``-7d``: seven days before now. A CronJob retrains from "the last days of its topic" this way.
+_RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-def parse_time(text: str) -> float:
-    """Epoch seconds from a number or an ISO-8601 string (naive means UTC)."""
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Epoch seconds from epoch seconds, ISO-8601 (naive means UTC), ``now`` or ``-<N><s|m|h|d>``.
+
+    Relative times count back from ``now`` (epoch seconds; the wall clock when not given), so the
+    function is pure when it is passed. Raises ``ValueError`` naming the accepted forms.
+    """
+    text = text.strip()
+    reference = time.time() if now is None else now
+    if text == "now":
+        return reference
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        return reference - float(relative[1]) * _UNIT_SECONDS[relative[2]]
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            seconds = math.nan
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    if not math.isfinite(seconds):
+        raise ValueError(
+            f"time {text!r} is not epoch seconds, ISO-8601, now or -<N>s/m/h/d (e.g. -7d)"
+        )
+    return seconds
 
 
 def _readings(value: bytes | None) -> list[Reading]:
@@ -62,11 +87,14 @@ def read_normal_from_kafka(
     until: float,
     sensors: list[str] | None = None,
     timeout_s: float = 60.0,
+    profile: str | None = None,
 ) -> NormalData:
     """Readings with ``since <= ts < until`` from every partition of ``topic`` as training data.
 
     Columns follow ``sensors`` when given (e.g. the current model's feature order), else the
     sensor names in the order first seen. Malformed records are skipped and counted in the log.
+    With ``profile``, readings whose ``profile`` field names another profile are left out; those
+    without the field are kept (a topic per profile does not label its readings).
     """
     consumer = KafkaConsumer(enable_auto_commit=False, **security_kwargs(kafka))
     try:
@@ -83,7 +111,7 @@ def read_normal_from_kafka(
             consumer.seek(tp, found.offset if found is not None else ends[tp])
         rows: list[dict[str, object]] = []
         digest = hashlib.sha256()
-        skipped = 0
+        skipped = other_profile = 0
         deadline = time.monotonic() + timeout_s
         remaining = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
         while remaining and time.monotonic() < deadline:
@@ -95,18 +123,21 @@ def read_normal_from_kafka(
                     skipped += not readings
                     for reading in readings:
                         ts = reading.epoch_seconds()
-                        if since <= ts < until:
-                            digest.update(record.value or b"")
-                            rows.append(
-                                {"ts": ts, "device_id": reading.device_id, **reading.sensors}
-                            )
+                        if not since <= ts < until:
+                            continue
+                        if profile is not None and reading.profile not in (None, profile):
+                            other_profile += 1
+                            continue
+                        digest.update(record.value or b"")
+                        rows.append({"ts": ts, "device_id": reading.device_id, **reading.sensors})
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
         if remaining:
             raise DataFileError(f"timed out reading {topic!r} after {timeout_s} s")
     finally:
         consumer.close()
     if not rows:
-        raise DataFileError(f"no readings in {topic!r} between {since} and {until}")
+        of_profile = f" for profile {profile!r}" if profile is not None else ""
+        raise DataFileError(f"no readings{of_profile} in {topic!r} between {since} and {until}")
     table = pd.DataFrame(rows)
     names = sensors or [c for c in table.columns if c not in ("ts", "device_id")]
     for name in names:
@@ -114,8 +145,15 @@ def read_normal_from_kafka(
             table[name] = np.nan
     table = table[["ts", "device_id", *names]].astype({name: np.float64 for name in names})
     log.info(
-        "read %d readings from %s (%d records skipped as malformed)", len(table), topic, skipped
+        "read %d readings from %s (%d records skipped as malformed, %d readings of other "
+        "profiles left out)",
+        len(table),
+        topic,
+        skipped,
+        other_profile,
     )
     source = f"kafka://{topic}?since={since}&until={until}"
+    if profile is not None:
+        source += f"&profile={profile}"
     sorted_table = table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
     return NormalData(sorted_table, [source], digest.hexdigest())

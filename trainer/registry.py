@@ -1,16 +1,21 @@
-"""The model registry on disk: list versions, promote one to ``current``, roll back.
+"""The model registry on disk: list versions, promote one to ``current``, roll back, shadow.
 
 A registry is the directory the trainer writes to (``output.dir``)::
 
     models/pumps/
       <version>/metadata.json, weights.safetensors   one directory per trained version
       current                                        the version the detector loads
+      candidate                                      optional: a version scored in shadow
       history                                        every change of current, one per line
 
 ``history`` lines are ``<utc time>\\t<action>\\t<version>`` (written by
 :func:`detector.core.artifact.set_current`). Rollback treats the history as a stack: a ``save`` or
 ``promote`` pushes a version, a ``rollback`` pops the current one, so repeated rollbacks walk
 further back (C -> B -> A), and ``promote`` is the way forward again.
+
+The daemon scores the ``candidate`` beside ``current`` on the same windows and only counts its
+alerts, until ``trainer promote --candidate`` makes it current or the pointer is removed. The
+candidate is never the current version: making a version current removes a candidate naming it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from detector.core.artifact import (
+    CANDIDATE_POINTER,
     CURRENT_POINTER,
     HISTORY_FILE,
     METADATA_FILE,
     ArtifactError,
     load_artifact,
     read_metadata,
+    set_candidate,
     set_current,
 )
 
@@ -33,13 +40,17 @@ __all__ = [
     "HistoryEntry",
     "RegistryError",
     "VersionInfo",
+    "clear_candidate",
     "current_stack",
     "list_versions",
     "promote",
+    "promote_candidate",
+    "read_candidate",
     "read_current",
     "read_history",
     "rollback",
     "rollback_target",
+    "shadow",
 ]
 
 
@@ -75,7 +86,15 @@ def _require_dir(root: Path) -> None:
 
 def read_current(root: Path) -> str | None:
     """The version named by ``root/current``, or None when there is no pointer yet."""
-    pointer = root / CURRENT_POINTER
+    return _read_pointer(root / CURRENT_POINTER)
+
+
+def read_candidate(root: Path) -> str | None:
+    """The version named by ``root/candidate``, or None when nothing is shadowed."""
+    return _read_pointer(root / CANDIDATE_POINTER)
+
+
+def _read_pointer(pointer: Path) -> str | None:
     if not pointer.is_file():
         return None
     return pointer.read_text().strip() or None
@@ -175,7 +194,7 @@ def rollback_target(history: list[HistoryEntry], current: str, versions: list[Ve
     raise RegistryError(f"no version older than {current} to roll back to")
 
 
-def _check_version(root: Path, version: str) -> None:
+def _check_version(root: Path, version: str, pointer: str = CURRENT_POINTER) -> None:
     known = [v.version for v in list_versions(root)]
     # Membership in the listing (not a path test) also rejects "../x" and other path tricks.
     if version not in known:
@@ -184,7 +203,9 @@ def _check_version(root: Path, version: str) -> None:
     try:
         load_artifact(root / version)
     except ArtifactError as exc:
-        raise RegistryError(f"version {version} does not load, current unchanged: {exc}") from None
+        raise RegistryError(
+            f"version {version} does not load, {pointer} unchanged: {exc}"
+        ) from None
 
 
 def promote(root: Path, version: str) -> str | None:
@@ -193,6 +214,43 @@ def promote(root: Path, version: str) -> str | None:
     _check_version(root, version)
     previous = read_current(root)
     _switch(root, version, "promote")
+    return previous
+
+
+def promote_candidate(root: Path) -> tuple[str | None, str]:
+    """Make the shadow candidate current (checked like :func:`promote`) and remove the pointer.
+
+    Returns (previous current, the promoted version).
+    """
+    _require_dir(root)
+    candidate = read_candidate(root)
+    if candidate is None:
+        raise RegistryError(
+            f"no {CANDIDATE_POINTER} in {root}: `trainer fit --promote shadow` or "
+            "`trainer shadow VERSION` sets one"
+        )
+    return promote(root, candidate), candidate
+
+
+def shadow(root: Path, version: str) -> str | None:
+    """Point ``candidate`` at ``version`` after checking it loads; returns the previous candidate.
+
+    The current version is refused: shadowing it would compare a model with itself.
+    """
+    _require_dir(root)
+    _check_version(root, version, CANDIDATE_POINTER)
+    if version == read_current(root):
+        raise RegistryError(f"{version} is the current version in {root}; shadow another one")
+    previous = read_candidate(root)
+    _write_candidate(root, version)
+    return previous
+
+
+def clear_candidate(root: Path) -> str | None:
+    """Remove the ``candidate`` pointer (shadow scoring stops); returns what it named, if any."""
+    _require_dir(root)
+    previous = read_candidate(root)
+    _write_candidate(root, None)
     return previous
 
 
@@ -211,7 +269,12 @@ def rollback(root: Path) -> tuple[str, str]:
 
 
 def _switch(root: Path, version: str, action: str) -> None:
-    """:func:`set_current`, with a file system refusal (permissions, a full disk) as one line."""
+    """:func:`set_current`, with a file system refusal (permissions, a full disk) as one line.
+
+    A candidate naming the new current version is removed: it has nothing left to be compared
+    with (current is written first, so a crash in between leaves both naming it, which is
+    harmless).
+    """
     try:
         set_current(root, version, action=action)
     except OSError as exc:
@@ -219,4 +282,18 @@ def _switch(root: Path, version: str, action: str) -> None:
         raise RegistryError(
             f"cannot write the {CURRENT_POINTER} pointer in {root} ({exc.strerror or exc}); "
             f"current is {now}: run as a user who may write the registry"
+        ) from None
+    if read_candidate(root) == version:
+        _write_candidate(root, None)
+
+
+def _write_candidate(root: Path, version: str | None) -> None:
+    """:func:`set_candidate`, with a file system refusal as one line."""
+    try:
+        set_candidate(root, version)
+    except OSError as exc:
+        now = read_candidate(root) or "(none)"
+        raise RegistryError(
+            f"cannot write the {CANDIDATE_POINTER} pointer in {root} ({exc.strerror or exc}); "
+            f"candidate is {now}: run as a user who may write the registry"
         ) from None
