@@ -43,6 +43,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from detector.config import DetectorConfig, load_config
 from detector.core.artifact import Artifact, load_artifact
 from detector.core.readings import ReadingParser
+from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer
 from detector.core.windows import sliding_windows
 from detector.daemon import Detector
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
+from detector.lane import Model
 from detector.metrics import DetectorMetrics
+from detector.pipeline import Pipeline
+from detector.reload import load_model
+from detector.sensor import MetricsSensor
 from detector_devtools.embedded_broker import (
     EmbeddedBroker,
     create_topics,
@@ -272,6 +278,16 @@ class _TimedDetector(Detector):
             self.stop()
 
 
+def _total(metrics: DetectorMetrics, sample: str, **labels: str) -> float:
+    """The sum of ``sample`` over every series whose labels include ``labels`` (0 if none)."""
+    return sum(
+        found.value
+        for family in metrics.registry.collect()
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
+
+
 def measure_pipeline(
     config: DetectorConfig, artifact: Artifact, scorer: Scorer, expected: int
 ) -> dict[str, float]:
@@ -281,11 +297,10 @@ def measure_pipeline(
     consumer = build_consumer(config.kafka)
     detector = _TimedDetector(
         config,
-        artifact,
+        {DEFAULT_PROFILE: Model(artifact, scorer)},
         consumer,
         publisher,
         metrics,
-        scorer=scorer,
         expected=expected,
     )
     try:
@@ -293,21 +308,21 @@ def measure_pipeline(
     finally:
         publisher.close()
     seconds = detector.finished - detector.rebalance.assigned_at
-    value = metrics.registry.get_sample_value
-    batches = value("detector_batch_size_count") or 1.0
+    batches = _total(metrics, "detector_batch_size_count") or 1.0
+    readings = _total(metrics, "detector_readings_accepted_total")
+    windows = _total(metrics, "detector_windows_scored_total")
     return {
         "records": detector.records_consumed,
         "seconds": seconds,
         "rate": detector.records_consumed / seconds,
-        "readings": value("detector_readings_accepted_total") or 0.0,
-        "readings_rate": (value("detector_readings_accepted_total") or 0.0) / seconds,
-        "windows": value("detector_windows_scored_total") or 0.0,
-        "windows_rate": (value("detector_windows_scored_total") or 0.0) / seconds,
+        "readings": readings,
+        "readings_rate": readings / seconds,
+        "windows": windows,
+        "windows_rate": windows / seconds,
         # Forward passes alone, inside the pipeline: compare with the bare model's rate.
-        "scoring_seconds": value("detector_scoring_duration_seconds_sum") or 0.0,
-        "alerts": (value("detector_alerts_total", {"state": "firing"}) or 0.0)
-        + (value("detector_alerts_total", {"state": "resolved"}) or 0.0),
-        "mean_batch_size": (value("detector_batch_size_sum") or 0.0) / batches,
+        "scoring_seconds": _total(metrics, "detector_scoring_duration_seconds_sum"),
+        "alerts": _total(metrics, "detector_alerts_total"),
+        "mean_batch_size": _total(metrics, "detector_batch_size_sum") / batches,
     }
 
 
@@ -369,6 +384,97 @@ def measure_overlap(
     finally:
         sys.setswitchinterval(default_interval)
     return result
+
+
+SHADOWED, UNSHADOWED = "shadowed", "unshadowed"
+
+
+def _poll_batches(
+    messages: list[tuple[bytes, bytes]], partitions: int, per_poll: int
+) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+    """``messages`` as the consumer would hand them over: polls of records per partition."""
+    by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
+    for key, value in messages:
+        tp = TopicPartition("readings", zlib.crc32(key) % partitions)
+        records = by_partition.setdefault(tp, [])
+        records.append(
+            ConsumerRecord(
+                tp.topic, tp.partition, -1, len(records), 0, 0, key, value, [], None, 0, 0, 0
+            )
+        )
+    longest = max(len(records) for records in by_partition.values())
+    return [
+        {tp: records[start : start + per_poll] for tp, records in by_partition.items()}
+        for start in range(0, longest, per_poll)
+    ]
+
+
+def measure_shadow(
+    model: Path, messages: list[tuple[bytes, bytes]], args: argparse.Namespace, rounds: int
+) -> dict[str, Any]:
+    """The cost of a candidate scored in shadow, in one process with no Kafka.
+
+    Two profiles, each with half the devices and the same model; one of them also scores a
+    candidate (a second copy of that model) in shadow. Runs with and without the candidate
+    alternate, and each profile's scoring time per window (``detector_scoring_duration_seconds``,
+    current and candidate) is compared between them.
+    """
+    config = DetectorConfig.model_validate(
+        {
+            "model": {
+                "profiles": {SHADOWED: {"path": model}, UNSHADOWED: {"path": model}},
+                "routes": [{"device_regex": ".*[02468]", "profile": SHADOWED}],
+                "default_profile": UNSHADOWED,
+            },
+            "windows": {"stride": 1},
+            "scoring": {
+                "device": args.device,
+                "max_batch_size": args.batch_size,
+                "threads": args.threads,
+            },
+        }
+    )
+    polls = _poll_batches(messages, args.partitions, 500)
+    candidate = load_model(model, config.scoring)
+    runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+    for _ in range(rounds):
+        for kind in runs:
+            metrics = DetectorMetrics(profiles=[SHADOWED, UNSHADOWED])
+            models = {name: load_model(model, config.scoring) for name in (SHADOWED, UNSHADOWED)}
+            pipeline = Pipeline(config, models, MetricsSensor(metrics))
+            if kind == "with":
+                pipeline.shadow(SHADOWED, candidate)
+            started = time.perf_counter()
+            for poll in polls:
+                pipeline.process(poll)
+            pipeline.flush()
+            run: dict[str, float] = {"seconds": time.perf_counter() - started}
+            for name in (SHADOWED, UNSHADOWED):
+                windows = _total(metrics, "detector_windows_scored_total", profile=name)
+                for role in ("current", "candidate"):
+                    spent = _total(
+                        metrics, "detector_scoring_duration_seconds_sum", profile=name, model=role
+                    )
+                    run[f"{name}_{role}_seconds_per_window"] = spent / windows
+            run["shadow_windows"] = _total(metrics, "detector_shadow_windows_scored_total")
+            runs[kind].append(run)
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[kind])
+
+    shadowed_without = median("without", f"{SHADOWED}_current_seconds_per_window")
+    shadowed_with = median("with", f"{SHADOWED}_current_seconds_per_window") + median(
+        "with", f"{SHADOWED}_candidate_seconds_per_window"
+    )
+    return {
+        "runs": runs,
+        # Target <= 2: the candidate's forward pass and judging, beside the current model's.
+        "shadowed_profile_scoring_ratio": shadowed_with / shadowed_without,
+        # Target ~1: a profile without a candidate pays nothing for another's shadow.
+        "other_profile_scoring_ratio": median("with", f"{UNSHADOWED}_current_seconds_per_window")
+        / median("without", f"{UNSHADOWED}_current_seconds_per_window"),
+        "pipeline_seconds_ratio": median("with", "seconds") / median("without", "seconds"),
+    }
 
 
 def _combined(*runs: dict[str, float]) -> dict[str, float]:
@@ -590,22 +696,29 @@ def memory_probe(
     window, so the alert state exists too. Everything the daemon keeps (device ids included) is
     created after the baseline; everything it does not keep is freed before the last sample.
     """
-    artifact = load_artifact(model)
     config = DetectorConfig.model_validate(
         {
             "model": {"path": model},
             "scoring": {"device": "cpu", "max_batch_size": batch_size, "threads": threads},
         }
     )
-    detector = Detector(config, artifact, _NoConsumer(), _NoPublisher(), DetectorMetrics())  # type: ignore[arg-type]
+    loaded = load_model(model, config.scoring)
+    detector = Detector(
+        config,
+        {DEFAULT_PROFILE: loaded},
+        _NoConsumer(),  # type: ignore[arg-type]
+        _NoPublisher(),  # type: ignore[arg-type]
+        DetectorMetrics(),
+    )
+    artifact = loaded.artifact
     meta = artifact.metadata
     length, n_features = meta.window_length, len(meta.feature_names)
-    pipeline = detector.pipeline
-    pipeline.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
+    lane = detector.pipeline.lane(DEFAULT_PROFILE)
+    loaded.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
     row = np.asarray(artifact.scaler.mean, np.float32)
     sensors = dict(zip(meta.feature_names, row.tolist(), strict=True))
     tps = [TopicPartition("readings", p) for p in range(partitions)]
-    store = pipeline.registry.store
+    store = lane.registry.store
     baseline = _live_rss_bytes()
     started = time.perf_counter()
     chunk = 2000
@@ -643,11 +756,9 @@ def memory_probe(
         "ring_buffer_bytes_per_device_beyond_window": store_extra,
         "other_rss_bytes_per_device": (final - baseline - window_bytes) / devices - store_extra,
         # The per-device dicts the daemon keeps, counted object by object (no allocator slack).
-        "per_device_objects_bytes": pipeline.registry.object_bytes() / devices,
-        "windows_scored": detector.metrics.registry.get_sample_value(
-            "detector_windows_scored_total"
-        ),
-        "tracked": {**pipeline.registry.tracked(), "store_capacity": store.capacity},
+        "per_device_objects_bytes": lane.registry.object_bytes() / devices,
+        "windows_scored": _total(detector.metrics, "detector_windows_scored_total"),
+        "tracked": {**lane.registry.tracked(), "store_capacity": store.capacity},
     }
 
 
@@ -702,6 +813,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=6000.0,
         help="pipeline rate the fractions refer to when the rates stage does not run",
     )
+    parser.add_argument(
+        "--shadow-messages", type=int, default=60_000, help="records per shadow-cost run"
+    )
     parser.add_argument("--memory-devices", type=int, default=100_000)
     parser.add_argument("--device", default="auto", help="scoring device: auto, cpu or cuda")
     parser.add_argument(
@@ -711,8 +825,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument(
         "--stages",
-        default="rates,overlap,batched,latency,memory",
-        help="comma-separated subset of rates,overlap,batched,latency,memory",
+        default="rates,overlap,batched,latency,shadow,memory",
+        help="comma-separated subset of rates,overlap,batched,latency,shadow,memory",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -724,6 +838,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rounds = 1
         args.latency_seconds = min(args.latency_seconds, 10.0)
         args.memory_devices = min(args.memory_devices, 10_000)
+        args.shadow_messages = min(args.shadow_messages, 10_000)
     return args
 
 
@@ -903,6 +1018,18 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
             )
             result["latency_levels"].append({"fraction_of_max": fraction, **level})
 
+    if "shadow" in stages:
+        defaults = yaml.safe_load((ROOT / "configs" / "trainer.yaml").read_text())
+        shadow_model = train_model(normal, int(defaults["window"]["length"]), workdir)
+        messages = encode_messages(interleave(stream.readings))[: args.shadow_messages]
+        say(f"shadow: {len(messages)} records through two profiles, one with a candidate")
+        result["shadow"] = shadow = measure_shadow(shadow_model, messages, args, args.rounds)
+        say(
+            f"shadow: scoring time of the shadowed profile x{shadow['shadowed_profile_scoring_ratio']:.2f}, "
+            f"of the other x{shadow['other_profile_scoring_ratio']:.2f}, "
+            f"pipeline x{shadow['pipeline_seconds_ratio']:.2f}"
+        )
+
     if "memory" in stages:
         say(f"memory: {args.memory_devices} devices, T={args.window}")
         result["memory"] = measure_memory(args.model, args)
@@ -940,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 k: result[k]
-                for k in ("summary", "batched", "latency_levels", "memory")
+                for k in ("summary", "batched", "latency_levels", "shadow", "memory")
                 if k in result
             },
             indent=2,

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detector.core.routing import DEFAULT_PROFILE
 from detector.exits import error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
-    from detector.config import KafkaConfig
+    from detector.config import DetectorConfig, KafkaConfig
+    from detector.lane import Model
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +60,53 @@ def _unreachable(kafka: KafkaConfig, first: _FirstError) -> str:
     )
 
 
+class _StartupError(Exception):
+    """A model the daemon cannot start with (one line for stderr)."""
+
+
+def _load_models(config: DetectorConfig) -> tuple[dict[str, Model], dict[str, Model]]:
+    """Every profile's current model (each must load) and the candidates to shadow (may fail).
+
+    A candidate that does not load or does not fit its current model is logged and left out:
+    shadow scoring is an experiment, and a broken experiment must not stop the pages.
+    """
+    from detector.core.artifact import ArtifactError, resolve_candidate
+    from detector.reload import load_model, swap_incompatibility
+
+    models: dict[str, Model] = {}
+    candidates: dict[str, Model] = {}
+    for name, profile in config.model.profile_map().items():
+        where = profile.path if name == DEFAULT_PROFILE else f"{profile.path} (profile {name})"
+        try:
+            model = load_model(profile.path, config.scoring)
+        except (ArtifactError, RuntimeError, MemoryError) as exc:
+            raise _StartupError(f"cannot load model from {where}: {exc}") from None
+        features = model.artifact.metadata.feature_names
+        expected = profile.expected_features
+        if expected is not None and expected != features:
+            field = "model" if name == DEFAULT_PROFILE else f"model.profiles.{name}"
+            raise _StartupError(
+                f"cannot load model from {where}: model features {features} differ from "
+                f"{field}.expected_features {expected}"
+            )
+        models[name] = model
+        if not config.model.shadow:
+            continue
+        try:
+            path = resolve_candidate(profile.path)
+            if path is None:
+                continue
+            candidate = load_model(path, config.scoring)
+            reason = swap_incompatibility(model.artifact.metadata, candidate.artifact.metadata)
+            if reason is not None:
+                raise ArtifactError(reason)
+        except (ArtifactError, RuntimeError, MemoryError) as exc:
+            log.error("not scoring the candidate of %s in shadow: %s", where, exc)
+            continue
+        candidates[name] = candidate
+    return models, candidates
+
+
 def _run(args: argparse.Namespace) -> int:
     from detector.config import load_config
 
@@ -69,8 +118,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from kafka.errors import KafkaError
 
-    from detector.core.artifact import ArtifactError, load_artifact
-    from detector.core.scoring import Scorer
     from detector.daemon import Detector, install_signal_handlers
     from detector.health import HealthState, serve
     from detector.kafka_io import Publisher, build_consumer, build_producer, delivery_timeout_s
@@ -79,19 +126,10 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging(config.log_level)
     try:
-        artifact = load_artifact(config.model.path)
-        expected = config.model.expected_features
-        if expected is not None and expected != artifact.metadata.feature_names:
-            raise ArtifactError(
-                f"model features {artifact.metadata.feature_names} differ from "
-                f"model.expected_features {expected}"
-            )
-        scorer = Scorer.from_artifact(
-            artifact, config.scoring.device, config.scoring.max_batch_size, config.scoring.threads
-        )
-    except (ArtifactError, RuntimeError, MemoryError) as exc:
-        return error_exit("detector", f"cannot load model from {config.model.path}: {exc}")
-    metrics = DetectorMetrics()
+        models, candidates = _load_models(config)
+    except _StartupError as exc:
+        return error_exit("detector", exc)
+    metrics = DetectorMetrics(profiles=list(models))
     health = HealthState(liveness_timeout_s=config.metrics.liveness_timeout_s)
     try:
         server = serve(config.metrics, metrics.registry, health)
@@ -116,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         except KafkaError:
             return error_exit("detector", _unreachable(config.kafka, first_error))
     detector = Detector(
-        config, artifact, consumer, publisher, metrics, scorer=scorer, health=health
+        config, models, consumer, publisher, metrics, health=health, candidates=candidates
     )
     install_signal_handlers(detector)
     try:
@@ -136,6 +174,7 @@ def _replay(args: argparse.Namespace) -> int:
     from detector.logs import setup_logging
     from detector.settings import validate_settings
     from detector_devtools.replay import encode_messages, interleave, replay
+    from detector_devtools.synthetic import PROFILE_COLUMN
 
     setup_logging("INFO")
     try:
@@ -148,10 +187,15 @@ def _replay(args: argparse.Namespace) -> int:
         return error_exit("detector replay", exc)
     try:
         table = load_table(
-            args.file, device_column=args.device_column, time_column=args.time_column
+            args.file,
+            device_column=args.device_column,
+            time_column=args.time_column,
+            extra_columns=[args.profile_column] if args.profile_column else (),
         )
     except DataFileError as exc:
         return error_exit("detector replay", exc)
+    if args.profile_column:
+        table = table.rename(columns={args.profile_column: PROFILE_COLUMN})
     if args.rebase_time:
         table["ts"] += time.time() - float(table["ts"].min())
     messages = encode_messages(interleave(table), args.batch)
@@ -184,16 +228,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         return error_exit("detector evaluate", exc)
-    model = ModelConfig(path=args.model)
-    config = (
-        DetectorConfig(model=model)
-        if config is None
-        else config.model_copy(update={"model": model})
+    profile = args.profile or DEFAULT_PROFILE
+    if config is None:
+        if args.model is None:
+            return error_exit("detector evaluate", "give --model (or --config and --profile)")
+        config = DetectorConfig(model=ModelConfig(path=args.model))
+    profiles = config.model.profile_map()
+    if profile not in profiles:
+        return error_exit(
+            "detector evaluate",
+            f"no profile {profile!r} in the config (profiles: {list(profiles)})",
+        )
+    model_path = args.model or profiles[profile].path
+    # The profile's own alert settings, then the config narrowed to the one model evaluated.
+    config = config.model_copy(
+        update={"model": ModelConfig(path=model_path), "alerts": config.alerts_for(profile)}
     )
     try:
-        artifact = load_artifact(args.model)
+        artifact = load_artifact(model_path)
     except ArtifactError as exc:
-        return error_exit("detector evaluate", f"cannot load model from {args.model}: {exc}")
+        return error_exit("detector evaluate", f"cannot load model from {model_path}: {exc}")
     names = artifact.metadata.feature_names
     extra = [args.labels] if args.labels else []
     try:
@@ -212,7 +266,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     table = pd.concat(tables, ignore_index=True).sort_values(["device_id", "ts"], kind="stable")
     devices = table["device_id"].nunique()
     with tqdm(total=devices, desc="evaluating", unit="device", disable=args.quiet) as progress:
-        results = evaluate_table(table, artifact, config, on_device=lambda _r: progress.update())
+        results = evaluate_table(
+            table, artifact, config, on_device=lambda _r: progress.update(), profile=profile
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     rows = pd.concat([row_frame(r) for r in results], ignore_index=True)
     if args.labels:
@@ -311,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--time-column", help="time column (default: ts/timestamp/time/datetime)")
     rep.add_argument(
+        "--profile-column",
+        help="column sent as each reading's profile field (detector synth --mixed writes profile)",
+    )
+    rep.add_argument(
         "--rebase-time", action="store_true", help="shift timestamps so the first is now"
     )
     rep.add_argument("--bootstrap-servers", help="comma-separated; overrides the config")
@@ -322,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="backtest recorded files through the daemon's windows, scoring and alert rule",
     )
     ev.add_argument("files", type=Path, nargs="+", metavar="FILE", help="CSV or Parquet files")
-    ev.add_argument("--model", type=Path, required=True, help="artifact dir or registry")
+    ev.add_argument(
+        "--model", type=Path, help="artifact dir or registry (default: the --profile's path)"
+    )
+    ev.add_argument(
+        "--profile", help="evaluate as this profile of --config (its alert settings and model)"
+    )
     ev.add_argument(
         "--config", type=Path, help="detector config (windows, alerts; DETECTOR_* overrides)"
     )

@@ -25,7 +25,7 @@ from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
 from detector.core.judge import Judge
-from detector.core.routing import Router, RouteRule
+from detector.core.routing import DEFAULT_PROFILE, Router, RouteRule
 from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
 
@@ -48,8 +48,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "DETECTOR_"
-# The profile of the single-model form (``model.path``): its metric label and alert field.
-DEFAULT_PROFILE = "default"
 
 
 class _Section(BaseModel):
@@ -438,7 +436,7 @@ class DriftConfig(_Section):
     """Drift watch: recent live scores per profile against the model's validation scores."""
 
     windows: int = Field(
-        5000, ge=0, description="recent scores per profile (those of firing devices left out)"
+        5000, ge=0, description="recent scores per profile, firing devices left out (0: off)"
     )
     min_windows: int = Field(
         1000, ge=1, description="scores needed before the drift is reported (NaN until then)"

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from kafka import KafkaConsumer, TopicPartition
@@ -28,14 +29,15 @@ from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from detector.config import DetectorConfig
-from detector.core.artifact import Artifact, ArtifactError, describe, load_artifact
-from detector.core.scoring import Scorer
+from detector.core.artifact import ArtifactError, describe
+from detector.core.routing import DEFAULT_PROFILE
 from detector.health import HealthState
 from detector.kafka_compat import undecodable_position
 from detector.kafka_io import Publisher, RebalanceEvents
+from detector.lane import Lane, Model
 from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
-from detector.reload import ModelWatcher, swap_incompatibility
+from detector.reload import CandidateWatcher, ModelWatcher, load_model, swap_incompatibility
 from detector.sensor import MetricsSensor, ReplaySensor
 
 __all__ = ["Detector", "install_signal_handlers"]
@@ -58,30 +60,44 @@ class Detector:
     def __init__(
         self,
         config: DetectorConfig,
-        artifact: Artifact,
+        models: Mapping[str, Model],
         consumer: KafkaConsumer,
         publisher: Publisher,
         metrics: DetectorMetrics,
-        scorer: Scorer | None = None,
         health: HealthState | None = None,
+        candidates: Mapping[str, Model] | None = None,
     ) -> None:
+        """``models``: each profile's current model; ``candidates``: those to score in shadow."""
         self.config = config
         self.consumer = consumer
         self.publisher = publisher
         self.metrics = metrics
         self.health = health or HealthState()
-        scorer = scorer or Scorer.from_artifact(
-            artifact,
-            config.scoring.device,
-            config.scoring.max_batch_size,
-            config.scoring.threads,
-        )
-        self.pipeline = Pipeline(
-            config, artifact, scorer, MetricsSensor(metrics), ReplaySensor(metrics)
-        )
-        self._describe_model()
-        self.watcher = ModelWatcher(
-            config.model.path, artifact.path, config.model.reload_interval_s
+        self.pipeline = Pipeline(config, models, MetricsSensor(metrics), ReplaySensor(metrics))
+        profiles = config.model.profile_map()
+        interval = config.model.reload_interval_s
+        self._watchers: dict[str, tuple[ModelWatcher, CandidateWatcher | None]] = {}
+        for lane in self.pipeline.lanes:
+            candidate = (candidates or {}).get(lane.name)
+            if candidate is not None:
+                self.pipeline.shadow(lane.name, candidate)
+            registry = profiles[lane.name].path
+            self._watchers[lane.name] = (
+                ModelWatcher(registry, lane.model.artifact.path, interval),
+                CandidateWatcher(
+                    registry, None if candidate is None else candidate.artifact.path, interval
+                )
+                if config.model.shadow
+                else None,
+            )
+            self._describe_model(lane)
+            # Evaluated at each scrape: a lane's devices and drift change between polls.
+            metrics.devices_tracked.labels(profile=lane.name).set_function(
+                lambda lane=lane: len(lane.registry)
+            )
+            metrics.score_drift.labels(profile=lane.name).set_function(lane.drift_score)
+        self.metrics.scoring_device.info(
+            {"device": str(models[self.pipeline.lanes[0].name].scorer.device)}
         )
         offsets = self.pipeline.offsets
         self.rebalance = RebalanceEvents(
@@ -97,21 +113,19 @@ class Detector:
         # Evaluated at each scrape, like /readyz: a loop blocked in a publish retry cannot leave
         # them stale (the broker gauge stayed 1 through an outage /readyz reported).
         self.metrics.broker_reachable.set_function(lambda: float(self._broker_reachable()))
-        self.metrics.devices_tracked.set_function(lambda: len(self.pipeline.registry))
 
-    @property
-    def artifact(self) -> Artifact:
-        """The model in use."""
-        return self.pipeline.artifact
+    def model(self, profile: str = DEFAULT_PROFILE) -> Model:
+        """The model whose alerts are published for ``profile``."""
+        return self.pipeline.lane(profile).model
 
     @property
     def records_consumed(self) -> int:
         """New records ingested so far (replays after a handover not counted)."""
         return self.pipeline.records_consumed
 
-    def _describe_model(self) -> None:
-        meta = self.pipeline.artifact.metadata
-        self.metrics.model_info.info(
+    def _describe_model(self, lane: Lane) -> None:
+        meta = lane.model.artifact.metadata
+        self.metrics.model_info.labels(profile=lane.name).info(
             {
                 "version": meta.version,
                 "threshold": f"{meta.threshold.value:.6g}",
@@ -119,44 +133,88 @@ class Detector:
                 "features": ",".join(meta.feature_names),
             }
         )
-        self.metrics.scoring_device.info({"device": str(self.pipeline.scorer.device)})
 
     def reload_if_changed(self) -> None:
-        """Swap in the registry's new ``current`` version if it loads, fits and warms up.
+        """Swap in each registry's new ``current`` (and ``candidate``) if it loads, fits and warms up.
 
         Pending windows are scored by the old model first, so every record is scored exactly
         once; a version that fails is refused and the running model stays. So is a pointer that
-        cannot be followed, counted and logged once per distinct problem.
+        cannot be followed, counted and logged once per distinct problem. Profiles are
+        independent: one's reload touches no other's models or state.
         """
+        for lane in self.pipeline.lanes:
+            current, candidate = self._watchers[lane.name]
+            self._reload_current(lane, current)
+            if candidate is not None:
+                self._reload_candidate(lane, candidate)
+
+    def _reload_current(self, lane: Lane, watcher: ModelWatcher) -> None:
+        reloads = self.metrics.model_reloads
+        running = lane.model.version
         try:
-            candidate = self.watcher.candidate()
+            path = watcher.candidate()
         except ArtifactError as exc:
-            self.metrics.model_reloads.labels(result="rejected").inc()
-            log.error("refused model pointer, keeping %s: %s", self.artifact.version, exc)
+            reloads.labels(profile=lane.name, result="rejected").inc()
+            log.error("refused model pointer of %s, keeping %s: %s", lane.name, running, exc)
             return
-        if candidate is None:
+        if path is None:
             return
+        model = self._load_compatible(lane, path, "model")
+        if model is None:
+            return
+        self.pipeline.install(lane.name, model)
+        self._describe_model(lane)
+        reloads.labels(profile=lane.name, result="success").inc()
+        log.info("model %s replaced %s (profile %s)", model.version, running, lane.name)
+
+    def _reload_candidate(self, lane: Lane, watcher: CandidateWatcher) -> None:
+        reloads = self.metrics.model_reloads
         try:
-            artifact = load_artifact(candidate)
-            reason = swap_incompatibility(self.artifact.metadata, artifact.metadata)
+            change = watcher.change()
+        except ArtifactError as exc:
+            reloads.labels(profile=lane.name, result="rejected").inc()
+            log.error("refused candidate pointer of %s: %s", lane.name, exc)
+            return
+        if change is None:
+            return
+        if change.path is None:
+            if lane.candidate is not None:
+                log.info("shadow scoring of %s stopped (no candidate)", lane.name)
+            self.pipeline.shadow(lane.name, None)
+            return
+        model = self._load_compatible(lane, change.path, "candidate")
+        if model is None:
+            return
+        self.pipeline.shadow(lane.name, model)
+        reloads.labels(profile=lane.name, result="success").inc()
+        log.info(
+            "scoring candidate %s in shadow beside %s (profile %s)",
+            model.version,
+            lane.model.version,
+            lane.name,
+        )
+
+    def _load_compatible(self, lane: Lane, path: Path, role: str) -> Model | None:
+        """The model at ``path`` loaded and warmed up, or ``None`` (counted, logged) if unusable."""
+        try:
+            model = load_model(path, self.config.scoring)
+            reason = swap_incompatibility(lane.model.artifact.metadata, model.artifact.metadata)
             if reason is not None:
                 raise ArtifactError(reason)
-            scoring = self.config.scoring
-            scorer = Scorer.from_artifact(
-                artifact, scoring.device, scoring.max_batch_size, scoring.threads
-            )
-            scorer.warm_up(artifact.metadata.window_length)
+            model.scorer.warm_up(model.artifact.metadata.window_length)
         except (ArtifactError, RuntimeError, MemoryError) as exc:
-            self.metrics.model_reloads.labels(result="rejected").inc()
+            self.metrics.model_reloads.labels(profile=lane.name, result="rejected").inc()
+            kept = lane.model if role == "model" else lane.candidate
             log.error(
-                "refused model %s, keeping %s: %s", candidate.name, self.artifact.version, exc
+                "refused %s %s, keeping %s (profile %s): %s",
+                role,
+                path.name,
+                kept.version if kept is not None else "none",
+                lane.name,
+                exc,
             )
-            return
-        previous = self.artifact.version
-        self.pipeline.install(artifact, scorer)
-        self._describe_model()
-        self.metrics.model_reloads.labels(result="success").inc()
-        log.info("model %s replaced %s", artifact.version, previous)
+            return None
+        return model
 
     @property
     def stopping(self) -> bool:
@@ -169,13 +227,16 @@ class Detector:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; then drain and close the consumer."""
-        log.info("model %s", describe(self.artifact))
+        for lane in self.pipeline.lanes:
+            log.info("profile %s: model %s", lane.name, describe(lane.model.artifact))
+            models = [lane.model] if lane.candidate is None else [lane.model, lane.candidate]
+            for model in models:
+                model.scorer.warm_up(model.artifact.metadata.window_length)
         log.info(
             "scoring on %s, consuming %s",
-            self.pipeline.scorer.device,
+            self.pipeline.lanes[0].model.scorer.device,
             self.config.kafka.readings_topics,
         )
-        self.pipeline.scorer.warm_up(self.artifact.metadata.window_length)
         self.consumer.subscribe(self.config.kafka.readings_topics, listener=self.rebalance)
         try:
             while not self._stop.is_set():

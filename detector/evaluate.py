@@ -23,6 +23,7 @@ from detector.config import DetectorConfig
 from detector.core.admission import Admitter
 from detector.core.alerts import Alert, make_alert
 from detector.core.artifact import Artifact
+from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer, top_sensor_shares
 from detector.core.windows import WindowStore
 
@@ -49,6 +50,7 @@ def evaluate_device(
     artifact: Artifact,
     config: DetectorConfig,
     scorer: Scorer,
+    profile: str = DEFAULT_PROFILE,
 ) -> DeviceEvaluation:
     """Stream one device's rows (time order) through admission, windows, scoring and judging.
 
@@ -98,7 +100,15 @@ def evaluate_device(
             span = spans[i]
             alerts.append(
                 make_alert(
-                    transition, device_id, span, score, threshold, meta.version, top, span[1]
+                    transition,
+                    device_id,
+                    span,
+                    score,
+                    threshold,
+                    meta.version,
+                    top,
+                    span[1],
+                    profile,
                 )
             )
     # Between windows (and after rejected readings) the device keeps its last state.
@@ -114,12 +124,14 @@ def evaluate_table(
     config: DetectorConfig,
     scorer: Scorer | None = None,
     on_device: Callable[[DeviceEvaluation], None] | None = None,
+    profile: str = DEFAULT_PROFILE,
 ) -> list[DeviceEvaluation]:
     """Backtest every device of a table from :func:`~detector.core.datafiles.load_table`.
 
     The table needs ``ts``, ``device_id`` and the artifact's sensor columns; devices are taken
     in order of first appearance, each device's rows in time order. ``on_device`` is called as
-    each device finishes (progress).
+    each device finishes (progress). ``profile`` is what the alerts carry; the alert settings
+    are ``config.alerts`` (for a profile's own: ``config.alerts_for(profile)``).
     """
     meta = artifact.metadata
     if scorer is None:
@@ -139,6 +151,7 @@ def evaluate_table(
             artifact,
             config,
             scorer,
+            profile,
         )
         results.append(result)
         if on_device is not None:

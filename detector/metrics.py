@@ -1,10 +1,17 @@
-"""Prometheus metrics of the daemon (``detector_`` prefix, no per-device labels)."""
+"""Prometheus metrics of the daemon (``detector_`` prefix, no per-device labels).
+
+Metrics about a model's work carry a ``profile`` label: the configured profile names (``default``
+in the single-model form), never values taken from the data.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from detector.core.readings import RejectReason
+from detector.core.routing import DEFAULT_PROFILE
 
 __all__ = ["DetectorMetrics"]
 
@@ -18,7 +25,11 @@ _SCORE_BUCKETS = tuple(round(10 ** (e / 4), 6) for e in range(-16, 9))
 class DetectorMetrics:
     """All daemon metrics on one registry (its own, so tests can run several daemons)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        profiles: Sequence[str] = (DEFAULT_PROFILE,),
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.records_consumed = Counter(
@@ -27,7 +38,10 @@ class DetectorMetrics:
             registry=r,
         )
         self.readings_accepted = Counter(
-            "detector_readings_accepted", "Readings accepted into a device window", registry=r
+            "detector_readings_accepted",
+            "Readings accepted into a device window",
+            ["profile"],
+            registry=r,
         )
         self.records_rejected = Counter(
             "detector_records_rejected",
@@ -41,40 +55,49 @@ class DetectorMetrics:
             registry=r,
         )
         self.windows_scored = Counter(
-            "detector_windows_scored", "Windows scored by the model", registry=r
+            "detector_windows_scored", "Windows scored by the model", ["profile"], registry=r
         )
         self.batch_size = Histogram(
-            "detector_batch_size", "Windows per scoring batch", buckets=_BATCH_BUCKETS, registry=r
+            "detector_batch_size",
+            "Windows per scoring batch",
+            ["profile"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.scoring_duration = Histogram(
             "detector_scoring_duration_seconds",
-            "Wall time of one scoring batch",
+            "Wall time of one scoring batch (model: current, or the candidate in shadow)",
+            ["profile", "model"],
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.batch_wait = Histogram(
             "detector_batch_wait_seconds",
             "Time the oldest window of a batch waited to be scored",
+            ["profile"],
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.anomaly_score = Histogram(
             "detector_anomaly_score",
             "Window reconstruction-error scores",
+            ["profile"],
             buckets=_SCORE_BUCKETS,
             registry=r,
         )
         self.alerts = Counter(
-            "detector_alerts", "Alerts published, by state", ["state"], registry=r
+            "detector_alerts", "Alerts published, by state", ["profile", "state"], registry=r
         )
-        self.alerts_firing = Gauge("detector_alerts_firing", "Devices currently firing", registry=r)
+        self.alerts_firing = Gauge(
+            "detector_alerts_firing", "Devices currently firing", ["profile"], registry=r
+        )
         self.devices_tracked = Gauge(
-            "detector_devices_tracked", "Devices with a rolling window", registry=r
+            "detector_devices_tracked", "Devices with a rolling window", ["profile"], registry=r
         )
         self.devices_evicted = Counter(
             "detector_devices_evicted",
             "Devices forgotten (idle: silent past the timeout; capacity: replaced at the limit)",
-            ["reason"],
+            ["profile", "reason"],
             registry=r,
         )
         self.consumer_lag = Gauge(
@@ -104,7 +127,9 @@ class DetectorMetrics:
         self.commit_failures = Counter(
             "detector_offset_commit_failures", "Offset commits that failed", registry=r
         )
-        self.model_info = Info("detector_model", "The model artifact in use", registry=r)
+        self.model_info = Info(
+            "detector_model", "The model artifact in use", ["profile"], registry=r
+        )
         self.scoring_device = Info("detector_scoring", "Where the model runs", registry=r)
         self.last_progress = Gauge(
             "detector_last_progress_timestamp_seconds",
@@ -119,13 +144,14 @@ class DetectorMetrics:
         self.imputed_readings = Counter(
             "detector_imputed_readings",
             "Readings whose missing sensors were filled from the previous reading",
+            ["profile"],
             registry=r,
         )
         self.window_resets = Counter(
             "detector_window_resets",
             "Device windows restarted (gap: a long silence; clock: a run of late readings; "
             "rebalance: partition moved)",
-            ["reason"],
+            ["profile", "reason"],
             registry=r,
         )
         self.rebuild_records = Counter(
@@ -135,8 +161,47 @@ class DetectorMetrics:
         )
         self.model_reloads = Counter(
             "detector_model_reloads",
-            "Attempts to swap in a new current model version, by result",
-            ["result"],
+            "Attempts to swap in a new current or candidate model version, by result",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.score_drift = Gauge(
+            "detector_score_drift",
+            "Population stability index of recent live window scores (firing devices left out) "
+            "against the model's validation scores; NaN until drift.min_windows",
+            ["profile"],
+            registry=r,
+        )
+        self.shadow_info = Gauge(
+            "detector_shadow_info",
+            "1 for the candidate model scored in shadow beside the current one",
+            ["profile", "current", "candidate"],
+            registry=r,
+        )
+        self.shadow_started = Gauge(
+            "detector_shadow_started_timestamp_seconds",
+            "When shadow scoring of the profile's candidate began",
+            ["profile"],
+            registry=r,
+        )
+        self.shadow_windows = Counter(
+            "detector_shadow_windows_scored",
+            "Windows scored by both the current and the candidate model since the candidate came",
+            ["profile"],
+            registry=r,
+        )
+        self.shadow_alerts = Counter(
+            "detector_shadow_alerts",
+            "Alert transitions on the windows both models scored, by model (only current's are "
+            "published)",
+            ["profile", "model", "state"],
+            registry=r,
+        )
+        self.shadow_score = Histogram(
+            "detector_shadow_anomaly_score",
+            "Window scores of the candidate model",
+            ["profile"],
+            buckets=_SCORE_BUCKETS,
             registry=r,
         )
         self.partitions_assigned = Gauge(
@@ -150,11 +215,16 @@ class DetectorMetrics:
         )
         for reason in RejectReason:
             self.records_rejected.labels(reason=reason.value)
-        for state in ("firing", "resolved"):
-            self.alerts.labels(state=state)
-        for result in ("success", "rejected"):
-            self.model_reloads.labels(result=result)
-        for reason in ("gap", "clock", "rebalance"):
-            self.window_resets.labels(reason=reason)
-        for reason in ("idle", "capacity"):
-            self.devices_evicted.labels(reason=reason)
+        for profile in profiles:
+            self.readings_accepted.labels(profile=profile)
+            self.imputed_readings.labels(profile=profile)
+            self.windows_scored.labels(profile=profile)
+            self.alerts_firing.labels(profile=profile)
+            for state in ("firing", "resolved"):
+                self.alerts.labels(profile=profile, state=state)
+            for result in ("success", "rejected"):
+                self.model_reloads.labels(profile=profile, result=result)
+            for reason in ("gap", "clock", "rebalance"):
+                self.window_resets.labels(profile=profile, reason=reason)
+            for reason in ("idle", "capacity"):
+                self.devices_evicted.labels(profile=profile, reason=reason)

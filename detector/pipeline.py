@@ -1,10 +1,12 @@
 """One poll's records in, alerts and dead letters out: the daemon's stages, with no Kafka I/O.
 
-Records → parsed readings (:class:`~detector.core.readings.ReadingParser`) → admitted into each
-device's window (:class:`~detector.core.admission.Admitter`, via the
-:class:`~detector.core.devices.DeviceRegistry`) → ready windows batched (:class:`PendingWindows`) →
-scored (:class:`~detector.core.scoring.Scorer`) → judged (:class:`~detector.core.judge.Judge`) → alert and
-dead-letter messages. :meth:`Pipeline.process` returns them with the offsets they make safe to
+Records → parsed readings, each routed to its device profile
+(:class:`~detector.core.readings.ReadingParser`, :class:`~detector.core.routing.Router`) → admitted
+into its device's window in that profile's :class:`~detector.lane.Lane`
+(:class:`~detector.core.admission.Admitter`, via the :class:`~detector.core.devices.DeviceRegistry`)
+→ ready windows batched (:class:`~detector.lane.PendingWindows`) → scored
+(:class:`~detector.core.scoring.Scorer`, and a shadow candidate's) → judged
+(:class:`~detector.core.judge.Judge`) → alert and dead-letter messages. :meth:`Pipeline.process` returns them with the offsets they make safe to
 commit once the broker has acknowledged them (:class:`Output`); the daemon's loop
 (:mod:`detector.daemon`) only polls, publishes and commits.
 """
@@ -21,101 +23,22 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from detector.config import DetectorConfig
-from detector.core.admission import Admitter, Placement
-from detector.core.alerts import make_alert
-from detector.core.artifact import Artifact
-from detector.core.devices import DeviceRegistry
+from detector.core.admission import Placement
 from detector.core.offsets import OffsetTracker
 from detector.core.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
-from detector.core.scoring import Scorer, top_sensor_shares
-from detector.core.windows import WindowStore
 from detector.kafka_io import (
     MAX_REQUEST_BYTES,
     OutboundMessage,
-    alert_message,
     dead_letter_message,
     undecodable_dead_letter,
 )
+from detector.lane import Lane, Model, PollCounts
 from detector.logs import RateLimitedLog
 from detector.sensor import Sensor
 
-__all__ = ["Output", "PendingWindows", "Pipeline"]
+__all__ = ["Output", "Pipeline"]
 
 log = logging.getLogger(__name__)
-
-
-class PendingWindows:
-    """Ready windows waiting to be scored together, copied out of the ring buffers.
-
-    ``batch_size`` windows make a batch, but a record is always ingested whole (a gateway batch
-    can hold many readings), so the buffer grows past it rather than split a record.
-    """
-
-    def __init__(self, batch_size: int, length: int, n_features: int) -> None:
-        self.batch_size = batch_size
-        self.windows = np.empty((batch_size, length, n_features), dtype=np.float32)
-        self.device_ids: list[str] = []
-        self.spans: list[tuple[float, float]] = []
-        self.live: list[bool] = []  # False while rebuilding: score for state, publish nothing
-        self.oldest: float | None = None  # monotonic time the first window was added
-
-    def __len__(self) -> int:
-        return len(self.device_ids)
-
-    @property
-    def full(self) -> bool:
-        """A batch's worth of windows is waiting."""
-        return len(self.device_ids) >= self.batch_size
-
-    def add(self, store: WindowStore, slot: int, device_id: str, live: bool, now: float) -> None:
-        """Copy the device's current window in (it will change as more readings arrive)."""
-        self._reserve(len(self.device_ids) + 1)
-        store.window(slot, out=self.windows[len(self.device_ids)])
-        self.device_ids.append(device_id)
-        self.spans.append(store.window_span(slot))
-        self.live.append(live)
-        if self.oldest is None:
-            self.oldest = now
-
-    def extend(
-        self,
-        windows: np.ndarray,
-        device_ids: list[str],
-        spans: np.ndarray,
-        live: np.ndarray,
-        now: float,
-    ) -> None:
-        """Add windows cut elsewhere (:meth:`~detector.core.windows.WindowStore.append_many`)."""
-        if not device_ids:
-            return
-        count, needed = len(self.device_ids), len(self.device_ids) + len(device_ids)
-        self._reserve(needed)
-        self.windows[count:needed] = windows
-        self.device_ids.extend(device_ids)
-        self.spans.extend(map(tuple, spans.tolist()))
-        self.live.extend(live.tolist())
-        if self.oldest is None:
-            self.oldest = now
-
-    def _reserve(self, needed: int) -> None:
-        """Room for ``needed`` windows, doubling the buffer (at least) when it is short."""
-        if needed > len(self.windows):
-            grown = np.empty(
-                (max(needed, 2 * len(self.windows)), *self.windows.shape[1:]), np.float32
-            )
-            grown[: len(self.device_ids)] = self.windows[: len(self.device_ids)]
-            self.windows = grown
-
-    def waited(self) -> float:
-        """Seconds the oldest pending window has waited (0 when none is pending)."""
-        return 0.0 if self.oldest is None else time.monotonic() - self.oldest
-
-    def clear(self) -> None:
-        """Forget everything after scoring."""
-        self.device_ids.clear()
-        self.spans.clear()
-        self.live.clear()
-        self.oldest = None
 
 
 @dataclass
@@ -137,7 +60,6 @@ class Output:
         return [m for m in self.messages if m.dead_letter]
 
 
-_SMOOTHING = 0.2  # weight of the newest batch in the forward-pass time per window
 # Records ingested together in array operations at most (fewer when they hold a batch).
 _CHUNK_RECORDS = 512
 
@@ -150,9 +72,20 @@ class _Columns:
         self.timestamps: list[float] = []
         self.values: list[np.ndarray] = []
         self.indices: list[int | None] = []  # position in a batch message
+        self.profiles: list[int] = []  # the lane each reading was routed to
         self.positions: list[int] = []  # the record's position among the records
         self.live: list[bool] = []
         self.rejections: list[list[Rejection]] = []  # one list per record
+
+    def select(self, rows: list[int]) -> _Columns:
+        """The readings at ``rows`` (one lane's), sharing the records' rejection lists."""
+        part = _Columns()
+        for name in ("device_ids", "timestamps", "values", "indices", "profiles", "positions"):
+            column = getattr(self, name)
+            setattr(part, name, [column[row] for row in rows])
+        part.live = [self.live[row] for row in rows]
+        part.rejections = self.rejections
+        return part
 
     def next_record(self) -> list[Rejection]:
         """Start the next record; returns the list its rejections go to."""
@@ -166,34 +99,28 @@ class _Columns:
         self.timestamps.extend(message.timestamps)
         self.values.extend(message.values)
         self.indices.extend(message.indices)
+        self.profiles.extend(message.profiles)
         self.positions.extend([position] * count)
         self.live.extend([live] * count)
 
 
-@dataclass
-class _PollCounts:
-    accepted: int = 0
-    imputed: int = 0
-    unknown_sensors: int = 0
-    resets: dict[str, int] = field(default_factory=dict)
-
-
 class Pipeline:
-    """The daemon's stages for one model, driven a poll at a time; holds no Kafka client.
+    """The daemon's stages for every profile, driven a poll at a time; holds no Kafka client.
 
-    ``sensor`` hears about new records, ``replay_sensor`` about records replayed to rebuild
-    state after a handover (see :mod:`detector.sensor`). ``idle_clock`` is the loop's clock for
-    device idleness (seconds the loop ran with the broker reachable). ``columnar``: admit the
-    plain readings of a run of records in array operations (the default); ``False`` admits every
-    reading on its own, which gives the same windows, rejections and alerts (the tests compare
-    the two), only slower.
+    ``models`` holds each configured profile's current model (``config.model.profile_map()``
+    order; the single-model form is the one profile ``default``). ``sensor`` hears about new
+    records, ``replay_sensor`` about records replayed to rebuild state after a handover (see
+    :mod:`detector.sensor`); each lane reports to ``sensor.for_profile(name)``. ``idle_clock`` is
+    the loop's clock for device idleness (seconds the loop ran with the broker reachable).
+    ``columnar``: admit the plain readings of a run of records in array operations (the
+    default); ``False`` admits every reading on its own, which gives the same windows,
+    rejections and alerts (the tests compare the two), only slower.
     """
 
     def __init__(
         self,
         config: DetectorConfig,
-        artifact: Artifact,
-        scorer: Scorer,
+        models: Mapping[str, Model],
         sensor: Sensor | None = None,
         replay_sensor: Sensor | None = None,
         columnar: bool = True,
@@ -202,58 +129,55 @@ class Pipeline:
         self.columnar = columnar
         self.sensor = sensor or Sensor()
         self.replay_sensor = replay_sensor or Sensor()
-        meta = artifact.metadata
-        windows = config.windows
-        store = WindowStore(
-            meta.window_length,
-            len(meta.feature_names),
-            stride=windows.stride,
-            max_devices=windows.max_devices,
-        )
-        self.registry: DeviceRegistry[TopicPartition] = DeviceRegistry(
-            store,
-            Admitter(windows.policy(), store, meta.feature_names),
-            config.alerts.judge(meta.threshold.value, 0.0),
-            windows.capacity_min_idle_s,
+        names = list(config.model.profile_map())
+        if sorted(models) != sorted(names):
+            raise ValueError(f"need a model for each profile {names}, got {sorted(models)}")
+        self.lanes = [
+            Lane(name, config, models[name], self.sensor.for_profile(name)) for name in names
+        ]
+        self._lane_of = {lane.name: lane for lane in self.lanes}
+        router = config.model.router()
+        self.parser = ReadingParser(
+            self.lanes[0].feature_names,
+            config.kafka.max_message_bytes,
+            router,
+            [lane.feature_names for lane in self.lanes] if router is not None else None,
         )
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.parser = ReadingParser(meta.feature_names, config.kafka.max_message_bytes)
-        self.pending = PendingWindows(
-            config.scoring.max_batch_size, meta.window_length, len(meta.feature_names)
-        )
         self.records_consumed = 0  # new records, replays not counted
         self.idle_clock = 0.0
         self._outbox: list[OutboundMessage] = []
         self._safe: dict[TopicPartition, int] | None = None
-        self._counts = _PollCounts()
-        self._batches_scored = 0
-        self._seconds_per_window = 0.0  # forward-pass time per window, smoothed over batches
+        self._unknown_sensors = 0
         self._internal_log = RateLimitedLog(log)
-        self.install(artifact, scorer)
 
-    @property
-    def artifact(self) -> Artifact:
-        """The model scoring from now on."""
-        return self._artifact
+    def lane(self, profile: str) -> Lane:
+        """The lane of ``profile``."""
+        return self._lane_of[profile]
 
-    @property
-    def scorer(self) -> Scorer:
-        """The scorer of :attr:`artifact`."""
-        return self._scorer
+    def pending(self) -> int:
+        """Windows waiting to be scored, in every lane."""
+        return sum(len(lane.pending) for lane in self.lanes)
 
-    def install(self, artifact: Artifact, scorer: Scorer) -> None:
-        """Make ``artifact`` score every following window; pending ones are scored by the old.
+    def install(self, profile: str, model: Model) -> None:
+        """Make ``model`` score the profile's following windows; pending ones are scored by the old.
 
-        Alert state carries over; thresholds calibrate and adapt again.
+        Alert state carries over; thresholds calibrate and adapt again. The feature order and
+        window length must be the old model's (see :func:`~detector.reload.swap_incompatibility`).
         """
-        if self.pending:
-            self._score_pending()
-        meta = artifact.metadata
-        self._artifact, self._scorer = artifact, scorer
-        self.feature_names = meta.feature_names
-        self.registry.judge.install(
-            meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0)
-        )
+        lane = self.lane(profile)
+        if model.artifact.metadata.feature_names != lane.feature_names:
+            raise ValueError(f"{model.version} has another feature order than profile {profile}")
+        if lane.pending:
+            lane.score(self._outbox)
+        lane.install(model)
+
+    def shadow(self, profile: str, candidate: Model | None) -> None:
+        """Score the profile's following windows with ``candidate`` in shadow too (``None``: stop)."""
+        lane = self.lane(profile)
+        if lane.pending:
+            lane.score(self._outbox)
+        lane.shadow(candidate)
 
     def process(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], now: float | None = None
@@ -272,7 +196,7 @@ class Pipeline:
                 if self._due():
                     # Between records a scored batch is a safe point: everything ingested so far
                     # is scored once it returns, so it may be committed once published.
-                    self._score_pending()
+                    self._score_all()
                     self._safe = offsets.safe_point()
             self.sensor.records(live_count)
             self.replay_sensor.records(len(batch) - live_count)
@@ -281,42 +205,36 @@ class Pipeline:
             if resumed is not None:
                 log.info("rebuilt %s up to offset %d", tp, resumed)
                 self._check_adaptation_rebuilt(tp)
-        counts, self._counts = self._counts, _PollCounts()
-        self.sensor.readings(counts.accepted, counts.imputed, counts.unknown_sensors)
-        for reason, count in counts.resets.items():
-            self.sensor.window_resets(reason, count)
+        self.sensor.readings(0, 0, self._unknown_sensors)
+        self._unknown_sensors = 0
+        for lane in self.lanes:
+            counts, lane.counts = lane.counts, PollCounts()
+            lane.sensor.readings(counts.accepted, counts.imputed, 0)
+            for reason, count in counts.resets.items():
+                lane.sensor.window_resets(reason, count)
         if self._due():
-            self._score_pending()
+            self._score_all()
         return self._output()
 
     def flush(self) -> Output:
         """Score every pending window now."""
-        if self.pending:
-            self._score_pending()
+        self._score_all()
         return self._output()
 
     def wait_ms(self) -> int | None:
-        """Milliseconds until the pending windows are due (``None``: nothing is pending)."""
-        if not self.pending:
-            return None
-        return max(int(self.config.scoring.max_wait_ms - self._latency_ms()), 0)
-
-    def _latency_ms(self) -> float:
-        """The oldest pending window's wait so far plus the predicted time to score them all."""
-        pending = self.pending
-        return 1000 * (pending.waited() + len(pending) * self._seconds_per_window)
+        """Milliseconds until some lane's pending windows are due (``None``: nothing pending)."""
+        waits = [wait for lane in self.lanes if (wait := lane.wait_ms()) is not None]
+        return min(waits) if waits else None
 
     def _due(self) -> bool:
-        """Whether to score now: a full batch, or ``max_wait_ms`` reached with the scoring time.
+        """Whether some lane is due (see :meth:`~detector.lane.Lane.due`)."""
+        return any(lane.due() for lane in self.lanes)
 
-        The forward pass is part of the latency ``scoring.max_wait_ms`` bounds, so a batch is
-        scored early enough for its predicted scoring time to fit: under load batches stay
-        small enough to be scored within the budget instead of growing to ``max_batch_size``.
-        """
-        pending = self.pending
-        if not pending:
-            return False
-        return pending.full or self._latency_ms() >= self.config.scoring.max_wait_ms
+    def _score_all(self) -> None:
+        """Score every lane's pending windows: afterwards everything ingested is scored."""
+        for lane in self.lanes:
+            if lane.pending:
+                lane.score(self._outbox)
 
     def skip_undecodable(self, tp: TopicPartition, offset: int, detail: str) -> None:
         """A record the Kafka client cannot decode: dead-letter where it was, go on past it.
@@ -339,24 +257,35 @@ class Pipeline:
         Call after :meth:`flush`: windows already cut are scored with the alert state they
         were cut under.
         """
-        forgotten = self.registry.forget_partitions(partitions)
+        forgotten = 0
+        for lane in self.lanes:
+            count = lane.registry.forget_partitions(partitions)
+            lane.sensor.window_resets("rebalance", count)
+            lane.sensor.firing(lane.registry.judge.firing_count())
+            forgotten += count
         self.offsets.forget(partitions)
-        self.sensor.window_resets("rebalance", forgotten)
-        self.sensor.firing(self.registry.judge.firing_count())
         return forgotten
 
     def housekeeping(self) -> bool:
         """Forget idle devices and shrink per-device containers; returns whether memory was freed."""
         timeout = self.config.windows.device_idle_timeout_s
-        if timeout is not None:
-            forgotten = self.registry.forget_idle(before=self.idle_clock - timeout)
-            if forgotten:
-                self.sensor.evicted("idle", forgotten)
-                log.info("forgot %d devices silent for over %g s", forgotten, timeout)
-        return self.registry.tidy()
+        freed = False
+        for lane in self.lanes:
+            if timeout is not None:
+                forgotten = lane.registry.forget_idle(before=self.idle_clock - timeout)
+                if forgotten:
+                    lane.sensor.evicted("idle", forgotten)
+                    log.info(
+                        "forgot %d devices of profile %s silent for over %g s",
+                        forgotten,
+                        lane.name,
+                        timeout,
+                    )
+            freed |= lane.registry.tidy()
+        return freed
 
     def _output(self) -> Output:
-        if not self.pending:
+        if not self.pending():
             self._safe = self.offsets.safe_point()
         messages, self._outbox = self._outbox, []
         safe, self._safe = self._safe, None
@@ -368,13 +297,14 @@ class Pipeline:
         Such a device's threshold adapts again from its next scores: it may page on a normal it
         had adapted to before the handover, until ``alerts.adaptation.windows`` scores are in.
         """
-        judge = self.registry.judge
-        if not self.offsets.take_partial(tp) or judge.adaptation is None:
+        if not self.offsets.take_partial(tp):
             return
-        if self.pending:
-            self._score_pending()  # the replay's last windows are judged before counting
-        devices = self.registry.devices_of(tp)
-        short = sum(judge.adapting(d) for d in devices)
+        lanes = [lane for lane in self.lanes if lane.registry.judge.adaptation is not None]
+        if not lanes:
+            return
+        self._score_all()  # the replay's last windows are judged before counting
+        devices = [(lane, d) for lane in lanes for d in lane.registry.devices_of(tp)]
+        short = sum(lane.registry.judge.adapting(d) for lane, d in devices)
         if short:
             log.warning(
                 "%d of %d devices of %s have fewer than alerts.adaptation.windows (%d) scores "
@@ -384,7 +314,7 @@ class Pipeline:
                 short,
                 len(devices),
                 tp,
-                judge.adaptation.windows,
+                lanes[0].alerts.adaptation.windows,
                 self.config.windows.rebuild_records,
             )
 
@@ -405,21 +335,22 @@ class Pipeline:
             live_count += live
             rejections = columns.next_record()
             try:
-                message = self.parser.parse(record.value)
+                message = self.parser.parse(record.value, tp.topic)
             except Exception as exc:
                 self._internal_error(tp, record, exc, live, rejections)
                 continue
             for rejection in message.rejections:
                 self._reject(rejection, live, rejections)
             if live:
-                self._counts.unknown_sensors += message.unknown_sensors
+                self._unknown_sensors += message.unknown_sensors
             columns.add(message, position, live)
-            if len(columns.device_ids) >= self.pending.batch_size:
+            if len(columns.device_ids) >= self.config.scoring.max_batch_size:
                 break
         records = records[: len(columns.rejections)]
         if columns.device_ids:
-            fast = self._admit_in_order(tp, columns, now) if self.columnar else None
-            self._admit_one_by_one(tp, records, columns, fast, now)
+            for lane, part in self._by_lane(columns):
+                fast = self._admit_in_order(lane, tp, part, now) if self.columnar else None
+                self._admit_one_by_one(lane, tp, records, part, fast, now)
         topic = self.config.kafka.dead_letter_topic
         if topic:
             for record, rejections in zip(records, columns.rejections, strict=True):
@@ -429,8 +360,26 @@ class Pipeline:
                     )
         return len(records), live_count
 
+    def _by_lane(self, columns: _Columns) -> list[tuple[Lane, _Columns]]:
+        """The readings of each lane they were routed to (all of them to the one lane)."""
+        if len(self.lanes) == 1:
+            return [(self.lanes[0], columns)]
+        rows: dict[int, list[int]] = {}
+        for row, profile in enumerate(columns.profiles):
+            rows.setdefault(profile, []).append(row)
+        return [(self.lanes[profile], columns.select(part)) for profile, part in rows.items()]
+
+    def _claimed_elsewhere(self, lane: Lane, device_id: str) -> Lane | None:
+        """The other lane tracking ``device_id``: a device keeps the profile it started with."""
+        if len(self.lanes) == 1:
+            return None
+        for other in self.lanes:
+            if other is not lane and device_id in other.registry:
+                return other
+        return None
+
     def _admit_in_order(
-        self, tp: TopicPartition, columns: _Columns, now: float
+        self, lane: Lane, tp: TopicPartition, columns: _Columns, now: float
     ) -> np.ndarray | None:
         """Admit, in array operations, the readings of devices whose readings are all plain.
 
@@ -438,14 +387,17 @@ class Pipeline:
         ``max_gap_s`` of the previous one: what :class:`~detector.core.admission.Admitter` appends
         without a decision. Returns which readings were admitted; devices with any other reading
         are left whole to :meth:`_admit_one_by_one`, so each device's readings keep their order.
-        ``None`` (nothing admitted) when the new devices would reach ``max_devices``: choosing
-        whom to replace is a per-reading decision.
+        ``None`` (nothing admitted) when the new devices would reach ``max_devices``, choosing
+        whom to replace being a per-reading decision, or when a new device is tracked under
+        another profile (rejected reading by reading).
         """
-        registry = self.registry
+        registry = lane.registry
         store = registry.store
         devices = list(dict.fromkeys(columns.device_ids))
-        new = sum(1 for device_id in devices if device_id not in store)
-        if store.max_devices is not None and len(store) + new > store.max_devices:
+        new = [device_id for device_id in devices if device_id not in store]
+        if store.max_devices is not None and len(store) + len(new) > store.max_devices:
+            return None
+        if any(self._claimed_elsewhere(lane, device_id) for device_id in new):
             return None
         slot_of: dict[str, int] = {}
         for device_id in devices:
@@ -481,9 +433,9 @@ class Pipeline:
         chosen = np.flatnonzero(fast)
         ready, windows, spans = store.append_many(slots[chosen], ts[chosen], values[chosen])
         live = np.asarray(columns.live, dtype=bool)
-        self._counts.accepted += int(live[chosen].sum())
+        lane.counts.accepted += int(live[chosen].sum())
         rows = chosen[ready]
-        self.pending.extend(
+        lane.pending.extend(
             windows,
             [columns.device_ids[i] for i in rows.tolist()],
             spans,
@@ -494,6 +446,7 @@ class Pipeline:
 
     def _admit_one_by_one(
         self,
+        lane: Lane,
         tp: TopicPartition,
         records: Sequence[ConsumerRecord],
         columns: _Columns,
@@ -510,6 +463,7 @@ class Pipeline:
             live = columns.live[row]
             try:
                 self._admit(
+                    lane,
                     tp,
                     columns.device_ids[row],
                     columns.timestamps[row],
@@ -544,6 +498,7 @@ class Pipeline:
 
     def _admit(
         self,
+        lane: Lane,
         tp: TopicPartition,
         device_id: str,
         ts: float,
@@ -553,17 +508,24 @@ class Pipeline:
         now: float,
         rejections: list[Rejection],
     ) -> None:
-        registry = self.registry
+        registry = lane.registry
+        if device_id not in registry:
+            other = self._claimed_elsewhere(lane, device_id)
+            if other is not None:
+                detail = f"{device_id}: tracked as profile {other.name}, reading is for {lane.name}"
+                rejection = Rejection(RejectReason.PROFILE_CONFLICT, detail, index)
+                self._reject(rejection, live, rejections)
+                return
         slot, evicted = registry.slot(device_id, tp, self.idle_clock)
         if evicted is not None:
-            self.sensor.evicted("capacity", 1, evicted.device_id if evicted.firing else None)
-            self.sensor.firing(registry.judge.firing_count())
+            lane.sensor.evicted("capacity", 1, evicted.device_id if evicted.firing else None)
+            lane.sensor.firing(registry.judge.firing_count())
         if slot is None:
             detail = f"{device_id}: {len(registry)} devices, none idle long enough to replace"
             self._reject(Rejection(RejectReason.TOO_MANY_DEVICES, detail, index), live, rejections)
             return
         admission = registry.admitter.admit(slot, device_id, ts, values, now)
-        counts = self._counts
+        counts = lane.counts
         if admission.imputed and live:
             counts.imputed += 1
         if admission.reason is not None:
@@ -577,58 +539,10 @@ class Pipeline:
                 reason = "gap" if placement is Placement.RESET else "clock"
                 counts.resets[reason] = counts.resets.get(reason, 0) + 1
         if admission.ready:
-            self.pending.add(registry.store, slot, device_id, live, time.monotonic())
+            lane.pending.add(registry.store, slot, device_id, live, time.monotonic())
 
     def _reject(self, rejection: Rejection, live: bool, rejections: list[Rejection]) -> None:
         if not live:
             return  # counted and dead-lettered when it was first consumed
         self.sensor.rejected(rejection.reason, rejection.detail)
         rejections.append(rejection)
-
-    def _score_pending(self) -> None:
-        pending = self.pending
-        count = len(pending)
-        live = np.asarray(pending.live, dtype=bool)
-        waited = pending.waited() if live.any() else None
-        started = time.perf_counter()
-        errors = self._scorer.sensor_errors(pending.windows[:count])
-        self._batches_scored += 1
-        spent = time.perf_counter() - started
-        # Per window, smoothed: a batch's cost is close to linear in its size on CPU and GPU.
-        self._seconds_per_window += _SMOOTHING * (spent / count - self._seconds_per_window)
-        scoring = self.config.scoring
-        if scoring.artificial_delay_ms and (
-            scoring.artificial_delay_batches is None
-            or self._batches_scored <= scoring.artificial_delay_batches
-        ):
-            time.sleep(scoring.artificial_delay_ms / 1000)
-        self.sensor.batch(count, time.perf_counter() - started, waited)
-        scores = self._scorer.window_scores(errors)
-        self.sensor.scored(scores[live])
-        detected_at = time.time()
-        topic = self.config.kafka.alerts_topic
-        judge = self.registry.judge
-        version = self._artifact.version
-        top_count = self.config.alerts.top_sensors
-        for i in range(count):
-            score = float(scores[i])
-            device_id = pending.device_ids[i]
-            threshold, transition = judge.judge(device_id, score)
-            if transition is None or not live[i]:
-                continue
-            top = top_sensor_shares(errors[i], self.feature_names, top_count)
-            alert = make_alert(
-                transition, device_id, pending.spans[i], score, threshold, version, top, detected_at
-            )
-            self._outbox.append(alert_message(topic, alert))
-            self.sensor.alert(transition)
-            log.info(
-                "alert %s device=%s score=%.4g severity=%.2f top=%s",
-                transition,
-                device_id,
-                score,
-                alert.severity,
-                top[0]["sensor"] if top else "-",
-            )
-        pending.clear()
-        self.sensor.firing(judge.firing_count())

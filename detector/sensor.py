@@ -4,7 +4,8 @@ The pipeline reports new records to one sensor (the daemon's :class:`MetricsSens
 it replays to rebuild state to another (:class:`ReplaySensor`, which counts them and nothing
 else: they were counted, logged and dead-lettered when first consumed), instead of guarding every
 metric with "if live". :class:`Sensor` itself reports nothing. Counts arrive once per poll or
-batch, not per reading.
+batch, not per reading. What a profile's models do is reported to that profile's sensor
+(:meth:`Sensor.for_profile`), whose metrics carry its ``profile`` label.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import numpy as np
 
 from detector.core.readings import RejectReason
+from detector.core.routing import DEFAULT_PROFILE
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
 
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 
 class Sensor:
     """The interface; reports nothing (what unit tests and tools may pass)."""
+
+    def for_profile(self, profile: str) -> Sensor:
+        """The sensor of one device profile's readings, windows and models."""
+        return self
 
     def records(self, count: int) -> None:
         """``count`` records of one poll were ingested."""
@@ -52,13 +58,42 @@ class Sensor:
     def firing(self, count: int) -> None:
         """How many devices are firing now."""
 
+    def shadow(self, current: str, candidate: str | None) -> None:
+        """The candidate scored in shadow is now ``candidate`` (``None``: shadow stopped)."""
+
+    def shadow_batch(self, seconds: float, scores: np.ndarray) -> None:
+        """The candidate scored a batch in ``seconds``; ``scores``: those of new windows."""
+
+    def shadow_alert(self, model: str, state: str) -> None:
+        """``model`` (``current`` or ``candidate``) made a transition on a shadowed window."""
+
 
 class MetricsSensor(Sensor):
     """The daemon's sensor: Prometheus metrics, and bad-data logs rate-limited per reason."""
 
-    def __init__(self, metrics: DetectorMetrics) -> None:
+    def __init__(
+        self,
+        metrics: DetectorMetrics,
+        profile: str = DEFAULT_PROFILE,
+        bad_data_log: RateLimitedLog | None = None,
+    ) -> None:
         self.metrics = metrics
-        self._bad_data_log = RateLimitedLog(log)
+        self.profile = profile
+        self._bad_data_log = bad_data_log or RateLimitedLog(log)
+        self._shadowing: tuple[str, str] | None = None
+        # Children looked up once: labels() per batch is a dict lookup and a lock each time.
+        self._accepted = metrics.readings_accepted.labels(profile=profile)
+        self._imputed = metrics.imputed_readings.labels(profile=profile)
+        self._windows = metrics.windows_scored.labels(profile=profile)
+        self._batch_size = metrics.batch_size.labels(profile=profile)
+        self._duration = metrics.scoring_duration.labels(profile=profile, model="current")
+        self._wait = metrics.batch_wait.labels(profile=profile)
+        self._score = metrics.anomaly_score.labels(profile=profile)
+        self._firing = metrics.alerts_firing.labels(profile=profile)
+
+    def for_profile(self, profile: str) -> MetricsSensor:
+        """The same metrics and bad-data log, labelled with ``profile``."""
+        return MetricsSensor(self.metrics, profile, self._bad_data_log)
 
     def records(self, count: int) -> None:
         """Count consumed records."""
@@ -72,21 +107,21 @@ class MetricsSensor(Sensor):
     def readings(self, accepted: int, imputed: int, unknown_sensors: int) -> None:
         """Count admitted and imputed readings and ignored sensor values."""
         if accepted:
-            self.metrics.readings_accepted.inc(accepted)
+            self._accepted.inc(accepted)
         if imputed:
-            self.metrics.imputed_readings.inc(imputed)
+            self._imputed.inc(imputed)
         if unknown_sensors:
             self.metrics.unknown_sensors.inc(unknown_sensors)
 
     def window_resets(self, reason: str, count: int = 1) -> None:
         """Count restarted windows by reason."""
         if count:
-            self.metrics.window_resets.labels(reason=reason).inc(count)
+            self.metrics.window_resets.labels(profile=self.profile, reason=reason).inc(count)
 
     def evicted(self, reason: str, count: int, firing: str | None = None) -> None:
         """Count forgotten devices; warn when a firing one had to make room."""
         if count:
-            self.metrics.devices_evicted.labels(reason=reason).inc(count)
+            self.metrics.devices_evicted.labels(profile=self.profile, reason=reason).inc(count)
         if firing is not None:
             self._bad_data_log.warning(
                 "evicted_firing",
@@ -96,24 +131,59 @@ class MetricsSensor(Sensor):
 
     def batch(self, size: int, seconds: float, waited: float | None) -> None:
         """Observe the batch's size, forward-pass time and wait."""
-        self.metrics.batch_size.observe(size)
-        self.metrics.scoring_duration.observe(seconds)
+        self._batch_size.observe(size)
+        self._duration.observe(seconds)
         if waited is not None:
-            self.metrics.batch_wait.observe(waited)
+            self._wait.observe(waited)
 
     def scored(self, scores: np.ndarray) -> None:
         """Count the windows and observe their scores."""
-        self.metrics.windows_scored.inc(len(scores))
+        self._windows.inc(len(scores))
         for score in scores.tolist():
-            self.metrics.anomaly_score.observe(score)
+            self._score.observe(score)
 
     def alert(self, state: str) -> None:
         """Count the transition."""
-        self.metrics.alerts.labels(state=state).inc()
+        self.metrics.alerts.labels(profile=self.profile, state=state).inc()
 
     def firing(self, count: int) -> None:
         """Set the firing gauge."""
-        self.metrics.alerts_firing.set(count)
+        self._firing.set(count)
+
+    def shadow(self, current: str, candidate: str | None) -> None:
+        """Replace the shadow series: the counts start from zero with each candidate."""
+        metrics, profile = self.metrics, self.profile
+        if self._shadowing is not None:
+            metrics.shadow_info.remove(profile, *self._shadowing)
+            for series in (metrics.shadow_started, metrics.shadow_windows, metrics.shadow_score):
+                series.remove(profile)
+            for model in ("current", "candidate"):
+                for state in ("firing", "resolved"):
+                    metrics.shadow_alerts.remove(profile, model, state)
+        self._shadowing = None if candidate is None else (current, candidate)
+        if candidate is None:
+            return
+        metrics.shadow_info.labels(profile, current, candidate).set(1)
+        metrics.shadow_started.labels(profile).set_to_current_time()
+        metrics.shadow_windows.labels(profile)
+        metrics.shadow_score.labels(profile)
+        for model in ("current", "candidate"):
+            for state in ("firing", "resolved"):
+                metrics.shadow_alerts.labels(profile, model, state)
+
+    def shadow_batch(self, seconds: float, scores: np.ndarray) -> None:
+        """Observe the candidate's batch time and scores."""
+        metrics, profile = self.metrics, self.profile
+        metrics.scoring_duration.labels(profile=profile, model="candidate").observe(seconds)
+        if len(scores):
+            metrics.shadow_windows.labels(profile).inc(len(scores))
+            histogram = metrics.shadow_score.labels(profile)
+            for score in scores.tolist():
+                histogram.observe(score)
+
+    def shadow_alert(self, model: str, state: str) -> None:
+        """Count the would-be (candidate) or published (current) transition."""
+        self.metrics.shadow_alerts.labels(self.profile, model, state).inc()
 
 
 class ReplaySensor(Sensor):

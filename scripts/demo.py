@@ -39,10 +39,6 @@ PROFILES = ("pump", "fan")
 DEVICES_PER_PROFILE = 3
 READINGS, ALERTS = "demo-readings", "demo-alerts"
 REPLAY_RATE = 600  # readings/s: the whole stream (9000 readings) takes about 15 s
-# One daemon scores every profile from the model.profiles config (routed by the readings'
-# profile field). Off, each profile gets its own single-model daemon and topics, which today's
-# `detector run` serves; switch it on once `detector run` loads model.profiles.
-ONE_DAEMON_FOR_ALL_PROFILES = False
 
 
 @dataclass(frozen=True)
@@ -72,21 +68,23 @@ def run_step(args: list[str], env: dict[str, str]) -> None:
 def train_profiles(data: Path, models: Path, env: dict[str, str]) -> bool:
     """Train one model per profile, in parallel, into the registries ``models/<profile>``.
 
-    Each model learns from its own profile's rows of normal.csv and only the sensors that
-    profile has. Returns whether every fit succeeded; logs go to ``.demo/train-<profile>.log``.
+    ``trainer fit --profile`` picks each profile's rows of normal.csv (``data.profile_column``)
+    and only the sensors that profile has. Returns whether every fit succeeded; logs go to ``.demo/train-<profile>.log``.
     """
-    fleet = pd.read_csv(data / "normal.csv")
     fits: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     for profile in PROFILES:
-        rows = fleet[fleet[PROFILE_COLUMN] == profile].drop(columns=PROFILE_COLUMN)
-        path = data / f"normal_{profile}.csv"
-        rows.dropna(axis=1, how="all").to_csv(path, index=False)
         log = WORK / f"train-{profile}.log"
         # A small LSTM gains little from a second thread: two fits side by side, one thread
         # each, take about as long as one fit with both cores.
-        train_env = {**env, "TRAINER_DATA__PATHS": json.dumps([str(path)]), "OMP_NUM_THREADS": "1"}
+        train_env = {
+            **env,
+            "TRAINER_DATA__PATHS": json.dumps([str(data / "normal.csv")]),
+            "TRAINER_DATA__PROFILE_COLUMN": PROFILE_COLUMN,
+            "TRAINER_OUTPUT__PROFILES_DIR": str(models),
+            "OMP_NUM_THREADS": "1",
+        }
         command = ["-m", "trainer", "fit", "--config", "configs/trainer.yaml"]
-        command += ["--output", str(models / profile), "--no-progress"]
+        command += ["--profile", profile, "--no-progress"]
         with log.open("wb") as handle:
             process = subprocess.Popen(
                 [sys.executable, *command],
@@ -139,32 +137,6 @@ def start_one_daemon_for_all_profiles(bootstrap: str, models: Path) -> Daemons:
     wait_for_port("127.0.0.1", port, 60)
     say(f"detector running with {config_path.name}; metrics at http://127.0.0.1:{port}/metrics")
     return Daemons([process], [log], dict.fromkeys(PROFILES, READINGS), {ALERTS: None})
-
-
-def start_daemon_per_profile(bootstrap: str, models: Path) -> Daemons:
-    """One single-model daemon per profile, each on its own readings and alerts topics."""
-    readings = {profile: f"{READINGS}-{profile}" for profile in PROFILES}
-    alerts = {f"{ALERTS}-{profile}": profile for profile in PROFILES}
-    create_topics(bootstrap, {**dict.fromkeys(readings.values(), 2), **dict.fromkeys(alerts, 1)})
-    processes, logs, ports = [], [], []
-    for profile in PROFILES:
-        port = free_port()
-        env = daemon_env(
-            bootstrap,
-            readings[profile],
-            f"{ALERTS}-{profile}",
-            models / profile,
-            port,
-            PYTHONUNBUFFERED="1",
-            DETECTOR_KAFKA__GROUP_ID=f"demo-detector-{profile}",
-        )
-        logs.append(WORK / f"detector-{profile}.log")
-        processes.append(spawn_daemon(ROOT / "configs/detector.yaml", env, logs[-1], ROOT))
-        ports.append(port)
-    for profile, port in zip(PROFILES, ports, strict=True):
-        wait_for_port("127.0.0.1", port, 60)
-        say(f"{profile} detector running; metrics at http://127.0.0.1:{port}/metrics")
-    return Daemons(processes, logs, readings, alerts)
 
 
 def print_alerts(
@@ -266,12 +238,7 @@ def main() -> int:
         say(f"training one LSTM autoencoder per profile ({', '.join(PROFILES)}) on normal data")
         if not train_profiles(data, models, env):
             return 1
-        start = (
-            start_one_daemon_for_all_profiles
-            if ONE_DAEMON_FOR_ALL_PROFILES
-            else start_daemon_per_profile
-        )
-        daemons = start(broker.bootstrap_servers, models)
+        daemons = start_one_daemon_for_all_profiles(broker.bootstrap_servers, models)
         threads.append(
             threading.Thread(
                 target=print_alerts, args=(broker.bootstrap_servers, daemons.alerts, stop, alerts)

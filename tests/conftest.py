@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from detector.config import AlertConfig, load_config
-from detector.core.artifact import load_artifact
+from detector.core.artifact import METADATA_FILE, load_artifact
 from detector.core.scoring import Scorer
 from detector.evaluate import evaluate_table
 from detector_devtools.embedded_broker import (
@@ -34,7 +36,14 @@ from detector_devtools.embedded_broker import (
     wait_for_port,
 )
 from detector_devtools.launch import daemon_env, spawn_daemon
-from detector_devtools.synthetic import Fleet, generate_fleet, split_at, write_fleet
+from detector_devtools.synthetic import (
+    PROFILE_COLUMN,
+    Fleet,
+    generate_fleet,
+    generate_mixed_fleet,
+    split_at,
+    write_fleet,
+)
 from trainer.config import TrainerConfig
 from trainer.fit import FitResult, fit
 
@@ -128,6 +137,93 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
     return DemoData(fit(config, show_progress=False), anomalous, normal, stream_csv, normal_csv)
 
 
+def copy_version(registry: Path, source: Path, version: str, threshold_factor: float) -> Path:
+    """The artifact ``source`` as ``registry/version``, its threshold scaled (a visibly other model)."""
+    target = registry / version
+    shutil.copytree(source, target)
+    metadata = json.loads((target / METADATA_FILE).read_text())
+    metadata["version"] = version
+    metadata["threshold"]["value"] *= threshold_factor
+    (target / METADATA_FILE).write_text(json.dumps(metadata))
+    return target
+
+
+MIXED_PROFILES = ("pump", "fan")
+
+
+@dataclass(frozen=True)
+class MixedData:
+    """A fleet of two device profiles, a registry with a trained model per profile, a stream."""
+
+    registries: dict[str, Path]
+    models: dict[str, FitResult]
+    stream: Fleet
+
+    def rows(self, profile: str) -> pd.DataFrame:
+        """The stream's readings of ``profile``, with only that profile's sensors."""
+        table = self.stream.readings
+        rows = table[table[PROFILE_COLUMN] == profile].drop(columns=PROFILE_COLUMN)
+        return rows.dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def _small_fit(readings: Path, registry: Path) -> FitResult:
+    """The test model's settings (as :func:`demo_data`'s), trained into ``registry``."""
+    config = TrainerConfig.model_validate(
+        {
+            "data": {"paths": [str(readings)]},
+            "window": {"length": WINDOW, "stride": 2},
+            "model": {"hidden_size": 24, "latent_size": 8},
+            "training": {"epochs": 12, "batch_size": 128, "learning_rate": 0.005, "patience": 3},
+            "threshold": {"method": "quantile", "quantile": 0.999, "margin": 2.0},
+            "output": {"dir": str(registry)},
+        }
+    )
+    return fit(config, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def mixed_data(tmp_path_factory: pytest.TempPathFactory) -> MixedData:
+    """Two pumps and two fans, one model per profile (about 15 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("mixed")
+    fleet = generate_mixed_fleet(
+        2,
+        NORMAL_STEPS + STREAM_STEPS,
+        profiles=MIXED_PROFILES,
+        seed=11,
+        anomalies_per_device=2,
+        quiet_steps=NORMAL_STEPS,
+    )
+    train_part, stream = split_at(fleet, NORMAL_STEPS)
+    registries, models = {}, {}
+    for profile in MIXED_PROFILES:
+        table = train_part.readings
+        rows = table[table[PROFILE_COLUMN] == profile].drop(columns=PROFILE_COLUMN)
+        path = root / f"train_{profile}.csv"
+        rows.dropna(axis=1, how="all").to_csv(path, index=False)
+        registries[profile] = root / "models" / profile
+        models[profile] = _small_fit(path, registries[profile])
+    return MixedData(registries, models, stream)
+
+
+def profiles_config(
+    registries: Mapping[str, Path], routes: list[dict] | None = None, **model: object
+) -> dict:
+    """A ``model`` section in the profiles form, routed by the readings' profile field."""
+    return {
+        "model": {
+            "profiles": {name: {"path": str(path)} for name, path in registries.items()},
+            "routes": routes if routes is not None else [{"reading": True}],
+            **model,
+        }
+    }
+
+
+def _sample_key(name: str, labels: dict[str, str]) -> str:
+    """``name{label="v",...}`` with labels sorted, or ``name`` without labels."""
+    text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{text}}}" if text else name
+
+
 class Daemon:
     """``python -m detector run`` as a child process, with helpers to read its metrics."""
 
@@ -142,18 +238,26 @@ class Daemon:
             raise
 
     def metrics(self) -> dict[str, float]:
-        """Current samples as ``name{label="v",...}`` -> value."""
+        """Current samples as ``name{label="v",...}`` -> value.
+
+        Counter, gauge and histogram samples with a ``profile`` label are also listed
+        without it, summed over profiles; info samples are listed once, as labelled.
+        """
         import urllib.request
 
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as page:
             text = page.read().decode()
-        samples = {}
+        samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+                samples[_sample_key(sample.name, sample.labels)] = sample.value
+                if "profile" in sample.labels and not sample.name.endswith("_info"):
+                    # Also summed over profiles: what a single-model test asks for.
+                    rest = {k: v for k, v in sample.labels.items() if k != "profile"}
+                    key = _sample_key(sample.name, rest)
+                    samples[key] = samples.get(key, 0.0) + sample.value
         return samples
 
     def metric(self, name: str) -> float:
@@ -202,10 +306,13 @@ def start_daemon(
     """Factory that starts daemons on this test's topics; all are stopped at teardown."""
     started: list[Daemon] = []
 
-    def start(**overrides: str) -> Daemon:
+    def start(settings: Mapping[str, dict] | None = None, **overrides: str) -> Daemon:
+        """A daemon on configs/detector.yaml with ``settings`` sections replacing its own."""
         port = free_port()
-        config = tmp_path / "detector.yaml"
-        config.write_text((ROOT / "configs" / "detector.yaml").read_text())
+        config = tmp_path / f"detector-{len(started)}.yaml"
+        values = yaml.safe_load((ROOT / "configs" / "detector.yaml").read_text())
+        values.update(settings or {})
+        config.write_text(yaml.safe_dump(values, sort_keys=False))
         env = daemon_env(
             topics.bootstrap,
             topics.readings,
@@ -222,6 +329,9 @@ def start_daemon(
                 **overrides,
             },
         )
+        if "profiles" in values["model"]:
+            # The file names the models; a model.path beside them is a configuration error.
+            env.pop("DETECTOR_MODEL__PATH")
         daemon = Daemon(config, env, tmp_path / f"detector-{len(started)}.log", port)
         started.append(daemon)
         return daemon

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from detector.core.artifact import load_artifact
+from detector.core.artifact import load_artifact, set_candidate, set_current
 from detector_devtools.embedded_broker import free_port
 from detector_devtools.replay import encode_messages, interleave
-from tests.conftest import ROOT, DemoData, Topics, produce, wait_until
+from tests.conftest import ROOT, DemoData, Topics, copy_version, produce, wait_until
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yml"
@@ -230,7 +230,13 @@ def test_every_dashboard_and_rule_query_returns_data(
     demo_data: DemoData,
     start_daemon,
 ) -> None:
-    daemon = start_daemon()
+    # A candidate in shadow, so the shadow panels have data too.
+    registry = tmp_path / "models"
+    copy_version(registry, demo_data.model.path, "v1", 1.0)
+    copy_version(registry, demo_data.model.path, "v2", 0.5)
+    set_current(registry, "v1")
+    set_candidate(registry, "v2")
+    daemon = start_daemon(DETECTOR_MODEL__PATH=str(registry))
     config = scrape_config(
         PROMETHEUS_DIR / "prometheus.yml", f"127.0.0.1:{daemon.metrics_port}", tmp_path / "p.yml"
     )

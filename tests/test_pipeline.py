@@ -14,7 +14,9 @@ from kafka.structs import TopicPartition
 from detector.config import DetectorConfig, load_config
 from detector.core.artifact import load_artifact
 from detector.core.readings import ParsedMessage, ReadingParser, RejectReason
+from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer
+from detector.lane import Model
 from detector.pipeline import Output, Pipeline
 from detector.sensor import Sensor
 from detector_devtools.replay import encode_messages, interleave
@@ -58,11 +60,13 @@ def _config(demo_data: DemoData, **scoring: object) -> DetectorConfig:
     return DetectorConfig.model_validate(values)
 
 
-def _pipeline(demo_data: DemoData, sensor: Sensor | None = None, **scoring: object) -> Pipeline:
+def _models(demo_data: DemoData) -> dict[str, Model]:
     artifact = load_artifact(demo_data.model.path)
-    return Pipeline(
-        _config(demo_data, **scoring), artifact, Scorer.from_artifact(artifact, "cpu"), sensor
-    )
+    return {DEFAULT_PROFILE: Model(artifact, Scorer.from_artifact(artifact, "cpu"))}
+
+
+def _pipeline(demo_data: DemoData, sensor: Sensor | None = None, **scoring: object) -> Pipeline:
+    return Pipeline(_config(demo_data, **scoring), _models(demo_data), sensor)
 
 
 def _records(messages: list[tuple[bytes | None, bytes]]) -> dict[TopicPartition, list]:
@@ -130,11 +134,11 @@ def test_offsets_of_unscored_windows_are_not_safe_until_scored(demo_data: DemoDa
 
     first = pipeline.process(_polls(records, 50)[0])
 
-    assert len(pipeline.pending) > 0  # windows ready but not due
+    assert pipeline.pending() > 0  # windows ready but not due
     assert first.safe is None and first.messages == []
     flushed = pipeline.flush()
     assert flushed.safe == {tp: min(50, len(batch)) for tp, batch in records.items()}
-    assert len(pipeline.pending) == 0
+    assert pipeline.pending() == 0
 
 
 def test_bad_records_are_dead_lettered_and_the_partition_goes_on(demo_data: DemoData) -> None:
@@ -194,13 +198,15 @@ def test_forgetting_partitions_forgets_every_piece_of_device_state(demo_data: De
     records = _records(encode_messages(interleave(demo_data.anomalous.readings)))
     _run(pipeline, _polls(records, 200))
     assert all(
-        count > 0 for name, count in pipeline.registry.tracked().items() if "streak" not in name
+        count > 0
+        for name, count in pipeline.lanes[0].registry.tracked().items()
+        if "streak" not in name
     )
 
     forgotten = pipeline.forget_partitions(set(records))
 
     assert forgotten == demo_data.anomalous.readings["device_id"].nunique()
-    assert all(count == 0 for count in pipeline.registry.tracked().values())
+    assert all(count == 0 for count in pipeline.lanes[0].registry.tracked().values())
     assert pipeline.offsets.safe == {} and pipeline.offsets.position(PARTITIONS[0]) is None
 
 
@@ -275,17 +281,10 @@ def test_columnar_ingest_gives_exactly_the_per_reading_path(
     config = _config(demo_data, max_wait_ms=0).model_dump()
     config["windows"].update(max_gap_s=30.0, max_devices=max_devices)
     detector_config = DetectorConfig.model_validate(config)
-    artifact = load_artifact(demo_data.model.path)
 
     def run(columnar: bool) -> tuple[RecordingSensor, Pipeline, list[Output]]:
         sensor = RecordingSensor()
-        pipeline = Pipeline(
-            detector_config,
-            artifact,
-            Scorer.from_artifact(artifact, "cpu"),
-            sensor,
-            columnar=columnar,
-        )
+        pipeline = Pipeline(detector_config, _models(demo_data), sensor, columnar=columnar)
         outputs = [pipeline.process(poll, now=1_700_010_000.0) for poll in polls]
         return sensor, pipeline, [*outputs, pipeline.flush()]
 
@@ -305,23 +304,24 @@ def test_columnar_ingest_gives_exactly_the_per_reading_path(
     assert sorted(many_sensor.rejections) == sorted(one_sensor.rejections)
     assert (many_sensor.accepted, many_sensor.windows) == (one_sensor.accepted, one_sensor.windows)
     assert many_outputs[-1].safe == one_outputs[-1].safe
-    one_store, many_store = one.registry.store, many.registry.store
+    one_registry, many_registry = one.lanes[0].registry, many.lanes[0].registry
+    one_store, many_store = one_registry.store, many_registry.store
     assert sorted(many_store.device_ids) == sorted(one_store.device_ids)
     for device in one_store.device_ids:
         one_slot, many_slot = one_store.slot(device), many_store.slot(device)
         np.testing.assert_array_equal(many_store.window(many_slot), one_store.window(one_slot))
         assert many_store.window_span(many_slot) == one_store.window_span(one_slot)
-        assert many.registry.judge.firing(device) == one.registry.judge.firing(device)
-    assert many.registry.tracked() == one.registry.tracked()
+        assert many_registry.judge.firing(device) == one_registry.judge.firing(device)
+    assert many_registry.tracked() == one_registry.tracked()
 
 
 class _BuggyParser(ReadingParser):
     """A parser with a bug that one message triggers (fault injection for the safety net)."""
 
-    def parse(self, value: bytes | None) -> ParsedMessage:
+    def parse(self, value: bytes | None, topic: str = "") -> ParsedMessage:
         if value == b'"trigger"':
             raise RuntimeError("bug met while parsing")
-        return super().parse(value)
+        return super().parse(value, topic)
 
 
 @pytest.mark.parametrize("columnar", [True, False])
@@ -329,15 +329,8 @@ def test_a_bug_met_on_one_record_dead_letters_it_and_the_partition_goes_on(
     demo_data: DemoData, columnar: bool
 ) -> None:
     sensor = RecordingSensor()
-    artifact = load_artifact(demo_data.model.path)
-    pipeline = Pipeline(
-        _config(demo_data),
-        artifact,
-        Scorer.from_artifact(artifact, "cpu"),
-        sensor,
-        columnar=columnar,
-    )
-    pipeline.parser = _BuggyParser(artifact.metadata.feature_names)
+    pipeline = Pipeline(_config(demo_data), _models(demo_data), sensor, columnar=columnar)
+    pipeline.parser = _BuggyParser(pipeline.lanes[0].feature_names)
     good = encode_messages(interleave(demo_data.normal.readings.head(300)))
     records = _records([*good[:150], (b"dev-000", b'"trigger"'), *good[150:]])
     outputs = _run(pipeline, _polls(records, 64))

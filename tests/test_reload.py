@@ -2,43 +2,38 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from detector.core.artifact import (
     CURRENT_POINTER,
-    METADATA_FILE,
     WEIGHTS_FILE,
     ArtifactError,
     set_current,
 )
 from detector.reload import ModelWatcher
 from detector_devtools.replay import encode_messages, interleave
-from tests.conftest import WINDOW, DemoData, Topics, produce, read_topic, wait_until
-
-
-def _copy_version(registry: Path, source: Path, version: str, threshold_factor: float) -> Path:
-    target = registry / version
-    shutil.copytree(source, target)
-    metadata = json.loads((target / METADATA_FILE).read_text())
-    metadata["version"] = version
-    metadata["threshold"]["value"] *= threshold_factor
-    (target / METADATA_FILE).write_text(json.dumps(metadata))
-    return target
+from tests.conftest import (
+    WINDOW,
+    DemoData,
+    Topics,
+    copy_version,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 
 def test_watcher_offers_each_new_version_once(tmp_path: Path, demo_data: DemoData) -> None:
     registry = tmp_path / "models"
-    first = _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    first = copy_version(registry, demo_data.model.path, "v1", 1.0)
     set_current(registry, "v1")
     now = [0.0]
     watcher = ModelWatcher(registry, first, interval_s=5, clock=lambda: now[0])
     now[0] = 10
     assert watcher.candidate() is None
-    second = _copy_version(registry, demo_data.model.path, "v2", 1.0)
+    second = copy_version(registry, demo_data.model.path, "v2", 1.0)
     set_current(registry, "v2")
     assert watcher.candidate() is None  # not due yet
     now[0] = 16
@@ -50,7 +45,7 @@ def test_watcher_offers_each_new_version_once(tmp_path: Path, demo_data: DemoDat
 def test_watcher_reports_each_bad_pointer_once(tmp_path: Path, demo_data: DemoData) -> None:
     """Item 11: a pointer that cannot be followed is refused visibly, once per distinct value."""
     registry = tmp_path / "models"
-    first = _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    first = copy_version(registry, demo_data.model.path, "v1", 1.0)
     set_current(registry, "v1")
     now = [0.0]
     watcher = ModelWatcher(registry, first, interval_s=1, clock=lambda: now[0])
@@ -70,7 +65,7 @@ def test_watcher_reports_each_bad_pointer_once(tmp_path: Path, demo_data: DemoDa
         with pytest.raises(ArtifactError, match=reason):
             poll()
         assert poll() is None  # the same bad value again: no second report
-    second = _copy_version(registry, demo_data.model.path, "v2", 1.0)
+    second = copy_version(registry, demo_data.model.path, "v2", 1.0)
     set_current(registry, "v2")
     assert poll() == second.resolve()
     pointer.write_bytes(b"v9\n")  # bad again after a good version: reported again
@@ -83,7 +78,7 @@ def test_new_version_is_swapped_in_and_a_bad_one_refused(
     tmp_path: Path, topics: Topics, demo_data: DemoData, start_daemon
 ) -> None:
     registry = tmp_path / "models"
-    _copy_version(registry, demo_data.model.path, "v1", 1.0)
+    copy_version(registry, demo_data.model.path, "v1", 1.0)
     set_current(registry, "v1")
     readings = interleave(demo_data.anomalous.readings)
     messages = encode_messages(readings)
@@ -95,7 +90,7 @@ def test_new_version_is_swapped_in_and_a_bad_one_refused(
     wait_until(lambda: daemon.metric("detector_records_consumed_total") == half, 60, "first half")
 
     # A lower threshold makes the new version visibly different in the alerts it sends.
-    _copy_version(registry, demo_data.model.path, "v2", 0.5)
+    copy_version(registry, demo_data.model.path, "v2", 0.5)
     set_current(registry, "v2")
     wait_until(
         lambda: daemon.metric('detector_model_reloads_total{result="success"}') == 1, 30, "swap"
@@ -103,7 +98,7 @@ def test_new_version_is_swapped_in_and_a_bad_one_refused(
     info = [k for k, v in daemon.metrics().items() if k.startswith("detector_model_info") and v]
     assert len(info) == 1 and 'version="v2"' in info[0]
 
-    broken = _copy_version(registry, demo_data.model.path, "v3", 1.0)
+    broken = copy_version(registry, demo_data.model.path, "v3", 1.0)
     weights = bytearray((broken / WEIGHTS_FILE).read_bytes())
     weights[-1] ^= 0xFF
     (broken / WEIGHTS_FILE).write_bytes(bytes(weights))

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detector.core.routing import DEFAULT_PROFILE
+
 __all__ = ["Alert", "AlertRule", "DeviceAlertState", "TopSensor", "alert_id", "make_alert"]
 
 AlertState = Literal["firing", "resolved"]
@@ -123,6 +125,7 @@ class Alert(BaseModel):
     threshold: float
     severity: float = Field(description="score / threshold")
     model_version: str
+    profile: str = Field(DEFAULT_PROFILE, description="the device profile whose model scored it")
     top_sensors: list[TopSensor]
     detected_at: float = Field(description="epoch seconds when the daemon scored the window")
 
@@ -141,6 +144,7 @@ def make_alert(
     model_version: str,
     top_sensors: list[dict[str, float | str]],
     detected_at: float,
+    profile: str = DEFAULT_PROFILE,
 ) -> Alert:
     """The message for a device's transition at the window spanning ``span`` (start, end)."""
     start, end = span
@@ -154,6 +158,7 @@ def make_alert(
         threshold=threshold,
         severity=score / threshold,
         model_version=model_version,
+        profile=profile,
         top_sensors=[TopSensor.model_validate(item) for item in top_sensors],
         detected_at=detected_at,
     )

@@ -2,7 +2,8 @@
 
 A device's window (:class:`~detector.core.windows.WindowStore`), admission streaks
 (:class:`~detector.core.admission.Admitter`), alert, calibration and adaptation state
-(:class:`~detector.core.judge.Judge`) and the partition it arrives on are registered here; forgetting a
+(:class:`~detector.core.judge.Judge`, and the shadow candidate's judge while one is scored) and the
+partition it arrives on are registered here; forgetting a
 device, a partition's devices or idle devices goes through :class:`DeviceRegistry`, so no state
 outlives its device. New per-device state registers here too.
 """
@@ -40,6 +41,7 @@ class DeviceRegistry(Generic[P]):
         self.admitter = admitter
         self.judge = judge
         self.capacity_min_idle_s = capacity_min_idle_s
+        self.shadow: Judge | None = None  # the candidate model's judgements, while shadowing
         self._partition: dict[str, P] = {}
 
     def __len__(self) -> int:
@@ -82,6 +84,8 @@ class DeviceRegistry(Generic[P]):
         self.store.remove(device_id)
         self.admitter.forget(device_id)
         self._partition.pop(device_id, None)
+        if self.shadow is not None:
+            self.shadow.forget(device_id)
         return self.judge.forget(device_id)
 
     def forget_partitions(self, partitions: Collection[P]) -> int:
@@ -109,19 +113,23 @@ class DeviceRegistry(Generic[P]):
         # A device forgotten while its window waited in a batch got a judgement back when the
         # window was scored: every judgement must belong to a tracked device.
         store = self.store
-        if len(self.judge.devices) > len(store):
-            self.judge.retain(store)
+        judges = [self.judge] if self.shadow is None else [self.judge, self.shadow]
+        for judge in judges:
+            if len(judge.devices) > len(store):
+                judge.retain(store)
         if not store.compact():
             return False
         # Deleting keys never shrinks a dict; copies are sized to what is left.
         self._partition = dict(self._partition)
-        self.judge.retain(store)
+        for judge in judges:
+            judge.retain(store)
         self.admitter.retain(store)
         return True
 
     def object_bytes(self) -> int:
         """Bytes of the per-device Python objects (ids, indexes, judgements), each counted once."""
         admitter = self.admitter
+        shadow = [] if self.shadow is None else [self.shadow.devices]
         return object_bytes(
             [
                 self.store.slot_index,
@@ -129,15 +137,19 @@ class DeviceRegistry(Generic[P]):
                 self.judge.devices,
                 admitter.imputed_streak,
                 admitter.late_streak,
+                *shadow,
             ]
         )
 
     def tracked(self) -> dict[str, int]:
         """How many entries each per-device container holds (they should all agree)."""
-        return {
+        tracked = {
             "windows": len(self.store),
             "partitions": len(self._partition),
             "judgements": len(self.judge.devices),
             "imputed_streaks": len(self.admitter.imputed_streak),
             "late_streaks": len(self.admitter.late_streak),
         }
+        if self.shadow is not None:
+            tracked["shadow_judgements"] = len(self.shadow.devices)
+        return tracked

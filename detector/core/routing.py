@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["RouteRule", "Router"]
+__all__ = ["DEFAULT_PROFILE", "RouteRule", "Router"]
+
+# The one profile of a single-model configuration: its metric label and its alerts' field.
+DEFAULT_PROFILE = "default"
 
 RuleKind = Literal["reading", "devices", "device_regex", "topics"]
 _CACHE_ENTRIES = 100_000  # routing answers remembered; the cache starts over when full
