@@ -464,21 +464,31 @@ def measure_shadow(
         if turn:
             runs[kind].append(run)
 
-    def median(kind: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[kind])
+    def ratios(numerator: Any, denominator: Any) -> dict[str, Any]:
+        # Round by round: each round's two runs ran side by side on the shared machine.
+        return _spread(
+            [
+                numerator(w) / denominator(o)
+                for w, o in zip(runs["with"], runs["without"], strict=True)
+            ]
+        )
 
-    shadowed_without = median("without", f"{SHADOWED}_current_seconds_per_window")
-    shadowed_with = median("with", f"{SHADOWED}_current_seconds_per_window") + median(
-        "with", f"{SHADOWED}_candidate_seconds_per_window"
-    )
+    def shadowed(run: dict[str, float]) -> float:
+        return (
+            run[f"{SHADOWED}_current_seconds_per_window"]
+            + run[f"{SHADOWED}_candidate_seconds_per_window"]
+        )
+
+    def other(run: dict[str, float]) -> float:
+        return run[f"{UNSHADOWED}_current_seconds_per_window"]
+
     return {
         "runs": runs,
-        # Target <= 2: the candidate's forward pass and judging, beside the current model's.
-        "shadowed_profile_scoring_ratio": shadowed_with / shadowed_without,
+        # Target <= 2: the candidate's forward pass beside the current model's.
+        "shadowed_profile_scoring_ratio": ratios(shadowed, shadowed),
         # Target ~1: a profile without a candidate pays nothing for another's shadow.
-        "other_profile_scoring_ratio": median("with", f"{UNSHADOWED}_current_seconds_per_window")
-        / median("without", f"{UNSHADOWED}_current_seconds_per_window"),
-        "pipeline_seconds_ratio": median("with", "seconds") / median("without", "seconds"),
+        "other_profile_scoring_ratio": ratios(other, other),
+        "pipeline_seconds_ratio": ratios(lambda r: r["seconds"], lambda r: r["seconds"]),
     }
 
 
@@ -1030,9 +1040,10 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         say(f"shadow: {len(messages)} records through two profiles, one with a candidate")
         result["shadow"] = shadow = measure_shadow(shadow_model, messages, args, args.rounds)
         say(
-            f"shadow: scoring time of the shadowed profile x{shadow['shadowed_profile_scoring_ratio']:.2f}, "
-            f"of the other x{shadow['other_profile_scoring_ratio']:.2f}, "
-            f"pipeline x{shadow['pipeline_seconds_ratio']:.2f}"
+            "shadow: scoring time of the shadowed profile "
+            f"x{shadow['shadowed_profile_scoring_ratio']['median']:.2f}, of the other "
+            f"x{shadow['other_profile_scoring_ratio']['median']:.2f}, pipeline "
+            f"x{shadow['pipeline_seconds_ratio']['median']:.2f}"
         )
 
     if "memory" in stages:
