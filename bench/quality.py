@@ -57,6 +57,7 @@ from bench.datasets import (
 from bench.report import plot_stream, revision
 from detector.config import DetectorConfig
 from detector.core.artifact import load_artifact
+from detector.core.drift import DriftMonitor
 from detector.core.quality import summarise
 from detector.core.scoring import Scorer
 from detector.evaluate import DeviceEvaluation, evaluate_device
@@ -212,6 +213,30 @@ def _stream_record(stream: Stream, flags: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _normal_drift(
+    artifact: Any, streams: list[Stream], evaluations: list[DeviceEvaluation]
+) -> float:
+    """The drift watch's PSI over the streams' labelled-normal windows of calm devices.
+
+    What ``detector_score_drift`` would read on this data with nothing anomalous in it: the
+    pooled scores against the artifact's validation distribution (all of them, however many).
+    """
+    reference = artifact.metadata.score_distribution
+    scores = []
+    for stream, evaluation in zip(streams, evaluations, strict=True):
+        scored = slice(stream.scored_from, None)
+        normal = stream.frame["label"].to_numpy()[scored] == 0
+        calm = ~np.asarray(evaluation.firing, dtype=bool)[scored]
+        window_scores = np.asarray(evaluation.scores)[scored]
+        scores.append(window_scores[normal & calm & np.isfinite(window_scores)])
+    pooled = np.concatenate(scores) if scores else np.empty(0)
+    if reference is None or not len(pooled):
+        return float("nan")
+    monitor = DriftMonitor(reference.edges, reference.shares, len(pooled), len(pooled))
+    monitor.observe(pooled)
+    return monitor.psi()
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Train one task's model(s) for one seed and backtest every stream with each method."""
     import torch
@@ -268,14 +293,18 @@ def run_job(job: Job) -> dict[str, Any]:
             backtests.append((f"ensemble{job.ensemble}", variants["default"], ensemble, members))
         for name, detector, model, model_scorer in backtests:
             records = []
+            evaluations = []
             for i, stream in enumerate(task.streams):
                 evaluation = _evaluate(
                     stream.device_id, stream.frame, model, detector, model_scorer
                 )
+                evaluations.append(evaluation)
                 records.append(_stream_record(stream, evaluation.firing))
                 if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
                     _plot(job, task, stream, evaluation)
             methods[name] = records
+            if name == "default":
+                out["normal_drift"] = _normal_drift(model, task.streams, evaluations)
             train_alarms[name] = [
                 device
                 for device, rows in _train_devices(task)
@@ -321,6 +350,22 @@ def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
     return summarise([(r["labels"], r["flags"]) for r in records])
 
 
+def _drift_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """PSI on labelled-normal data over tasks and seeds: median, max, share past 0.1 and 0.25."""
+    drifts = np.asarray(
+        [r["normal_drift"] for r in results if np.isfinite(r.get("normal_drift", np.nan))]
+    )
+    if not len(drifts):
+        return {"tasks": 0}
+    return {
+        "tasks": len(drifts),
+        "median": float(np.median(drifts)),
+        "max": float(np.max(drifts)),
+        "share_over_0.1": float(np.mean(drifts > 0.1)),
+        "share_over_0.25": float(np.mean(drifts > 0.25)),
+    }
+
+
 def _summarise_dataset(
     name: str, results: list[dict[str, Any]], seeds: list[int]
 ) -> dict[str, Any]:
@@ -361,6 +406,10 @@ def _summarise_dataset(
         if name == "tep":
             block["per_fault_recall"] = _tep_per_fault(mine, method)
         summary[method] = block
+    summary["normal_drift"] = {
+        group: _drift_summary([r for r in mine if group in ("all", r["group"])])
+        for group in ["all", *sorted({r["group"] for r in mine})]
+    }
     fits = [r["fits"] for r in mine]
     summary["fit"] = {}
     for trainer in dict.fromkeys(t for f in fits for t in f):
@@ -407,7 +456,7 @@ def _table(datasets: dict[str, Any]) -> str:
     out = [line.format(*header, "train")]
     for name, summary in datasets.items():
         for method, block in summary.items():
-            if method == "fit":
+            if method in ("fit", "normal_drift"):
                 continue
             train = f"{100 * block['train_alarm_share']:.0f} %"
             out.append(line.format(name, method, *_cells(block), train))
@@ -417,6 +466,13 @@ def _table(datasets: dict[str, Any]) -> str:
         for label, row in PUBLISHED.get(name, {}).items():
             cells = ", ".join(f"{k} {v:g}" for k, v in row.items())
             out.append(f"|            | published: {label}: {cells}")
+        for group, drift in summary["normal_drift"].items():
+            if drift["tasks"]:
+                out.append(
+                    f"|            | drift on normal data ({group}): PSI median "
+                    f"{drift['median']:.3f}, max {drift['max']:.3f}, "
+                    f"{100 * drift['share_over_0.25']:.0f} % of {drift['tasks']} tasks over 0.25"
+                )
         for trainer, fit_info in summary["fit"].items():
             if fit_info["seconds"] is None:
                 out.append(f"|            | fit ({trainer}): every fit failed")

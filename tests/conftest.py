@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from detector_devtools.embedded_broker import (
     wait_for_port,
 )
 from detector_devtools.launch import daemon_env, spawn_daemon
+from detector_devtools.replay import encode_messages
 from detector_devtools.synthetic import (
     PROFILE_COLUMN,
     Fleet,
@@ -135,6 +136,26 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
         }
     )
     return DemoData(fit(config, show_progress=False), anomalous, normal, stream_csv, normal_csv)
+
+
+PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
+
+
+def consumer_records(
+    messages: Iterable[tuple[bytes | None, bytes]],
+) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """Messages as the consumer hands them over, spread over :data:`PARTITIONS` by key."""
+    out: dict[TopicPartition, list[ConsumerRecord]] = {}
+    positions = dict.fromkeys(PARTITIONS, 0)
+    for key, value in messages:
+        tp = PARTITIONS[sum(key or b"") % len(PARTITIONS)]
+        offset = positions[tp]
+        positions[tp] += 1
+        record = ConsumerRecord(
+            tp.topic, tp.partition, -1, offset, 0, 0, key, value, [], None, 0, 0, 0
+        )
+        out.setdefault(tp, []).append(record)
+    return out
 
 
 def copy_version(registry: Path, source: Path, version: str, threshold_factor: float) -> Path:
@@ -409,6 +430,31 @@ def kill_mid_stream(start_daemon: Callable[..., Daemon], targets: list[int], **e
             f"daemon consumed {target} records before the kill",
         )
         daemon.stop(signal.SIGKILL)
+
+
+def produce_to_partitions(
+    bootstrap: str, topic: str, readings: pd.DataFrame, partition_of: Mapping[str, int]
+) -> None:
+    """Send each reading of ``readings`` to its device's partition and wait for the acks."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for key, value in encode_messages(readings):
+        producer.send(topic, key=key, value=value, partition=partition_of[key.decode()])
+    producer.flush()
+    producer.close()
+
+
+def wait_for_split(a: Daemon, b: Daemon, partitions: int = 3) -> None:
+    """Wait until the two daemons of one group hold the topic's partitions between them."""
+    wait_until(
+        lambda: (
+            a.metric("detector_partitions_assigned") >= 1
+            and b.metric("detector_partitions_assigned") >= 1
+            and a.metric("detector_partitions_assigned") + b.metric("detector_partitions_assigned")
+            == partitions
+        ),
+        60,
+        "two daemons split the partitions",
+    )
 
 
 def offline_transitions(

@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
@@ -33,9 +32,11 @@ from tests.conftest import (
     kill_mid_stream,
     offline_transitions,
     produce,
+    produce_to_partitions,
     read_records,
     read_topic,
     streamed_transitions,
+    wait_for_split,
     wait_until,
 )
 
@@ -154,28 +155,10 @@ def test_scale_out_handover_rebuilds_windows(
     first = ordered[ordered["ts"] < steps[handover]]
     rest = ordered[ordered["ts"] >= steps[handover]]
 
-    def send(part: pd.DataFrame) -> None:
-        producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
-        for key, value in encode_messages(part):
-            producer.send(
-                topics.readings, key=key, value=value, partition=partition_of[key.decode()]
-            )
-        producer.flush()
-        producer.close()
-
     a = start_daemon()
     b = start_daemon()
-    wait_until(
-        lambda: (
-            a.metric("detector_partitions_assigned") >= 1
-            and b.metric("detector_partitions_assigned") >= 1
-            and a.metric("detector_partitions_assigned") + b.metric("detector_partitions_assigned")
-            == 3
-        ),
-        60,
-        "two daemons split the partitions",
-    )
-    send(first)
+    wait_for_split(a, b)
+    produce_to_partitions(topics.bootstrap, topics.readings, first, partition_of)
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(first),
         60,
@@ -183,7 +166,7 @@ def test_scale_out_handover_rebuilds_windows(
     )
     assert b.stop(signal.SIGTERM) == 0
     wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "survivor owns all")
-    send(rest)
+    produce_to_partitions(topics.bootstrap, topics.readings, rest, partition_of)
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(ordered),
         60,

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from detector.config import DetectorConfig, load_config
@@ -20,9 +19,14 @@ from detector.lane import Model
 from detector.pipeline import Output, Pipeline
 from detector.sensor import Sensor
 from detector_devtools.replay import encode_messages, interleave
-from tests.conftest import ROOT, DemoData, offline_transitions, streamed_transitions
-
-PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
+from tests.conftest import (
+    PARTITIONS,
+    ROOT,
+    DemoData,
+    consumer_records,
+    offline_transitions,
+    streamed_transitions,
+)
 
 
 class RecordingSensor(Sensor):
@@ -69,21 +73,6 @@ def _pipeline(demo_data: DemoData, sensor: Sensor | None = None, **scoring: obje
     return Pipeline(_config(demo_data, **scoring), _models(demo_data), sensor)
 
 
-def _records(messages: list[tuple[bytes | None, bytes]]) -> dict[TopicPartition, list]:
-    """Messages keyed by device, spread over partitions by key as a producer would."""
-    out: dict[TopicPartition, list[ConsumerRecord]] = {}
-    positions = dict.fromkeys(PARTITIONS, 0)
-    for key, value in messages:
-        tp = PARTITIONS[sum(key or b"") % len(PARTITIONS)]
-        offset = positions[tp]
-        positions[tp] += 1
-        record = ConsumerRecord(
-            tp.topic, tp.partition, -1, offset, 0, 0, key, value, [], None, 0, 0, 0
-        )
-        out.setdefault(tp, []).append(record)
-    return out
-
-
 def _polls(records: dict[TopicPartition, list], size: int) -> list[dict[TopicPartition, list]]:
     longest = max(len(batch) for batch in records.values())
     return [
@@ -111,7 +100,7 @@ def test_pipeline_alerts_equal_the_backtest_and_every_offset_becomes_safe(
 ) -> None:
     sensor = RecordingSensor()
     pipeline = _pipeline(demo_data, sensor)
-    records = _records(encode_messages(interleave(demo_data.anomalous.readings)))
+    records = consumer_records(encode_messages(interleave(demo_data.anomalous.readings)))
     outputs = _run(pipeline, _polls(records, 200))
 
     alerts = _alerts(outputs)
@@ -130,7 +119,7 @@ def test_pipeline_alerts_equal_the_backtest_and_every_offset_becomes_safe(
 
 def test_offsets_of_unscored_windows_are_not_safe_until_scored(demo_data: DemoData) -> None:
     pipeline = _pipeline(demo_data, max_wait_ms=60_000, max_batch_size=65536)
-    records = _records(encode_messages(interleave(demo_data.anomalous.readings)))
+    records = consumer_records(encode_messages(interleave(demo_data.anomalous.readings)))
 
     first = pipeline.process(_polls(records, 50)[0])
 
@@ -151,7 +140,7 @@ def test_bad_records_are_dead_lettered_and_the_partition_goes_on(demo_data: Demo
         (b"device-0", json.dumps({"device_id": "device-0", "ts": "x", "sensors": {}}).encode()),
         (b"device-0", json.dumps([1, 2, 3]).encode()),
     ]
-    records = _records(good[:100] + bad + good[100:])
+    records = consumer_records(good[:100] + bad + good[100:])
     outputs = _run(pipeline, _polls(records, 64))
 
     dead = [m for out in outputs for m in out.dead_letters]
@@ -166,7 +155,7 @@ def test_bad_records_are_dead_lettered_and_the_partition_goes_on(demo_data: Demo
 
 
 def test_replayed_records_rebuild_state_and_publish_nothing(demo_data: DemoData) -> None:
-    records = _records(encode_messages(interleave(demo_data.anomalous.readings)))
+    records = consumer_records(encode_messages(interleave(demo_data.anomalous.readings)))
     uninterrupted = _alerts(_run(_pipeline(demo_data), _polls(records, 200)))
 
     sensor = RecordingSensor()
@@ -195,7 +184,7 @@ def test_replayed_records_rebuild_state_and_publish_nothing(demo_data: DemoData)
 
 def test_forgetting_partitions_forgets_every_piece_of_device_state(demo_data: DemoData) -> None:
     pipeline = _pipeline(demo_data)
-    records = _records(encode_messages(interleave(demo_data.anomalous.readings)))
+    records = consumer_records(encode_messages(interleave(demo_data.anomalous.readings)))
     _run(pipeline, _polls(records, 200))
     assert all(
         count > 0
@@ -212,7 +201,7 @@ def test_forgetting_partitions_forgets_every_piece_of_device_state(demo_data: De
 
 @pytest.mark.parametrize("poll_size", [1, 7, 500])
 def test_poll_size_does_not_change_the_alerts(demo_data: DemoData, poll_size: int) -> None:
-    records = _records(encode_messages(interleave(demo_data.anomalous.readings.head(1500))))
+    records = consumer_records(encode_messages(interleave(demo_data.anomalous.readings.head(1500))))
     baseline = _alerts(_run(_pipeline(demo_data), _polls(records, 1000)))
     alerts = _alerts(_run(_pipeline(demo_data), _polls(records, poll_size)))
 
@@ -276,7 +265,7 @@ def test_columnar_ingest_gives_exactly_the_per_reading_path(
         body = chunk[0] if size == 1 else chunk
         messages.append((key, json.dumps(body).encode()))
     messages.insert(len(messages) // 2, (b"dev-000", b"\x00not json"))
-    records = _records(messages)
+    records = consumer_records(messages)
     polls = _polls(records, poll_size)
     config = _config(demo_data, max_wait_ms=0).model_dump()
     config["windows"].update(max_gap_s=30.0, max_devices=max_devices)
@@ -332,7 +321,7 @@ def test_a_bug_met_on_one_record_dead_letters_it_and_the_partition_goes_on(
     pipeline = Pipeline(_config(demo_data), _models(demo_data), sensor, columnar=columnar)
     pipeline.parser = _BuggyParser(pipeline.lanes[0].feature_names)
     good = encode_messages(interleave(demo_data.normal.readings.head(300)))
-    records = _records([*good[:150], (b"dev-000", b'"trigger"'), *good[150:]])
+    records = consumer_records([*good[:150], (b"dev-000", b'"trigger"'), *good[150:]])
     outputs = _run(pipeline, _polls(records, 64))
 
     dead = [m for out in outputs for m in out.dead_letters]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kafka import KafkaProducer
 
 from detector.core.artifact import load_artifact, set_candidate, set_current
 from detector.kafka_io import DLQ_HEADER_PREFIX
@@ -29,10 +28,12 @@ from tests.conftest import (
     copy_version,
     offline_transitions,
     produce,
+    produce_to_partitions,
     profiles_config,
     read_records,
     read_topic,
     streamed_transitions,
+    wait_for_split,
     wait_until,
 )
 
@@ -187,36 +188,18 @@ def test_rebalance_rebuilds_both_profiles_windows(
     # and the one holding partition 0 rebuilds both.
     partition_of = dict(zip(devices, [0, 1, 2, 0], strict=True))
 
-    def send(part: pd.DataFrame) -> None:
-        producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
-        for key, value in encode_messages(part):
-            producer.send(
-                topics.readings, key=key, value=value, partition=partition_of[key.decode()]
-            )
-        producer.flush()
-        producer.close()
-
     settings = profiles_config(mixed_data.registries)
     a = start_daemon(settings)
     wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "first daemon owns all")
-    send(first)
+    produce_to_partitions(topics.bootstrap, topics.readings, first, partition_of)
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(first),
         60,
         "first part processed",
     )
     b = start_daemon(settings)
-    wait_until(
-        lambda: (
-            a.metric("detector_partitions_assigned") >= 1
-            and b.metric("detector_partitions_assigned") >= 1
-            and a.metric("detector_partitions_assigned") + b.metric("detector_partitions_assigned")
-            == 3
-        ),
-        60,
-        "two daemons split the partitions",
-    )
-    send(rest)
+    wait_for_split(a, b)
+    produce_to_partitions(topics.bootstrap, topics.readings, rest, partition_of)
     wait_until(
         lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(readings),
         60,

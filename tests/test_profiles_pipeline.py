@@ -36,15 +36,16 @@ from detector_devtools.synthetic import (
 from tests.conftest import (
     MIXED_PROFILES,
     NORMAL_STEPS,
+    PARTITIONS,
     ROOT,
     STREAM_STEPS,
     MixedData,
+    consumer_records,
     copy_version,
     profiles_config,
     streamed_transitions,
 )
 
-PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
 DLQ = "__detector.errors."
 Transitions = dict[str, list[tuple[float, str]]]
 Records = dict[TopicPartition, list[ConsumerRecord]]
@@ -123,21 +124,6 @@ def _models(data: MixedData, config: DetectorConfig) -> dict[str, Model]:
     return {p: load_model(path, config.scoring) for p, path in data.registries.items()}
 
 
-def _records(messages: Iterable[tuple[bytes | None, bytes]]) -> Records:
-    """Messages spread over partitions by key, as a producer would."""
-    out: Records = {}
-    positions = dict.fromkeys(PARTITIONS, 0)
-    for key, value in messages:
-        tp = PARTITIONS[sum(key or b"") % len(PARTITIONS)]
-        offset = positions[tp]
-        positions[tp] += 1
-        record = ConsumerRecord(
-            tp.topic, tp.partition, -1, offset, 0, 0, key, value, [], None, 0, 0, 0
-        )
-        out.setdefault(tp, []).append(record)
-    return out
-
-
 def _polls(records: Records, size: int = 200) -> list[Poll]:
     longest = max(len(batch) for batch in records.values())
     return [
@@ -148,7 +134,7 @@ def _polls(records: Records, size: int = 200) -> list[Poll]:
 
 def _stream(table: pd.DataFrame) -> list[Poll]:
     """The table's readings in time order, as polls of the readings topic."""
-    return _polls(_records(encode_messages(interleave(table))))
+    return _polls(consumer_records(encode_messages(interleave(table))))
 
 
 def _run(pipeline: Pipeline, polls: list[Poll]) -> list[Output]:
@@ -299,7 +285,7 @@ def test_a_device_claiming_another_profile_is_rejected_and_keeps_its_windows(
         value = {**_reading("pump-0", float(ts[at]) + 0.5, "fan"), "profile": "fan"}
         messages.insert(at, (b"pump-0", json.dumps(value).encode()))
 
-    outputs = _run(pipeline, _polls(_records(messages)))
+    outputs = _run(pipeline, _polls(consumer_records(messages)))
 
     dead = [m for out in outputs for m in out.dead_letters]
     assert sensor.rejections == [RejectReason.PROFILE_CONFLICT] * len(claims)
