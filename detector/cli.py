@@ -71,7 +71,7 @@ def _load_models(config: DetectorConfig) -> tuple[dict[str, Model], dict[str, Mo
     shadow scoring is an experiment, and a broken experiment must not stop the pages.
     """
     from detector.core.artifact import ArtifactError, resolve_candidate
-    from detector.reload import load_model, swap_incompatibility
+    from detector.reload import load_compatible, load_model
 
     models: dict[str, Model] = {}
     candidates: dict[str, Model] = {}
@@ -96,10 +96,7 @@ def _load_models(config: DetectorConfig) -> tuple[dict[str, Model], dict[str, Mo
             path = resolve_candidate(profile.path)
             if path is None:
                 continue
-            candidate = load_model(path, config.scoring)
-            reason = swap_incompatibility(model.artifact.metadata, candidate.artifact.metadata)
-            if reason is not None:
-                raise ArtifactError(reason)
+            candidate = load_compatible(model.artifact.metadata, path, config.scoring)
         except (ArtifactError, RuntimeError, MemoryError) as exc:
             log.error("not scoring the candidate of %s in shadow: %s", where, exc)
             continue

@@ -29,7 +29,7 @@ from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from detector.config import DetectorConfig
-from detector.core.artifact import ArtifactError, describe
+from detector.core.artifact import ArtifactError, describe, resolve_candidate
 from detector.core.routing import DEFAULT_PROFILE
 from detector.health import HealthState
 from detector.kafka_compat import undecodable_position
@@ -37,7 +37,7 @@ from detector.kafka_io import Publisher, RebalanceEvents
 from detector.lane import Lane, Model
 from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
-from detector.reload import CandidateWatcher, ModelWatcher, load_model, swap_incompatibility
+from detector.reload import CandidateWatcher, ModelWatcher, load_compatible
 from detector.sensor import MetricsSensor, ReplaySensor
 
 __all__ = ["Detector", "install_signal_handlers"]
@@ -47,6 +47,20 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_MS = 200
 _HOUSEKEEPING_INTERVAL_S = 1.0
 _MAX_IDLE_TICK_S = 5.0  # a longer gap between housekeeping runs is a stalled loop, not idleness
+
+
+def _candidate_at_start(registry: Path, loaded: Model | None) -> Path | None:
+    """What the candidate pointer named when the daemon started, loaded or refused then.
+
+    A candidate refused at start-up was logged there; offering it again at the first registry
+    check would only load and refuse it a second time on the loop.
+    """
+    if loaded is not None:
+        return loaded.artifact.path
+    try:
+        return resolve_candidate(registry)
+    except ArtifactError:
+        return None
 
 
 class Detector:
@@ -84,9 +98,7 @@ class Detector:
             registry = profiles[lane.name].path
             self._watchers[lane.name] = (
                 ModelWatcher(registry, lane.model.artifact.path, interval),
-                CandidateWatcher(
-                    registry, None if candidate is None else candidate.artifact.path, interval
-                )
+                CandidateWatcher(registry, _candidate_at_start(registry, candidate), interval)
                 if config.model.shadow
                 else None,
             )
@@ -197,11 +209,7 @@ class Detector:
     def _load_compatible(self, lane: Lane, path: Path, role: str) -> Model | None:
         """The model at ``path`` loaded and warmed up, or ``None`` (counted, logged) if unusable."""
         try:
-            model = load_model(path, self.config.scoring)
-            reason = swap_incompatibility(lane.model.artifact.metadata, model.artifact.metadata)
-            if reason is not None:
-                raise ArtifactError(reason)
-            model.scorer.warm_up(model.artifact.metadata.window_length)
+            return load_compatible(lane.model.artifact.metadata, path, self.config.scoring)
         except (ArtifactError, RuntimeError, MemoryError) as exc:
             self.metrics.model_reloads.labels(profile=lane.name, result="rejected").inc()
             kept = lane.model if role == "model" else lane.candidate
@@ -214,7 +222,6 @@ class Detector:
                 exc,
             )
             return None
-        return model
 
     @property
     def stopping(self) -> bool:
@@ -229,9 +236,8 @@ class Detector:
         """Consume until :meth:`stop`; then drain and close the consumer."""
         for lane in self.pipeline.lanes:
             log.info("profile %s: model %s", lane.name, describe(lane.model.artifact))
-            models = [lane.model] if lane.candidate is None else [lane.model, lane.candidate]
-            for model in models:
-                model.scorer.warm_up(model.artifact.metadata.window_length)
+            # Candidates were warmed up when they were loaded (load_compatible).
+            lane.model.scorer.warm_up(lane.model.artifact.metadata.window_length)
         log.info(
             "scoring on %s, consuming %s",
             self.pipeline.lanes[0].model.scorer.device,

@@ -27,7 +27,7 @@ from detector.core.windows import WindowStore
 from detector.kafka_io import OutboundMessage, alert_message
 from detector.sensor import Sensor
 
-__all__ = ["Lane", "Model", "PendingWindows"]
+__all__ = ["Lane", "Model", "PendingWindows", "PollCounts"]
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ class Lane:
             meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0)
         )
         self.drift = self._drift_monitor(model.artifact)
+        self._drift_score = float("nan")
         if self._candidate is not None:
             self.shadow(self._candidate)
 
@@ -232,8 +233,12 @@ class Lane:
         )
 
     def drift_score(self) -> float:
-        """The drift watch's PSI (NaN while it has too few scores or the model no reference)."""
-        return float("nan") if self.drift is None else self.drift.psi()
+        """The drift watch's PSI (NaN while it has too few scores or the model no reference).
+
+        As of the last scored batch: the metrics thread reads it at each scrape, and a value
+        taken while :meth:`score` updates the monitor could be half of each.
+        """
+        return self._drift_score
 
     def latency_ms(self) -> float:
         """The oldest pending window's wait so far plus the predicted time to score them all."""
@@ -324,6 +329,7 @@ class Lane:
             )
         if self.drift is not None:
             self.drift.observe(scores[live & calm])
+            self._drift_score = self.drift.psi()
         pending.clear()
         self.sensor.firing(judge.firing_count())
 

@@ -6,8 +6,9 @@ into its device's window in that profile's :class:`~detector.lane.Lane`
 (:class:`~detector.core.admission.Admitter`, via the :class:`~detector.core.devices.DeviceRegistry`)
 → ready windows batched (:class:`~detector.lane.PendingWindows`) → scored
 (:class:`~detector.core.scoring.Scorer`, and a shadow candidate's) → judged
-(:class:`~detector.core.judge.Judge`) → alert and dead-letter messages. :meth:`Pipeline.process` returns them with the offsets they make safe to
-commit once the broker has acknowledged them (:class:`Output`); the daemon's loop
+(:class:`~detector.core.judge.Judge`) → alert and dead-letter messages. :meth:`Pipeline.process`
+returns them with the offsets they make safe to commit once the broker has acknowledged them
+(:class:`Output`); the daemon's loop
 (:mod:`detector.daemon`) only polls, publishes and commits.
 """
 
@@ -348,9 +349,10 @@ class Pipeline:
                 break
         records = records[: len(columns.rejections)]
         if columns.device_ids:
+            failed: set[int] = set()  # records an internal error stopped, in every lane
             for lane, part in self._by_lane(columns):
                 fast = self._admit_in_order(lane, tp, part, now) if self.columnar else None
-                self._admit_one_by_one(lane, tp, records, part, fast, now)
+                self._admit_one_by_one(lane, tp, records, part, fast, now, failed)
         topic = self.config.kafka.dead_letter_topic
         if topic:
             for record, rejections in zip(records, columns.rejections, strict=True):
@@ -361,11 +363,33 @@ class Pipeline:
         return len(records), live_count
 
     def _by_lane(self, columns: _Columns) -> list[tuple[Lane, _Columns]]:
-        """The readings of each lane they were routed to (all of them to the one lane)."""
+        """The readings of each lane they were routed to (all of them to the one lane).
+
+        A device no lane tracks yet is claimed by the lane of its first reading here, in
+        reading order, so that its later readings for another lane are ``profile_conflict``
+        as they would be record by record.
+        """
         if len(self.lanes) == 1:
             return [(self.lanes[0], columns)]
         rows: dict[int, list[int]] = {}
-        for row, profile in enumerate(columns.profiles):
+        claims: dict[str, int] = {}
+        for row, (device_id, profile) in enumerate(
+            zip(columns.device_ids, columns.profiles, strict=True)
+        ):
+            claimed = claims.get(device_id)
+            if claimed is None:
+                # -1: tracked already; the lane's own admission checks which profile holds it.
+                tracked = any(device_id in lane.registry for lane in self.lanes)
+                claimed = claims[device_id] = -1 if tracked else profile
+            if claimed >= 0 and claimed != profile:
+                detail = (
+                    f"{device_id}: tracked as profile {self.lanes[claimed].name}, "
+                    f"reading is for {self.lanes[profile].name}"
+                )
+                rejection = Rejection(RejectReason.PROFILE_CONFLICT, detail, columns.indices[row])
+                position = columns.positions[row]
+                self._reject(rejection, columns.live[row], columns.rejections[position])
+                continue
             rows.setdefault(profile, []).append(row)
         return [(self.lanes[profile], columns.select(part)) for profile, part in rows.items()]
 
@@ -452,10 +476,13 @@ class Pipeline:
         columns: _Columns,
         fast: np.ndarray | None,
         now: float,
+        failed: set[int],
     ) -> None:
-        """Admit, in order, the readings :meth:`_admit_in_order` left (all without it)."""
+        """Admit, in order, the readings :meth:`_admit_in_order` left (all without it).
+
+        ``failed``: positions of records whose rest an internal error rejected (added to here).
+        """
         rows = range(len(columns.device_ids)) if fast is None else np.flatnonzero(~fast).tolist()
-        failed: set[int] = set()
         for row in rows:
             position = columns.positions[row]
             if position in failed:

@@ -28,6 +28,7 @@ __all__ = [
     "CandidateWatcher",
     "ModelWatcher",
     "PointerChange",
+    "load_compatible",
     "load_model",
     "swap_incompatibility",
 ]
@@ -55,6 +56,21 @@ def load_model(path: Path, scoring: ScoringConfig) -> Model:
     artifact = load_artifact(path)
     scorer = Scorer.from_artifact(artifact, scoring.device, scoring.max_batch_size, scoring.threads)
     return Model(artifact, scorer)
+
+
+def load_compatible(current: ArtifactMetadata, path: Path, scoring: ScoringConfig) -> Model:
+    """The model at ``path``, loaded, checked to fit ``current``'s windows, and warmed up.
+
+    What a new current version or a candidate must pass before it scores a window. Raises
+    :class:`ArtifactError` for a bad or incompatible artifact, ``RuntimeError`` or
+    ``MemoryError`` when its scorer cannot be built or run on ``scoring.device``.
+    """
+    model = load_model(path, scoring)
+    reason = swap_incompatibility(current, model.artifact.metadata)
+    if reason is not None:
+        raise ArtifactError(reason)
+    model.scorer.warm_up(model.artifact.metadata.window_length)
+    return model
 
 
 class _PointerWatch:

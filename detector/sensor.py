@@ -74,13 +74,17 @@ class MetricsSensor(Sensor):
     def __init__(
         self,
         metrics: DetectorMetrics,
-        profile: str = DEFAULT_PROFILE,
+        profile: str | None = None,
         bad_data_log: RateLimitedLog | None = None,
     ) -> None:
+        """``profile``: the lane this sensor reports for (``None``: the pipeline's own sensor,
+        which counts records, rejections and unknown sensors and creates no profile series)."""
         self.metrics = metrics
-        self.profile = profile
+        self.profile = profile or DEFAULT_PROFILE
         self._bad_data_log = bad_data_log or RateLimitedLog(log)
         self._shadowing: tuple[str, str] | None = None
+        if profile is None:
+            return
         # Children looked up once: labels() per batch is a dict lookup and a lock each time.
         self._accepted = metrics.readings_accepted.labels(profile=profile)
         self._imputed = metrics.imputed_readings.labels(profile=profile)
@@ -165,25 +169,29 @@ class MetricsSensor(Sensor):
             return
         metrics.shadow_info.labels(profile, current, candidate).set(1)
         metrics.shadow_started.labels(profile).set_to_current_time()
-        metrics.shadow_windows.labels(profile)
-        metrics.shadow_score.labels(profile)
-        for model in ("current", "candidate"):
-            for state in ("firing", "resolved"):
-                metrics.shadow_alerts.labels(profile, model, state)
+        self._candidate_duration = metrics.scoring_duration.labels(
+            profile=profile, model="candidate"
+        )
+        self._shadow_windows = metrics.shadow_windows.labels(profile)
+        self._shadow_score = metrics.shadow_score.labels(profile)
+        self._shadow_alerts = {
+            (model, state): metrics.shadow_alerts.labels(profile, model, state)
+            for model in ("current", "candidate")
+            for state in ("firing", "resolved")
+        }
 
     def shadow_batch(self, seconds: float, scores: np.ndarray) -> None:
         """Observe the candidate's batch time and scores."""
-        metrics, profile = self.metrics, self.profile
-        metrics.scoring_duration.labels(profile=profile, model="candidate").observe(seconds)
+        self._candidate_duration.observe(seconds)
         if len(scores):
-            metrics.shadow_windows.labels(profile).inc(len(scores))
-            histogram = metrics.shadow_score.labels(profile)
+            self._shadow_windows.inc(len(scores))
+            histogram = self._shadow_score
             for score in scores.tolist():
                 histogram.observe(score)
 
     def shadow_alert(self, model: str, state: str) -> None:
         """Count the would-be (candidate) or published (current) transition."""
-        self.metrics.shadow_alerts.labels(self.profile, model, state).inc()
+        self._shadow_alerts[model, state].inc()
 
 
 class ReplaySensor(Sensor):

@@ -23,9 +23,10 @@ from detector.config import DetectorConfig, load_config
 from detector.core.readings import RejectReason
 from detector.evaluate import evaluate_table
 from detector.lane import Model
+from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
 from detector.reload import load_model
-from detector.sensor import Sensor
+from detector.sensor import MetricsSensor, Sensor
 from detector_devtools.replay import encode_messages, interleave
 from detector_devtools.synthetic import (
     PROFILE_COLUMN,
@@ -299,6 +300,52 @@ def test_a_device_claiming_another_profile_is_rejected_and_keeps_its_windows(
         expected, windows = _offline(mixed_data, config, profile)
         assert streamed_transitions(_of(alerts, profile)) == expected
         assert sensor.profiles[profile].windows == windows
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_a_new_device_belongs_to_the_profile_of_its_first_reading(
+    mixed_data: MixedData, columnar: bool
+) -> None:
+    """Within one poll too: the claim follows reading order, not the order lanes are served."""
+    config = _config(mixed_data)
+    sensor = RecordingSensor()
+    pipeline = Pipeline(config, _models(mixed_data, config), sensor, columnar=columnar)
+    ts = 1_700_000_000.0
+    readings = [
+        ("pump-9", _reading("pump-9", ts, "pump") | {"profile": "pump"}),
+        ("new-1", _reading("new-1", ts, "fan") | {"profile": "fan"}),
+        ("new-1", _reading("new-1", ts + 1, "pump") | {"profile": "pump"}),
+        ("new-1", _reading("new-1", ts + 2, "fan") | {"profile": "fan"}),
+    ]
+    tp = TopicPartition("readings", 0)
+    records = [
+        ConsumerRecord(
+            tp.topic, 0, -1, i, 0, 0, k.encode(), json.dumps(v).encode(), [], None, 0, 0, 0
+        )
+        for i, (k, v) in enumerate(readings)
+    ]
+    pipeline.process({tp: records})
+    assert sensor.rejections == [RejectReason.PROFILE_CONFLICT]
+    assert "new-1" in pipeline.lane("fan").registry
+    assert "new-1" not in pipeline.lane("pump").registry
+    assert "pump-9" in pipeline.lane("pump").registry
+
+
+def test_metrics_of_a_profiles_config_carry_only_configured_profiles(
+    mixed_data: MixedData,
+) -> None:
+    config = _config(mixed_data)
+    metrics = DetectorMetrics(profiles=list(MIXED_PROFILES))
+    pipeline = Pipeline(config, _models(mixed_data, config), MetricsSensor(metrics))
+    table = interleave(mixed_data.stream.readings).head(2000)
+    _run(pipeline, _polls(consumer_records(encode_messages(table))))
+    labelled = {
+        sample.labels["profile"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if "profile" in sample.labels
+    }
+    assert labelled == set(MIXED_PROFILES)
 
 
 def test_routing_by_device_glob_with_a_default_alerts_as_routing_by_the_reading_field(
