@@ -235,7 +235,9 @@ class ModelConfig(_Section):
         None, description="the profile of readings no route matches (None: unknown_profile)"
     )
     reload_interval_s: float = Field(
-        10.0, ge=0, description="how often to check a registry's current pointer (0: never)"
+        10.0,
+        ge=0,
+        description="how often to check a registry's current and candidate pointers (0: never)",
     )
     shadow: bool = Field(True, description="score a registry's candidate model in shadow")
 

@@ -130,6 +130,12 @@ class PollCounts:
     resets: dict[str, int] = field(default_factory=dict)
 
 
+def _judge_levels(model: Model) -> tuple[float, float]:
+    """A model's threshold and its median validation error: what a judge of its scores needs."""
+    threshold = model.artifact.metadata.threshold
+    return threshold.value, threshold.error_summary.get("p50", 0.0)
+
+
 class Lane:
     """One profile: its devices, pending windows, model, alert rule, drift watch and shadow."""
 
@@ -138,9 +144,7 @@ class Lane:
     ) -> None:
         self.name = name
         self.config = config
-        self.alerts: AlertConfig = (
-            config.alerts_for(name) if name in config.model.profile_map() else config.alerts
-        )
+        self.alerts: AlertConfig = config.alerts_for(name)
         self.sensor = sensor or Sensor()
         meta = model.artifact.metadata
         windows = config.windows
@@ -153,7 +157,7 @@ class Lane:
         self.registry: DeviceRegistry = DeviceRegistry(
             store,
             Admitter(windows.policy(), store, meta.feature_names),
-            self.alerts.judge(meta.threshold.value, 0.0),
+            self.alerts.judge(*_judge_levels(model)),
             windows.capacity_min_idle_s,
         )
         self.pending = PendingWindows(
@@ -164,7 +168,6 @@ class Lane:
         self._candidate: Model | None = None
         self._batches_scored = 0
         self._seconds_per_window = 0.0  # forward-pass time per window, smoothed over batches
-        self._model = model
         self.install(model)
 
     @property
@@ -189,11 +192,8 @@ class Lane:
         over (the new model's scores are not comparable with the old one's), and so does the
         shadow comparison.
         """
-        meta = model.artifact.metadata
         self._model = model
-        self.registry.judge.install(
-            meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0)
-        )
+        self.registry.judge.install(*_judge_levels(model))
         self.drift = self._drift_monitor(model.artifact)
         self._drift_score = float("nan")
         if self._candidate is not None:
@@ -209,10 +209,7 @@ class Lane:
         if candidate is None:
             self.registry.shadow = None
         else:
-            meta = candidate.artifact.metadata
-            self.registry.shadow = self.alerts.judge(
-                meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0)
-            )
+            self.registry.shadow = self.alerts.judge(*_judge_levels(candidate))
         self.sensor.shadow(self._model.version, None if candidate is None else candidate.version)
 
     def _drift_monitor(self, artifact: Artifact) -> DriftMonitor | None:

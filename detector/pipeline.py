@@ -35,6 +35,7 @@ from detector.kafka_io import (
 )
 from detector.lane import Lane, Model, PollCounts
 from detector.logs import RateLimitedLog
+from detector.reload import swap_incompatibility
 from detector.sensor import Sensor
 
 __all__ = ["Output", "Pipeline"]
@@ -167,8 +168,7 @@ class Pipeline:
         window length must be the old model's (see :func:`~detector.reload.swap_incompatibility`).
         """
         lane = self.lane(profile)
-        if model.artifact.metadata.feature_names != lane.feature_names:
-            raise ValueError(f"{model.version} has another feature order than profile {profile}")
+        self._check_fits(lane, model)
         if lane.pending:
             lane.score(self._outbox)
         lane.install(model)
@@ -176,9 +176,18 @@ class Pipeline:
     def shadow(self, profile: str, candidate: Model | None) -> None:
         """Score the profile's following windows with ``candidate`` in shadow too (``None``: stop)."""
         lane = self.lane(profile)
+        if candidate is not None:
+            self._check_fits(lane, candidate)
         if lane.pending:
             lane.score(self._outbox)
         lane.shadow(candidate)
+
+    @staticmethod
+    def _check_fits(lane: Lane, model: Model) -> None:
+        """Raise ``ValueError`` unless ``model`` can score the lane's windows."""
+        reason = swap_incompatibility(lane.model.artifact.metadata, model.artifact.metadata)
+        if reason is not None:
+            raise ValueError(f"{model.version} cannot score profile {lane.name}: {reason}")
 
     def process(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], now: float | None = None
