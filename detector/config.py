@@ -24,7 +24,8 @@ from detector.core.adaptation import AdaptationRule
 from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
-from detector.core.judge import Judge
+from detector.core.judge import Judge, JudgeLevels
+from detector.core.likelihood import LikelihoodRule
 from detector.core.routing import DEFAULT_PROFILE, Router, RouteRule
 from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
@@ -397,6 +398,37 @@ class AdaptationConfig(_Section):
         return self
 
 
+class LikelihoodConfig(_Section):
+    """Each device judged against its own recent scores (off while ``windows`` is 0)."""
+
+    windows: int = Field(
+        0,
+        ge=0,
+        description="recent scores per device whose distribution sets its level (0: off)",
+    )
+    tail: float = Field(
+        1e-4, gt=0, lt=0.5, description="a window is over when its tail probability is below this"
+    )
+    prior_windows: int = Field(
+        100, ge=1, description="the model's validation scores count as this many windows"
+    )
+    min_scale: float = Field(
+        0.05, gt=0, description="least spread of a device's log-scores (ln units)"
+    )
+
+    def rule(self) -> LikelihoodRule | None:
+        """The pure rule, or ``None`` when the likelihood is off."""
+        if self.windows == 0:
+            return None
+        return LikelihoodRule(self.windows, self.tail, self.prior_windows, self.min_scale)
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> LikelihoodConfig:
+        if self.windows:
+            self.rule()
+        return self
+
+
 class AlertConfig(_Section):
     """When a device starts and stops firing."""
 
@@ -410,6 +442,7 @@ class AlertConfig(_Section):
     top_sensors: int = Field(3, ge=1)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    likelihood: LikelihoodConfig = Field(default_factory=LikelihoodConfig)
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -423,14 +456,16 @@ class AlertConfig(_Section):
             self.fire_k, self.fire_n, self.resolve_after, self.resolve_ratio, self.cooldown
         )
 
-    def judge(self, threshold: float, reference_score: float) -> Judge:
-        """A fleet's judge for a model with ``threshold`` and validation median ``reference_score``."""
+    def judge(self, levels: JudgeLevels) -> Judge:
+        """A fleet's judge for a model with these ``levels`` (:func:`judge_levels`)."""
         return Judge(
             self.rule(),
-            threshold,
+            levels.threshold,
             self.calibration.rule(),
             self.adaptation.rule(),
-            reference_score,
+            levels.reference_score,
+            self.likelihood.rule(),
+            levels.prior,
         )
 
 

@@ -23,6 +23,7 @@ from detector.config import DetectorConfig
 from detector.core.admission import Admitter
 from detector.core.alerts import Alert, make_alert
 from detector.core.artifact import Artifact
+from detector.core.judge import judge_levels
 from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer, top_sensor_shares
 from detector.core.windows import WindowStore
@@ -84,7 +85,7 @@ def evaluate_device(
             windows[start : min(start + batch, count)]
         )
     window_scores = scorer.window_scores(errors) if count else np.empty(0)
-    judge = config.alerts.judge(meta.threshold.value, meta.threshold.error_summary.get("p50", 0.0))
+    judge = config.alerts.judge(judge_levels(meta))
     scores = np.full(len(ts), np.nan)
     thresholds = np.full(len(ts), np.nan)
     firing = np.zeros(len(ts), dtype=bool)

@@ -22,6 +22,7 @@ from detector.core.alerts import make_alert
 from detector.core.artifact import Artifact
 from detector.core.devices import DeviceRegistry
 from detector.core.drift import DriftMonitor
+from detector.core.judge import judge_levels
 from detector.core.scoring import Scorer, top_sensor_shares
 from detector.core.windows import WindowStore
 from detector.kafka_io import OutboundMessage, alert_message
@@ -130,12 +131,6 @@ class PollCounts:
     resets: dict[str, int] = field(default_factory=dict)
 
 
-def _judge_levels(model: Model) -> tuple[float, float]:
-    """A model's threshold and its median validation error: what a judge of its scores needs."""
-    threshold = model.artifact.metadata.threshold
-    return threshold.value, threshold.error_summary.get("p50", 0.0)
-
-
 class Lane:
     """One profile: its devices, pending windows, model, alert rule, drift watch and shadow."""
 
@@ -157,7 +152,7 @@ class Lane:
         self.registry: DeviceRegistry = DeviceRegistry(
             store,
             Admitter(windows.policy(), store, meta.feature_names),
-            self.alerts.judge(*_judge_levels(model)),
+            self.alerts.judge(judge_levels(model.artifact.metadata)),
             windows.capacity_min_idle_s,
         )
         self.pending = PendingWindows(
@@ -193,7 +188,7 @@ class Lane:
         shadow comparison.
         """
         self._model = model
-        self.registry.judge.install(*_judge_levels(model))
+        self.registry.judge.install(judge_levels(model.artifact.metadata))
         self.drift = self._drift_monitor(model.artifact)
         self._drift_score = float("nan")
         if self._candidate is not None:
@@ -209,7 +204,7 @@ class Lane:
         if candidate is None:
             self.registry.shadow = None
         else:
-            self.registry.shadow = self.alerts.judge(*_judge_levels(candidate))
+            self.registry.shadow = self.alerts.judge(judge_levels(candidate.artifact.metadata))
         self.sensor.shadow(self._model.version, None if candidate is None else candidate.version)
 
     def _drift_monitor(self, artifact: Artifact) -> DriftMonitor | None:

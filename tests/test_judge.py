@@ -7,7 +7,8 @@ import pytest
 from detector.core.adaptation import AdaptationRule
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
-from detector.core.judge import Judge
+from detector.core.judge import Judge, JudgeLevels
+from detector.core.likelihood import ScorePrior
 
 
 def test_devices_are_judged_independently() -> None:
@@ -67,6 +68,6 @@ def test_a_new_model_restarts_calibration_and_adaptation_but_not_episodes() -> N
     for score in [5.0, 5.0, 5.0]:
         judge.judge("a", score)
     assert judge.judge("a", 0.0)[0] == pytest.approx(5.0)  # the median of 5, 5
-    judge.install(threshold=2.0, reference_score=1.0)
+    judge.install(JudgeLevels(threshold=2.0, reference_score=1.0, prior=ScorePrior(0.0, 1.0)))
     assert judge.firing("a")
     assert judge.judge("a", 0.0) == (2.0, None)  # the new base, no adapted factor yet

@@ -1,8 +1,9 @@
 """Scores to alert transitions: each device's threshold, then the alert rule (pure, no I/O).
 
-A window's score is judged against the device's threshold: the artifact's, or the one its first
-windows calibrated (:mod:`detector.core.calibration`), times the factor its recent scores give it
-(:mod:`detector.core.adaptation`). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
+A window's score is judged against the device's threshold: the level its own recent scores set
+(:mod:`detector.core.likelihood`, when on), else the artifact's or the one its first windows
+calibrated (:mod:`detector.core.calibration`); times the factor its recent scores give it
+(:mod:`detector.core.adaptation`, when on). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
 ``firing`` and ``resolved`` transitions. The daemon and ``detector evaluate`` both judge through
 a :class:`Judge`, so the offline backtest gives the alerts the daemon would publish.
 
@@ -17,18 +18,47 @@ from dataclasses import dataclass, field
 
 from detector.core.adaptation import AdaptationRule, DeviceAdaptation
 from detector.core.alerts import AlertRule, AlertState, DeviceAlertState
+from detector.core.artifact import ArtifactMetadata
 from detector.core.calibration import CalibrationRule, DeviceCalibration
+from detector.core.likelihood import DeviceLikelihood, LikelihoodRule, ScorePrior
 
-__all__ = ["DeviceJudgement", "Judge"]
+__all__ = ["DeviceJudgement", "Judge", "JudgeLevels", "judge_levels"]
+
+
+@dataclass(frozen=True)
+class JudgeLevels:
+    """What judging a model's scores needs from its artifact."""
+
+    threshold: float  # the artifact's threshold
+    reference_score: float  # the validation windows' median score
+    prior: ScorePrior  # the validation log-scores' location and scale
+
+
+def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
+    """A model's threshold, median validation score and log-score prior, from its metadata."""
+    threshold = metadata.threshold
+    distribution = metadata.score_distribution
+    edges = distribution.edges if distribution is not None else None
+    return JudgeLevels(
+        threshold.value,
+        threshold.error_summary.get("p50", 0.0),
+        ScorePrior.from_validation(threshold.error_summary, edges),
+    )
+
+
+def _flat_prior(reference_score: float) -> ScorePrior:
+    """A prior with only a location (the likelihood's ``min_scale`` then sets the scale)."""
+    return ScorePrior.from_validation({"p50": reference_score})
 
 
 @dataclass
 class DeviceJudgement:
-    """One device's decision state: alert rule position, calibration and adaptation."""
+    """One device's decision state: alert rule position, likelihood, calibration, adaptation."""
 
     alert: DeviceAlertState = field(default_factory=DeviceAlertState)
     calibration: DeviceCalibration | None = None
     adaptation: DeviceAdaptation | None = None
+    likelihood: DeviceLikelihood | None = None
 
 
 class Judge:
@@ -41,22 +71,29 @@ class Judge:
         calibration: CalibrationRule | None = None,
         adaptation: AdaptationRule | None = None,
         reference_score: float = 0.0,
+        likelihood: LikelihoodRule | None = None,
+        prior: ScorePrior | None = None,
     ) -> None:
-        """``threshold`` is the artifact's; ``reference_score`` its validation median score."""
+        """``threshold`` is the artifact's; ``reference_score`` its validation median score;
+        ``prior`` its validation log-scores, what a new device's likelihood starts from."""
         self.rule = rule
         self.calibration = calibration
         self.adaptation = adaptation
+        self.likelihood = likelihood
         self.threshold = threshold
         self.reference_score = reference_score
+        self.prior = prior or _flat_prior(reference_score)
         self.devices: dict[str, DeviceJudgement] = {}
 
-    def install(self, threshold: float, reference_score: float) -> None:
+    def install(self, levels: JudgeLevels) -> None:
         """A new model scores from now on: thresholds calibrate and adapt again, alerts go on."""
-        self.threshold = threshold
-        self.reference_score = reference_score
+        self.threshold = levels.threshold
+        self.reference_score = levels.reference_score
+        self.prior = levels.prior
         for device in self.devices.values():
             device.calibration = None
             device.adaptation = None
+            device.likelihood = None
 
     def judge(self, device_id: str, score: float) -> tuple[float, AlertState | None]:
         """The threshold ``device_id``'s window with ``score`` is judged by, and any transition."""
@@ -64,7 +101,11 @@ class Judge:
         if device is None:
             device = self.devices[device_id] = DeviceJudgement()
         threshold = self.threshold
-        if self.calibration is not None:
+        if self.likelihood is not None:
+            if device.likelihood is None:
+                device.likelihood = DeviceLikelihood(self.likelihood, self.prior)
+            threshold = device.likelihood.observe(score)
+        elif self.calibration is not None:
             if device.calibration is None:
                 device.calibration = DeviceCalibration()
             threshold = device.calibration.threshold_for(self.calibration, threshold, score)
@@ -80,11 +121,15 @@ class Judge:
         return device is not None and device.alert.firing
 
     def adapting(self, device_id: str) -> bool:
-        """Whether adaptation is on and the device has fewer scores than it needs."""
-        if self.adaptation is None:
-            return False
+        """Whether the device has fewer scores than its likelihood or adaptation needs."""
         device = self.devices.get(device_id)
-        return device is None or device.adaptation is None or not device.adaptation.complete
+        for rule, name in ((self.likelihood, "likelihood"), (self.adaptation, "adaptation")):
+            if rule is None:
+                continue
+            state = None if device is None else getattr(device, name)
+            if state is None or not state.complete:
+                return True
+        return False
 
     def forget(self, device_id: str) -> bool:
         """Drop everything about a device; returns whether it was firing."""

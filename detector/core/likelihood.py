@@ -1,0 +1,152 @@
+"""Per-device score likelihood: how unusual a window's score is for *this* device (pure, no I/O).
+
+One model's scores differ by orders of magnitude between devices, and a threshold fitted on a
+few validation windows can blind one device (set far above anything it scores) and deafen
+another (set inside its normal noise). Here each device's window scores are judged against the
+distribution of its own recent scores, in log space, where reconstruction errors are close to
+symmetric:
+
+    m = median of the last ``windows`` log-scores
+    s = m - their 16th percentile            (the lower half's spread: anomalies raise scores,
+                                              so they barely move it)
+    tail probability of a score x:  p = 1 - Phi((ln x - m) / s)
+
+A window is *over* when ``p < tail``, that is when ``x > exp(m + z * s)`` with
+``z = Phi^-1(1 - tail)``: the level is an ordinary threshold, per device and moving, so the
+alert rule, the alert messages and the plots need nothing new.
+
+A new device has no history yet: its statistics are blended with the model's validation scores
+(:class:`ScorePrior`), which count as ``prior_windows`` windows, so a device is judged from its
+first window and becomes its own reference as its windows come in. ``s`` is at least
+``min_scale`` (a device whose scores never vary would otherwise alarm on rounding noise).
+
+The state is the last ``windows`` log-scores of the device (a ring buffer) and a count, so a
+replay that re-scores that many windows rebuilds it exactly, as after a partition handover.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+__all__ = ["DeviceLikelihood", "LikelihoodRule", "ScorePrior"]
+
+# ln of the smallest score taken as is: a perfect reconstruction (score 0) is not -inf.
+_LOG_FLOOR = math.log(1e-30)
+# The 16th percentile of a normal distribution is one standard deviation below its median.
+_LOWER_QUANTILE = NormalDist().cdf(-1.0)
+
+
+@dataclass(frozen=True)
+class ScorePrior:
+    """Location and scale of a model's validation log-scores: a new device's reference."""
+
+    location: float
+    scale: float
+
+    @classmethod
+    def from_validation(
+        cls, summary: Mapping[str, float], decile_edges: Sequence[float] | None = None
+    ) -> ScorePrior:
+        """From an artifact's ``threshold.error_summary`` and, when it has them, score deciles.
+
+        With deciles the scale is the lower half's spread, as for a device's own history
+        (``(ln p50 - ln p10) / 1.28``); without, the upper half's (``ln p90 - ln p50``).
+        """
+        median = max(float(summary.get("p50", 0.0)), 1e-30)
+        location = math.log(median)
+        z90 = NormalDist().inv_cdf(0.9)
+        if decile_edges is not None and len(decile_edges) == 9:
+            spread = location - math.log(max(float(decile_edges[0]), 1e-30))
+        else:
+            spread = math.log(max(float(summary.get("p90", median)), 1e-30)) - location
+        return cls(location, max(spread / z90, 0.0))
+
+
+@dataclass(frozen=True)
+class LikelihoodRule:
+    """How much history a device keeps and how small a tail probability raises an alarm."""
+
+    windows: int = 1000
+    tail: float = 1e-4
+    prior_windows: int = 100
+    min_scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.windows < 10:
+            raise ValueError("likelihood windows must be >= 10")
+        if not 0.0 < self.tail < 0.5:
+            raise ValueError("likelihood tail must be in (0, 0.5)")
+        if self.prior_windows < 1:
+            raise ValueError("likelihood prior_windows must be >= 1")
+        if self.min_scale <= 0.0:
+            raise ValueError("likelihood min_scale must be > 0")
+
+    @property
+    def z(self) -> float:
+        """Standard deviations above the median where the tail probability is ``tail``."""
+        return NormalDist().inv_cdf(1.0 - self.tail)
+
+
+@dataclass
+class DeviceLikelihood:
+    """One device's recent log-scores (a ring buffer) and the level they set."""
+
+    rule: LikelihoodRule
+    prior: ScorePrior
+    _recent: np.ndarray = field(init=False, repr=False)
+    _count: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._recent = np.empty(self.rule.windows, dtype=np.float64)
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``windows`` scores are in, so that the history is the device's own."""
+        return self._count >= self.rule.windows
+
+    def statistics(self) -> tuple[float, float]:
+        """``(m, s)``: the log-score location and scale the next window is judged by."""
+        rule, prior = self.rule, self.prior
+        seen = min(self._count, rule.windows)
+        if seen < 2:
+            location, scale = prior.location, prior.scale
+        else:
+            history = self._recent[:seen]
+            middle = (seen - 1) // 2
+            lower = int(_LOWER_QUANTILE * (seen - 1))
+            ordered = np.partition(history, [lower, middle])
+            own_location = float(ordered[middle])
+            own_scale = own_location - float(ordered[lower])
+            weight = seen / (seen + rule.prior_windows)
+            location = prior.location + weight * (own_location - prior.location)
+            scale = prior.scale + weight * (own_scale - prior.scale)
+        return location, max(scale, rule.min_scale)
+
+    def level(self) -> float:
+        """The score over which the next window's tail probability is below ``tail``."""
+        location, scale = self.statistics()
+        return math.exp(min(location + self.rule.z * scale, 700.0))
+
+    def tail_probability(self, score: float) -> float:
+        """How likely a score at least this high is under the device's history."""
+        location, scale = self.statistics()
+        return 1.0 - NormalDist().cdf((_log(score) - location) / scale)
+
+    def observe(self, score: float) -> float:
+        """The level to judge this window by, then remember its score.
+
+        A window is judged before it joins the history, so it never raises its own bar.
+        """
+        level = self.level()
+        self._recent[self._count % self.rule.windows] = _log(score)
+        self._count += 1
+        return level
+
+
+def _log(score: float) -> float:
+    return max(math.log(score), _LOG_FLOOR) if score > 0.0 else _LOG_FLOOR
