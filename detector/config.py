@@ -25,7 +25,7 @@ from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
 from detector.core.judge import Judge, JudgeLevels
-from detector.core.likelihood import LikelihoodRule
+from detector.core.likelihood import LearnPolicy, LikelihoodRule
 from detector.core.routing import DEFAULT_PROFILE, Router, RouteRule
 from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
@@ -415,12 +415,17 @@ class LikelihoodConfig(_Section):
     min_scale: float = Field(
         0.05, gt=0, description="least spread of a device's log-scores (ln units)"
     )
+    learn: LearnPolicy = Field(
+        "all", description="windows that join the history: all | calm (not over, not firing)"
+    )
 
     def rule(self) -> LikelihoodRule | None:
         """The pure rule, or ``None`` when the likelihood is off."""
         if self.windows == 0:
             return None
-        return LikelihoodRule(self.windows, self.tail, self.prior_windows, self.min_scale)
+        return LikelihoodRule(
+            self.windows, self.tail, self.prior_windows, self.min_scale, self.learn
+        )
 
     @model_validator(mode="after")
     def _valid_rule(self) -> LikelihoodConfig:

@@ -101,10 +101,12 @@ class Judge:
         if device is None:
             device = self.devices[device_id] = DeviceJudgement()
         threshold = self.threshold
+        likelihood = None
         if self.likelihood is not None:
-            if device.likelihood is None:
-                device.likelihood = DeviceLikelihood(self.likelihood, self.prior)
-            threshold = device.likelihood.observe(score)
+            likelihood = device.likelihood
+            if likelihood is None:
+                likelihood = device.likelihood = DeviceLikelihood(self.likelihood, self.prior)
+            threshold = likelihood.level()
         elif self.calibration is not None:
             if device.calibration is None:
                 device.calibration = DeviceCalibration()
@@ -113,7 +115,12 @@ class Judge:
             if device.adaptation is None:
                 device.adaptation = DeviceAdaptation(self.adaptation, self.reference_score)
             threshold *= device.adaptation.observe(score)
-        return threshold, device.alert.observe(self.rule, score, threshold)
+        transition = device.alert.observe(self.rule, score, threshold)
+        if likelihood is not None and (
+            likelihood.rule.learn == "all" or not (device.alert.firing or score > threshold)
+        ):
+            likelihood.remember(score)
+        return threshold, transition
 
     def firing(self, device_id: str) -> bool:
         """Whether the device is in a firing episode."""

@@ -16,12 +16,19 @@ A window is *over* when ``p < tail``, that is when ``x > exp(m + z * s)`` with
 alert rule, the alert messages and the plots need nothing new.
 
 A new device has no history yet: its statistics are blended with the model's validation scores
-(:class:`ScorePrior`), which count as ``prior_windows`` windows, so a device is judged from its
-first window and becomes its own reference as its windows come in. ``s`` is at least
+(:class:`ScorePrior`), which count as ``prior_windows`` windows at first and fade to nothing as
+the history fills, so a device is judged from its first window and is its own reference once
+``windows`` scores are in. ``s`` is at least
 ``min_scale`` (a device whose scores never vary would otherwise alarm on rounding noise).
 
-The state is the last ``windows`` log-scores of the device (a ring buffer) and a count, so a
-replay that re-scores that many windows rebuilds it exactly, as after a partition handover.
+``learn`` says which windows join the history: ``all`` (a fault that lasts is learned as the
+new normal after about ``windows / 2`` windows, like NAB's likelihood) or ``calm`` (only windows
+under the level while the device is not firing: a fault is never learned, nor is a new normal).
+
+The state is the last ``windows`` log-scores the device learned (a ring buffer) and a count, so
+with ``learn: all`` a replay that re-scores that many windows rebuilds it exactly, as after a
+partition handover; with ``calm`` exactly when those windows were calm (a replay of the device's
+whole history always rebuilds it).
 """
 
 from __future__ import annotations
@@ -30,10 +37,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["DeviceLikelihood", "LikelihoodRule", "ScorePrior"]
+__all__ = ["DeviceLikelihood", "LearnPolicy", "LikelihoodRule", "ScorePrior"]
+
+# Which windows join a device's history: every one, or only those judged normal while the
+# device was not firing (a long fault is then never learned as the device's normal).
+LearnPolicy = Literal["all", "calm"]
 
 # ln of the smallest score taken as is: a perfect reconstruction (score 0) is not -inf.
 _LOG_FLOOR = math.log(1e-30)
@@ -75,8 +87,11 @@ class LikelihoodRule:
     tail: float = 1e-4
     prior_windows: int = 100
     min_scale: float = 0.05
+    learn: LearnPolicy = "all"
 
     def __post_init__(self) -> None:
+        if self.learn not in ("all", "calm"):
+            raise ValueError("likelihood learn must be 'all' or 'calm'")
         if self.windows < 10:
             raise ValueError("likelihood windows must be >= 10")
         if not 0.0 < self.tail < 0.5:
@@ -122,7 +137,10 @@ class DeviceLikelihood:
             ordered = np.partition(history, [lower, middle])
             own_location = float(ordered[middle])
             own_scale = own_location - float(ordered[lower])
-            weight = seen / (seen + rule.prior_windows)
+            # The prior's weight fades as the history fills: a complete history is all the
+            # device's own, whatever the model's validation scores were.
+            prior_weight = rule.prior_windows * (1.0 - seen / rule.windows)
+            weight = seen / (seen + prior_weight)
             location = prior.location + weight * (own_location - prior.location)
             scale = prior.scale + weight * (own_scale - prior.scale)
         return location, max(scale, rule.min_scale)
@@ -137,14 +155,15 @@ class DeviceLikelihood:
         location, scale = self.statistics()
         return 1.0 - NormalDist().cdf((_log(score) - location) / scale)
 
-    def observe(self, score: float) -> float:
-        """The level to judge this window by, then remember its score.
-
-        A window is judged before it joins the history, so it never raises its own bar.
-        """
-        level = self.level()
+    def remember(self, score: float) -> None:
+        """Add a judged window's score to the history (after judging it: never its own bar)."""
         self._recent[self._count % self.rule.windows] = _log(score)
         self._count += 1
+
+    def observe(self, score: float) -> float:
+        """The level to judge this window by, then remember its score (``learn: all``)."""
+        level = self.level()
+        self.remember(score)
         return level
 
 
