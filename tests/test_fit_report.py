@@ -102,6 +102,14 @@ def test_training_scores_are_never_scaled_down() -> None:
     assert info.params["train_score_factor"] == 1.0
 
 
+def test_an_overfitted_model_cannot_push_its_threshold_out_of_reach() -> None:
+    # Training windows score 45x lower than unseen ones: the correction stops at the cap.
+    validation, train = _scores(40, 45.0, 1), _scores(400, 1.0, 2)
+    settings = ThresholdConfig(min_calibration_windows=100, max_train_score_factor=4.0)
+    info = calibrate(validation, train, settings)
+    assert info.params["train_score_factor"] == 4.0
+
+
 def test_pot_takes_training_windows_when_validation_has_too_few_peaks() -> None:
     # pot at init_quantile 0.98 needs 251 scores for its 5 peaks, more than the 100 configured.
     validation, train = _scores(150, 2.0, 1), _scores(600, 1.0, 2)

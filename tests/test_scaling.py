@@ -80,3 +80,21 @@ def test_dict_round_trip_survives_json(values: np.ndarray) -> None:
 def test_fit_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="non-empty 2-D"):
         StandardScaler.fit(np.zeros(shape))
+
+
+def test_robust_fit_ignores_spikes_in_the_training_rows() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.normal(10.0, 2.0, size=(2000, 1))
+    spiky = clean.copy()
+    spiky[::50] = 1e4  # 2 % of the rows
+    robust = StandardScaler.fit(spiky, robust=True)
+    assert abs(robust.mean[0] - 10.0) < 0.3
+    assert 1.7 < robust.scale[0] < 2.4
+    assert StandardScaler.fit(spiky).scale[0] > 500  # what the mean/std fit makes of them
+
+
+def test_robust_fit_of_a_mostly_flat_sensor_falls_back_to_its_std() -> None:
+    values = np.zeros((100, 1))
+    values[::10] = 1.0
+    scaler = StandardScaler.fit(values, robust=True)
+    assert scaler.scale[0] == pytest.approx(values.std())

@@ -103,6 +103,10 @@ class ScalingConfig(_Section):
 
     reference_paths: list[Path] = Field(default_factory=list)
     relative_floor: float = Field(0.0, ge=0)
+    method: Literal["standard", "robust"] = Field(
+        "standard",
+        description="standard: mean and std; robust: median and IQR (spikes in training rows)",
+    )
 
 
 class ScoreAggregationConfig(_Section):
@@ -128,6 +132,12 @@ class ThresholdConfig(_Section):
         ge=1,
         description="fewer validation windows: the training windows' scores join them, scaled "
         "up by the validation / training median score",
+    )
+    max_train_score_factor: float = Field(
+        4.0,
+        ge=1,
+        description="the most the training windows' scores are scaled up by when they join: a "
+        "model that overfits its training rows cannot push the threshold out of reach",
     )
     max_flag_rate: float = Field(
         0.01,

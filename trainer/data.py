@@ -172,8 +172,9 @@ def fit_scaler(split: SplitData, scaling: ScalingConfig | None = None) -> Standa
     With a reference recording configured, the scale is floored as :class:`ScalingConfig` says.
     """
     train = np.concatenate([s for s in split.train if len(s)])
+    robust = scaling is not None and scaling.method == "robust"
     if scaling is None or not scaling.reference_paths or scaling.relative_floor == 0:
-        return StandardScaler.fit(train)
+        return StandardScaler.fit(train, robust=robust)
     reference = pd.concat(
         [load_table(path, sensors=split.feature_names) for path in scaling.reference_paths]
     )[split.feature_names].dropna()
@@ -184,7 +185,7 @@ def fit_scaler(split: SplitData, scaling: ScalingConfig | None = None) -> Standa
     # A sensor centred on zero in the reference has no meaningful relative spread: no floor.
     variation = np.divide(values.std(axis=0), level, out=np.zeros_like(level), where=level > 0)
     floor = scaling.relative_floor * variation * np.abs(train.mean(axis=0))
-    return StandardScaler.fit(train, min_scale=floor)
+    return StandardScaler.fit(train, min_scale=floor, robust=robust)
 
 
 def windows_of(segments: list[np.ndarray], length: int, stride: int) -> np.ndarray:

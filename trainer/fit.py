@@ -471,8 +471,9 @@ def calibrate(
 
     With fewer validation scores than ``settings.min_calibration_windows`` (or than the method
     needs, :func:`min_threshold_windows`) the training scores join them, multiplied by the ratio
-    of the validation to the training median score (1 at least): the model saw those windows, so
-    they score lower than the unseen normal data the daemon will score. The medians are robust to
+    of the validation to the training median score (1 at least, ``max_train_score_factor`` at
+    most): the model saw those windows, so they score lower than the unseen normal data the
+    daemon will score. The medians are robust to
     the tail being fitted; a ratio below 1 means there is no optimism to undo. ``params`` then
     records ``validation_windows``, ``train_windows`` and ``train_score_factor``, and a warning
     states the correction. ``error_summary`` summarises the scores the threshold was fitted on.
@@ -488,7 +489,8 @@ def calibrate(
     method_minimum = min_threshold_windows(settings)
     if len(validation) < max(settings.min_calibration_windows, method_minimum):
         tiny = float(np.finfo(np.float32).tiny)
-        factor = max(1.0, float(np.median(validation)) / max(float(np.median(train)), tiny))
+        factor = float(np.median(validation)) / max(float(np.median(train)), tiny)
+        factor = min(max(1.0, factor), settings.max_train_score_factor)
         scores = np.concatenate([validation, train * factor])
         params.update(
             validation_windows=float(len(validation)),
