@@ -15,6 +15,10 @@ one device whose rows are fed through the detector in order. Metrics count a str
   streamed and scored whole.
 - synthetic (:mod:`detector_devtools.synthetic`): one task for an 8-device fleet trained on every device's
   normal first part; each device's later part, with injected anomaly episodes, is one stream.
+- NAB development set (``shared/data/nab-dev``, name ``nab-dev``): one task per stream (27), grouped
+  by NAB category, trained on the stream's probationary rows (the first ``min(floor(0.15 rows),
+  750)``); the whole stream is streamed and scored from the end of the probation on, labelled 1
+  inside NAB's anomaly windows (each window one run of 1s: windows never touch).
 
 Every loader raises :class:`FileNotFoundError` naming what is missing when ``path`` is not that
 dataset's directory, and :class:`ValueError` naming the file when one does not have the expected
@@ -23,6 +27,7 @@ columns or order.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ from detector_devtools.synthetic import SENSORS as SYNTHETIC_SENSORS
 from detector_devtools.synthetic import generate_fleet, split_at
 
 __all__ = [
+    "NAB_CATEGORIES",
+    "NAB_SENSORS",
     "NAMES",
     "SKAB_GROUPS",
     "SKAB_SENSORS",
@@ -49,6 +56,7 @@ __all__ = [
     "Stream",
     "Task",
     "load",
+    "load_nab",
     "load_skab",
     "load_smd",
     "load_tep",
@@ -56,7 +64,7 @@ __all__ = [
     "tep_fault_of",
 ]
 
-NAMES: tuple[str, ...] = ("skab", "tep", "smd", "synthetic")
+NAMES: tuple[str, ...] = ("skab", "tep", "smd", "synthetic", "nab-dev")
 
 # The 34 SKAB experiment files, as in bench/skab.py (anomaly-free/ is not part of the protocol).
 SKAB_GROUPS: Mapping[str, tuple[int, ...]] = {
@@ -102,6 +110,18 @@ _SYN_MARGIN_STEPS = 100
 _SYN_EPISODES = 4  # per device; with 4 every device gets each anomaly kind once
 _SYN_PERIOD_S = 1.0
 _SYN_START_TS = 1_700_000_000.0
+
+# NAB development set: combined_windows.json maps "<category>/<file>.csv" to its windows.
+NAB_CATEGORIES: tuple[str, ...] = (
+    "realTweets",
+    "realAdExchange",
+    "artificialWithAnomaly",
+    "artificialNoAnomaly",
+)
+NAB_SENSORS: tuple[str, ...] = ("value",)
+_NAB_WINDOWS = "combined_windows.json"
+_NAB_PROBATION_SHARE = 0.15
+_NAB_PROBATION_CAP = 750  # NAB: 0.15 * 5000 rows
 
 
 @dataclass(frozen=True)
@@ -330,11 +350,113 @@ def make_synthetic(seed: int = 0) -> Dataset:
     return Dataset("synthetic", SYNTHETIC_SENSORS, (task,), _SYN_PERIOD_S)
 
 
+def _nab_probation(rows: int) -> int:
+    """NAB's probationary rows, ``min(floor(0.15 rows), 750)`` (``bench.nab.probation_rows``)."""
+    return min(int(np.floor(_NAB_PROBATION_SHARE * rows)), _NAB_PROBATION_CAP)
+
+
+def _nab_labels(source: str, ts: np.ndarray, windows: object) -> np.ndarray:
+    """1 on the rows inside any of ``windows`` (``[start, end]`` timestamps, inclusive)."""
+    if not isinstance(windows, list) or not all(
+        isinstance(w, list) and len(w) == 2 for w in windows
+    ):
+        raise ValueError(f"{source}: windows must be a list of [start, end] pairs")
+    label = np.zeros(len(ts), dtype=np.int64)
+    previous_end = -2
+    for start, end in windows:
+        first, last = _epoch_seconds(pd.Series([start, end]))
+        rows = np.flatnonzero((ts >= first) & (ts <= last))
+        if not len(rows):
+            raise ValueError(f"{source}: window [{start}, {end}] holds no row")
+        # Windows are kept apart as runs of 1s, so they must not overlap or touch.
+        if rows[0] <= previous_end + 1:
+            raise ValueError(f"{source}: window [{start}, {end}] overlaps or touches the previous")
+        label[rows] = 1
+        previous_end = int(rows[-1])
+    return label
+
+
+def _nudge_repeats(ts: np.ndarray) -> np.ndarray:
+    """``ts`` with each repeat of the previous row's time moved 1 s after it.
+
+    NAB's exchange-2 files hold 2011-08-24 12:00:01 twice; NAB scores rows, not times, so both
+    rows stay (the windows and the probation count rows) and the detector, which needs time to
+    increase, gets them one second apart.
+    """
+    ts = ts.copy()
+    for row in np.flatnonzero(np.diff(ts) == 0) + 1:
+        if ts[row] == ts[row - 1]:
+            ts[row] = ts[row - 1] + 1.0
+    return ts
+
+
+def load_nab(path: Path | str, files: Sequence[str] | None = None) -> Dataset:
+    """The NAB development set: one task per stream, trained on its probationary rows.
+
+    ``path`` holds ``combined_windows.json`` and ``data/<category>/<file>.csv``; ``files`` picks
+    streams by their ``<category>/<file>.csv`` key (default: every key of the windows file, in
+    :data:`NAB_CATEGORIES` order, then by name). A task and its one device are named
+    ``<category>/<file>`` (no ``.csv``), its group is the category. ``ts`` is the ``timestamp``
+    column in epoch seconds (UTC; a repeated time moves 1 s on, see :func:`_nudge_repeats`); the
+    sensor is ``value``. ``train`` is the first
+    ``min(floor(0.15 rows), 750)`` rows (NAB's probationary period, the only rows a streaming
+    detector has seen before scoring starts); the stream is the whole file with ``scored_from``
+    at the end of the probation and ``label`` 1 on the rows inside a window (timestamps
+    inclusive). ``period_s`` is the median interval between rows over all streams.
+    """
+    path = Path(path)
+    windows_file = path / _NAB_WINDOWS
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory (expected the NAB data)")
+    if not windows_file.is_file():
+        raise FileNotFoundError(f"{path}: not the NAB data directory, missing {_NAB_WINDOWS}")
+    try:
+        all_windows = json.loads(windows_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{windows_file}: not valid JSON ({exc})") from exc
+    if not isinstance(all_windows, dict):
+        raise ValueError(f"{windows_file}: expected an object mapping files to windows")
+    order = {c: i for i, c in enumerate(NAB_CATEGORIES)}
+    keys = (
+        list(files)
+        if files is not None
+        else sorted(all_windows, key=lambda k: (order.get(k.split("/")[0], len(order)), k))
+    )
+    unknown = [k for k in keys if k not in all_windows]
+    if unknown:
+        raise ValueError(f"{windows_file}: no windows for {unknown}")
+    _require_dir(path, "NAB", [path / "data" / k for k in keys])
+    tasks, periods = [], []
+    for key in keys:
+        file = path / "data" / key
+        raw = _read(file, ["timestamp", "value"])
+        ts = _epoch_seconds(raw["timestamp"])
+        label = _nab_labels(str(file), ts, all_windows[key])
+        ts = _nudge_repeats(ts)
+        frame = _labelled(file, ts, raw[list(NAB_SENSORS)], pd.Series(label))
+        probation = _nab_probation(len(frame))
+        if probation < 2:
+            raise ValueError(f"{file}: {len(frame)} rows leave {probation} probationary rows")
+        name = key.removesuffix(".csv")
+        tasks.append(
+            Task(
+                name=name,
+                train=frame.iloc[:probation].drop(columns="label"),
+                streams=(Stream(name, frame, probation),),
+                group=key.split("/")[0],
+            )
+        )
+        periods.append(float(np.median(np.diff(ts))))
+    if not tasks:
+        raise ValueError(f"{windows_file}: no streams to load")
+    return Dataset("nab-dev", NAB_SENSORS, tuple(tasks), float(np.median(periods)))
+
+
 def load(name: str, path: Path | str | None = None) -> Dataset:
     """The dataset ``name`` (one of :data:`NAMES`) from ``path``; ``synthetic`` needs no path."""
     if name == "synthetic":
         return make_synthetic()
-    loaders = {"skab": load_skab, "tep": load_tep, "smd": load_smd}
+    loaders = {"skab": load_skab, "tep": load_tep, "smd": load_smd, "nab-dev": load_nab}
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NAMES)}")
     if path is None:

@@ -6,6 +6,7 @@ written here in the same formats.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.datasets import (
+    NAB_SENSORS,
     SKAB_SENSORS,
     SMD_SENSORS,
     TEP_SENSORS,
     Dataset,
     Stream,
     load,
+    load_nab,
     load_skab,
     load_smd,
     load_tep,
@@ -290,10 +293,137 @@ def test_load_smd_rejects_unlabelled_test(tmp_path: Path) -> None:
         load_smd(tmp_path, machines=("machine-1-2",))
 
 
+# --- NAB ---------------------------------------------------------------------------------------
+
+
+def _write_nab_stream(root: Path, key: str, rows: int, start: str = "2015-02-26 21:42:53") -> Path:
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range(start, periods=rows, freq="5min").astype(str),
+            "value": np.arange(rows) % 7,
+        }
+    )
+    path = root / "data" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _write_nab_windows(root: Path, windows: dict[str, list[list[str]]]) -> None:
+    (root / "combined_windows.json").write_text(json.dumps(windows))
+
+
+@pytest.fixture
+def nab_dir(tmp_path: Path) -> Path:
+    # 40 rows: 6 probationary (floor(0.15 * 40)); the window covers rows 10..14 inclusive.
+    _write_nab_stream(tmp_path, "realTweets/Twitter_volume_X.csv", 40)
+    _write_nab_stream(tmp_path, "artificialNoAnomaly/art_flat.csv", 20, "2014-04-01 00:00:00")
+    _write_nab_windows(
+        tmp_path,
+        {
+            "artificialNoAnomaly/art_flat.csv": [],
+            "realTweets/Twitter_volume_X.csv": [
+                ["2015-02-26 22:32:53.000000", "2015-02-26 22:52:53.000000"]
+            ],
+        },
+    )
+    return tmp_path
+
+
+def test_load_nab(nab_dir: Path) -> None:
+    data = load("nab-dev", nab_dir)
+    assert data.name == "nab-dev" and data.sensors == NAB_SENSORS == ("value",)
+    assert data.period_s == 300.0
+    # Categories in NAB_CATEGORIES order (realTweets first), not alphabetical.
+    assert [(t.name, t.group) for t in data.tasks] == [
+        ("realTweets/Twitter_volume_X", "realTweets"),
+        ("artificialNoAnomaly/art_flat", "artificialNoAnomaly"),
+    ]
+    task = data.tasks[0]
+    (stream,) = task.streams
+    assert stream.device_id == task.name and stream.scored_from == 6
+    assert list(stream.frame.columns) == ["ts", "value", "label"]
+    assert list(task.train.columns) == ["ts", "value"]
+    pd.testing.assert_frame_equal(task.train, stream.frame.iloc[:6].drop(columns="label"))
+    assert stream.frame["ts"].iloc[0] == pd.Timestamp("2015-02-26 21:42:53", tz="UTC").timestamp()
+    assert np.all(np.diff(stream.frame["ts"]) == 300.0)
+    # Window timestamps are inclusive at both ends.
+    assert stream.frame["label"].tolist() == [0] * 10 + [1] * 5 + [0] * 25
+    assert stream.frame["value"].dtype == np.float64
+    empty = data.tasks[1].streams[0]
+    assert empty.scored_from == 3 and empty.frame["label"].sum() == 0
+
+
+def test_load_nab_probation_is_capped_at_750_rows(tmp_path: Path) -> None:
+    _write_nab_stream(tmp_path, "realTweets/long.csv", 6000)
+    _write_nab_windows(tmp_path, {"realTweets/long.csv": []})
+    (task,) = load_nab(tmp_path).tasks
+    assert len(task.train) == task.streams[0].scored_from == 750  # not floor(0.15 * 6000) = 900
+
+
+def test_load_nab_picks_files(nab_dir: Path) -> None:
+    data = load_nab(nab_dir, files=["artificialNoAnomaly/art_flat.csv"])
+    assert [t.name for t in data.tasks] == ["artificialNoAnomaly/art_flat"]
+    with pytest.raises(ValueError, match=r"no windows for \['realTweets/other\.csv'\]"):
+        load_nab(nab_dir, files=["realTweets/other.csv"])
+
+
+def test_load_nab_keeps_a_repeated_timestamp_as_its_own_row(nab_dir: Path) -> None:
+    path = nab_dir / "data" / "realTweets" / "Twitter_volume_X.csv"
+    frame = pd.read_csv(path)
+    frame.loc[20, "timestamp"] = frame.loc[19, "timestamp"]
+    frame.to_csv(path, index=False)
+    stream = load_nab(nab_dir).tasks[0].streams[0]
+    assert len(stream.frame) == 40
+    ts = stream.frame["ts"].to_numpy()
+    assert ts[20] == ts[19] + 1.0 and ts[21] == ts[19] + 600.0
+
+
+def test_load_nab_names_what_is_missing(nab_dir: Path) -> None:
+    (nab_dir / "data" / "artificialNoAnomaly" / "art_flat.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"not the NAB data.*art_flat\.csv"):
+        load_nab(nab_dir)
+    (nab_dir / "combined_windows.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing combined_windows\.json"):
+        load_nab(nab_dir)
+
+
+def test_load_nab_rejects_missing_columns(nab_dir: Path) -> None:
+    path = nab_dir / "data" / "realTweets" / "Twitter_volume_X.csv"
+    pd.read_csv(path).rename(columns={"value": "v"}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"Twitter_volume_X\.csv: columns not found: \['value'\]"):
+        load_nab(nab_dir)
+
+
+@pytest.mark.parametrize(
+    ("windows", "message"),
+    [
+        ([["2016-01-01 00:00:00", "2016-01-02 00:00:00"]], "holds no row"),
+        (
+            [
+                ["2015-02-26 22:32:53", "2015-02-26 22:52:53"],
+                ["2015-02-26 22:57:53", "2015-02-26 23:02:53"],
+            ],
+            "overlaps or touches",
+        ),
+        ([["2015-02-26 22:32:53"]], r"list of \[start, end\] pairs"),
+    ],
+)
+def test_load_nab_rejects_bad_windows(
+    nab_dir: Path, windows: list[list[str]], message: str
+) -> None:
+    _write_nab_windows(
+        nab_dir,
+        {"realTweets/Twitter_volume_X.csv": windows, "artificialNoAnomaly/art_flat.csv": []},
+    )
+    with pytest.raises(ValueError, match=message):
+        load_nab(nab_dir)
+
+
 # --- common ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["skab", "tep", "smd"])
+@pytest.mark.parametrize("name", ["skab", "tep", "smd", "nab-dev"])
 def test_loaders_name_a_missing_directory(tmp_path: Path, name: str) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=f"{missing}: no such directory"):
