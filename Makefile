@@ -24,9 +24,10 @@ bench-skab: install
 	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')
 	$(PY) bench/skab.py --data $(DATA) $(if $(PLOT),--plot $(PLOT))
 
-# Detection quality on SKAB, TEP, SMD and the synthetic fleet with the default configs, the tuned
-# SKAB config and a PCA baseline (README, "Detection quality"): writes bench/results/quality.json.
-# DATA_ROOT holds skab/, tep/ and smd/; ARGS passes options (e.g. ARGS="--datasets tep --seeds 0").
+# Detection quality on SKAB, TEP, SMD, the synthetic fleet and the NAB development set (with NAB's
+# standard score) with the default configs, the tuned SKAB config and a PCA baseline (README,
+# "Detection quality"): writes bench/results/quality.json. DATA_ROOT holds skab/, tep/, smd/ and
+# nab-dev/; ARGS passes options (e.g. ARGS="--datasets tep --seeds 0").
 DATA_ROOT ?= ../shared/data
 bench-quality: install
 	$(if $(PLOT),$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[plot]')

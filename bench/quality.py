@@ -1,4 +1,4 @@
-"""Detection quality on SKAB, TEP, the SMD subset and the synthetic fleet, beside a PCA baseline.
+"""Detection quality on SKAB, TEP, SMD, the synthetic fleet and NAB, beside a PCA baseline.
 
 For every dataset (:mod:`bench.datasets`, each by its README's protocol) and seed, the trainer
 fits one artifact per task with the **untouched default** trainer config, and every stream is
@@ -13,6 +13,12 @@ device, median delay) are pooled over a dataset's streams per seed, then average
 Every task's own training rows are also streamed through its model: a device that raises any
 alarm there counts in ``train_alarm_devices``.
 
+On the NAB development set (``nab-dev``) every method also gets NAB's standard score
+(:mod:`bench.nab`, ``nab_standard``): the alarm onsets after each stream's probation are its
+detections, the raw scores are summed over the set's streams per seed and normalised over the set
+as NAB does (0 = no detection, 100 = every window caught on its first row), then averaged over
+seeds; per NAB category in ``subsets`` (``None`` for artificialNoAnomaly, which has no window).
+
 ``--ensemble K`` also backtests a seed ensemble with the default configs: K models trained with
 different seeds, each window's per-sensor errors averaged over them, the threshold calibrated on
 the ensemble's own validation scores exactly as the trainer calibrates one model's.
@@ -21,7 +27,7 @@ the ensemble's own validation scores exactly as the trainer calibrates one model
 {windows: 400}}``) evaluates more detector settings on the same trained artifacts; that is how
 candidate defaults are compared across datasets without retraining.
 
-Usage: ``python bench/quality.py --data ../shared/data [--datasets skab tep smd synthetic]``
+Usage: ``python bench/quality.py --data ../shared/data [--datasets skab tep smd synthetic nab-dev]``
 (or ``make bench-quality``). Writes ``bench/results/quality.json``.
 """
 
@@ -45,8 +51,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import nab
 from bench.baselines import PCABaseline
 from bench.datasets import (
+    NAB_CATEGORIES,
     TEP_HARD_FAULTS,
     Dataset,
     Stream,
@@ -67,8 +75,10 @@ from trainer.data import load_normal_files, split_by_time, windows_of
 from trainer.fit import TrainingError, calibrate, fit
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ("skab", "tep", "smd", "synthetic")
+DATASETS = ("skab", "tep", "smd", "synthetic", "nab-dev")
 METRICS = ("f1", "far", "mar", "event_precision", "event_recall", "event_f1", "alarms_per_device")
+# Datasets scored by NAB's standard profile too (their streams' records carry NAB's inputs).
+NAB_SCORED = ("nab-dev",)
 # Published rows from each dataset's README (not measured here; protocols differ, see there).
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "skab": {
@@ -87,6 +97,52 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
         "L2 norm of the input, same protocol": {"f1": 0.404},
     },
     "synthetic": {},
+    # shared/data/nab-dev/README.md: the detectors' NAB result files scored by its protocol on
+    # these 27 streams (NAB standard reproduced by bench/nab_check.py from NAB's per-file scores).
+    "nab-dev": {
+        "ARTime": {
+            "nab_standard": 78.7,
+            "event_precision": 0.45,
+            "event_recall": 0.94,
+            "event_f1": 0.605,
+            "alarms_per_device": 6.5,
+        },
+        "Numenta HTM": {
+            "nab_standard": 70.2,
+            "event_precision": 0.50,
+            "event_recall": 0.83,
+            "event_f1": 0.626,
+            "alarms_per_device": 6.1,
+        },
+        "KNN CAD": {
+            "nab_standard": 63.2,
+            "event_precision": 0.22,
+            "event_recall": 0.87,
+            "event_f1": 0.350,
+            "alarms_per_device": 8.8,
+        },
+        "Twitter ADVec": {
+            "nab_standard": 56.4,
+            "event_precision": 0.40,
+            "event_recall": 0.81,
+            "event_f1": 0.535,
+            "alarms_per_device": 10.2,
+        },
+        "Random Cut Forest": {
+            "nab_standard": 48.3,
+            "event_precision": 0.37,
+            "event_recall": 0.79,
+            "event_f1": 0.509,
+            "alarms_per_device": 12.3,
+        },
+        "Windowed Gaussian": {
+            "nab_standard": 47.3,
+            "event_precision": 0.39,
+            "event_recall": 0.75,
+            "event_f1": 0.517,
+            "alarms_per_device": 10.2,
+        },
+    },
 }
 # Which configs a dataset has besides the defaults: a tuned one, and the split it was tuned on.
 TUNED = {"skab": ("configs/skab.yaml", "valve1")}
@@ -204,13 +260,28 @@ def _evaluate(
     )
 
 
-def _stream_record(stream: Stream, flags: np.ndarray) -> dict[str, Any]:
+def _stream_record(stream: Stream, flags: np.ndarray, nab_inputs: bool = False) -> dict[str, Any]:
+    """A stream's scored labels and flags; with ``nab_inputs`` also NAB's inputs (``"nab"``).
+
+    NAB's inputs are on the whole stream: its length, the first scored row, the windows as row
+    ranges and the detections, the alarm onsets after the probation (an alarm already running
+    when scoring starts is no detection).
+    """
     scored = slice(stream.scored_from, None)
-    return {
+    labels = stream.frame["label"].to_numpy(dtype=np.int8)
+    record: dict[str, Any] = {
         "device": stream.device_id,
-        "labels": stream.frame["label"].to_numpy(dtype=np.int8)[scored],
+        "labels": labels[scored],
         "flags": np.asarray(flags, dtype=np.int8)[scored],
     }
+    if nab_inputs:
+        record["nab"] = {
+            "rows": len(labels),
+            "probation": stream.scored_from,
+            "windows": nab.windows_from_labels(labels),
+            "detections": nab.onsets(np.asarray(flags, dtype=np.int8), stream.scored_from),
+        }
+    return record
 
 
 def _psi_against(reference_scores: np.ndarray, live: np.ndarray) -> float:
@@ -276,6 +347,7 @@ def run_job(job: Job) -> dict[str, Any]:
     task = dataset.tasks[job.task_index]
     out: dict[str, Any] = {"dataset": job.dataset, "task": task.name, "group": task.group}
     out["seed"] = job.seed
+    nab_inputs = job.dataset in NAB_SCORED
     methods: dict[str, list[dict[str, Any]]] = {}
     train_alarms: dict[str, list[str]] = {}
     fits: dict[str, dict[str, float]] = {}
@@ -328,7 +400,7 @@ def run_job(job: Job) -> dict[str, Any]:
                     stream.device_id, stream.frame, model, detector, model_scorer
                 )
                 evaluations.append(evaluation)
-                records.append(_stream_record(stream, evaluation.firing))
+                records.append(_stream_record(stream, evaluation.firing, nab_inputs))
                 if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
                     _plot(job, task, stream, evaluation)
             methods[name] = records
@@ -342,7 +414,7 @@ def run_job(job: Job) -> dict[str, Any]:
     sensors = list(dataset.sensors)
     baseline = PCABaseline.fit(task.train[sensors].to_numpy(dtype=np.float64))
     methods["baseline"] = [
-        _stream_record(s, baseline.flags(s.frame[sensors].to_numpy(dtype=np.float64)))
+        _stream_record(s, baseline.flags(s.frame[sensors].to_numpy(dtype=np.float64)), nab_inputs)
         for s in task.streams
     ]
     train_alarms["baseline"] = [
@@ -365,7 +437,7 @@ def _plot_stream(task: Task) -> int:
 def _plot(job: Job, task: Task, stream: Stream, evaluation: DeviceEvaluation) -> None:
     assert job.plot_dir is not None
     plot_stream(
-        job.plot_dir / f"{job.dataset}-{task.name}.png",
+        job.plot_dir / f"{job.dataset}-{task.name.replace('/', '_')}.png",
         f"{job.dataset} {task.name} / {stream.device_id} (seed {job.seed}, default configs)",
         stream.frame["label"].to_numpy(),
         evaluation.scores,
@@ -376,7 +448,28 @@ def _plot(job: Job, task: Task, stream: Stream, evaluation: DeviceEvaluation) ->
 
 
 def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return summarise([(r["labels"], r["flags"]) for r in records])
+    pooled = summarise([(r["labels"], r["flags"]) for r in records])
+    if records and all("nab" in r for r in records):
+        # NAB standard over these streams, normalised over them as one set.
+        pooled.update(
+            nab.score_set(
+                nab.score_stream(
+                    r["nab"]["windows"],
+                    r["nab"]["detections"],
+                    r["nab"]["rows"],
+                    r["nab"]["probation"],
+                )
+                for r in records
+            ).as_dict()
+        )
+    return pooled
+
+
+def _seed_mean(values: list[Any]) -> float | None:
+    """The mean over seeds; ``None`` when a seed has no value (NAB standard without windows)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def _drift_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -413,6 +506,13 @@ def _summarise_dataset(
     if name == "skab":
         subsets["valve1 (tuning split)"] = lambda r, _d: r["group"] == "valve1"
         subsets["held-out (valve2, other)"] = lambda r, _d: r["group"] != "valve1"
+    if name in NAB_SCORED:
+        order = {g: i for i, g in enumerate(NAB_CATEGORIES)}
+        for group in sorted(
+            {r["group"] for r in mine}, key=lambda g: (order.get(g, len(order)), g)
+        ):
+            subsets[group] = lambda r, _d, group=group: r["group"] == group
+    metrics = (*METRICS, "nab_standard") if name in NAB_SCORED else METRICS
     if name == "tep":
         subsets["without faults 3, 9, 15"] = lambda _r, d: tep_fault_of(d) not in TEP_HARD_FAULTS
         subsets["faults 3, 9, 15"] = lambda _r, d: (
@@ -433,10 +533,10 @@ def _summarise_dataset(
             entry["train_devices"] = devices
             entry["train_alarm_share"] = alarmed / max(devices, 1)
             per_seed.append(entry)
-        block = {key: float(np.mean([s["all"][key] for s in per_seed])) for key in METRICS}
+        block = {key: _seed_mean([s["all"][key] for s in per_seed]) for key in metrics}
         block["train_alarm_share"] = float(np.mean([s["train_alarm_share"] for s in per_seed]))
         block["subsets"] = {
-            subset: {key: float(np.mean([s[subset][key] for s in per_seed])) for key in METRICS}
+            subset: {key: _seed_mean([s[subset][key] for s in per_seed]) for key in metrics}
             for subset in subsets
         }
         block["per_seed"] = per_seed
@@ -487,19 +587,30 @@ def _cells(metrics: dict[str, float]) -> list[str]:
     ]
 
 
+def _nab_cell(metrics: dict[str, Any]) -> str:
+    """NAB standard for the table: blank where the dataset has none, "n/a" without windows."""
+    if "nab_standard" not in metrics:
+        return ""
+    return "n/a" if metrics["nab_standard"] is None else f"{metrics['nab_standard']:.1f}"
+
+
 def _table(datasets: dict[str, Any]) -> str:
-    line = "| {:<10} | {:<22} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} |"
+    line = (
+        "| {:<10} | {:<22} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} "
+        "| {:>5} |"
+    )
     header = ("dataset", "method", "F1", "FAR %", "MAR %", "ev P", "ev R", "ev F1", "alarms/d")
-    out = [line.format(*header, "train")]
+    out = [line.format(*header, "train", "NAB")]
     for name, summary in datasets.items():
         for method, block in summary.items():
             if method in ("fit", "normal_drift"):
                 continue
             train = f"{100 * block['train_alarm_share']:.0f} %"
-            out.append(line.format(name, method, *_cells(block), train))
+            out.append(line.format(name, method, *_cells(block), train, _nab_cell(block)))
             for subset, metrics in block["subsets"].items():
                 if subset != "all":
-                    out.append(line.format("", f"  {subset}"[:22], *_cells(metrics), ""))
+                    cells = _cells(metrics)
+                    out.append(line.format("", f"  {subset}"[:22], *cells, "", _nab_cell(metrics)))
         for label, row in PUBLISHED.get(name, {}).items():
             cells = ", ".join(f"{k} {v:g}" for k, v in row.items())
             out.append(f"|            | published: {label}: {cells}")
@@ -533,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                        help="directory holding skab/, tep/ and smd/")  # fmt: skip
+                        help="directory holding skab/, tep/, smd/ and nab-dev/")  # fmt: skip
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trainer", type=Path, default=ROOT / "configs" / "trainer.yaml")

@@ -116,6 +116,26 @@ def test_all_constant_training_data() -> None:
     assert baseline.flags(np.full((4, 3), 7.0) + np.eye(4, 3)).tolist() == [True, True, True, False]
 
 
+def test_one_sensor_is_a_z_score_test() -> None:
+    # One sensor (the NAB streams): one component, no residual, so T² is the squared z-score
+    # (over the component's variance, n / (n - 1)) and its limit the held-out quantile; Q is
+    # always 0 and never flags.
+    rng = np.random.default_rng(0)
+    train = 10.0 + 2.0 * rng.normal(size=(600, 1))
+    baseline = PCABaseline.fit(train)
+    assert baseline.n_components == 1 and baseline.q_limit == 0.0
+    assert baseline.eigenvalues[0] == pytest.approx(480 / 479)  # the 480 fitting rows
+    t2, q = baseline.scores(np.array([[10.0], [20.0]]))
+    z = (20.0 - baseline.mean[0]) / baseline.scale[0]
+    assert np.all(q == 0) and t2[1] == pytest.approx(z**2 * 479 / 480)
+    assert baseline.flags(np.array([[10.0], [30.0], [-10.0]])).tolist() == [False, True, True]
+    # (The limit is the 0.99 quantile of only 120 held-out rows, so the rate is near, not at, 1 %.)
+    assert baseline.flags(10.0 + 2.0 * rng.normal(size=(20000, 1))).mean() < 0.1
+    # A flat sensor: everything is residual, and any move off the flat line is flagged.
+    flat = PCABaseline.fit(np.full((100, 1), 3.0))
+    assert flat.flags(np.array([[3.0], [3.5]])).tolist() == [False, True]
+
+
 def test_keeping_every_component_leaves_no_q(plant: Plant) -> None:
     baseline = PCABaseline.fit(plant.normal(2000), variance=1.0)
     assert baseline.n_components == SENSORS

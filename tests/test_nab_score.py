@@ -1,5 +1,7 @@
 """bench.nab: NAB's standard-profile scorer, against NAB's own tests and published figures.
 
+The last test checks how bench/quality.py feeds it on the NAB development set.
+
 Expectations marked "NAB tests/..." are ported from numenta/NAB's unit tests; "NAB results/..."
 are per-row or per-file values NAB wrote into its published result files. The rest are computed
 by hand from the rules in nab/sweeper.py.
@@ -15,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.datasets import Stream
 from bench.nab import (
     STANDARD,
     CostMatrix,
@@ -26,6 +29,7 @@ from bench.nab import (
     score_stream,
     windows_from_labels,
 )
+from bench.quality import _pool, _stream_record, _summarise_dataset, _table
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "bench" / "nab_published"
 # NAB tests/unit/scorer_test.py uses this cost matrix (not the standard profile).
@@ -296,3 +300,40 @@ def test_cost_matrix_rejects_signs_that_flip_meaning() -> None:
         CostMatrix(tp=0.0)
     with pytest.raises(ValueError, match="weights"):
         CostMatrix(fp=-0.11)
+
+
+# --- bench/quality.py's use of it ------------------------------------------------------------
+
+
+def _nab_result(group: str, labels: list[int], flags: list[int], probation: int) -> dict:
+    frame = pd.DataFrame({"ts": np.arange(len(labels), dtype=float), "label": labels})
+    stream = Stream(f"{group}/s", frame, probation)
+    record = _stream_record(stream, np.asarray(flags), nab_inputs=True)
+    return {"dataset": "nab-dev", "task": stream.device_id, "group": group, "seed": 0,
+            "methods": {"default": [record]}, "train_alarms": {"default": []},
+            "train_devices": 1, "fits": {}}  # fmt: skip
+
+
+def test_quality_scores_nab_dev_from_onsets_after_the_probation() -> None:
+    # An alarm running from the probation into the window is no detection; the later onset in
+    # the window is, on the window's third row of five.
+    tweets = _nab_result("realTweets", [0] * 10 + [1] * 5 + [0] * 5, [0, 0, 1, 1, 1, 1]
+                         + [0] * 6 + [1] + [0] * 7, probation=4)  # fmt: skip
+    quiet = _nab_result("artificialNoAnomaly", [0] * 20, [0] * 20, probation=3)
+    record = tweets["methods"]["default"][0]
+    assert record["nab"]["detections"].tolist() == [12]
+    assert record["nab"]["windows"] == [(10, 14)]
+    expected = 100 * (float(scaled_sigmoid(-3 / 5)) / MAX_TP + 1) / 2
+    summary = _summarise_dataset("nab-dev", [tweets, quiet], [0])
+    block = summary["default"]
+    assert block["nab_standard"] == pytest.approx(expected)
+    assert block["subsets"]["realTweets"]["nab_standard"] == pytest.approx(expected)
+    assert block["subsets"]["artificialNoAnomaly"]["nab_standard"] is None
+    assert list(block["subsets"]) == ["all", "realTweets", "artificialNoAnomaly"]
+    assert {"event_precision", "event_recall", "event_f1", "alarms_per_device"} <= set(block)
+    table = _table({"nab-dev": summary})
+    assert f"{expected:.1f} |" in table and "n/a |" in table
+    # Other datasets' records carry no NAB inputs and get no NAB figures.
+    frame = pd.DataFrame({"ts": [0.0, 1.0], "label": [0, 1]})
+    plain = _stream_record(Stream("d", frame, 0), np.array([0, 1]))
+    assert "nab" not in plain and "nab_standard" not in _pool([plain])
