@@ -16,7 +16,10 @@ from detector.exits import error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from detector.config import DetectorConfig, KafkaConfig
+    from detector.evaluate import DeviceEvaluation
     from detector.lane import Model
 
 __all__ = ["build_parser", "main"]
@@ -225,6 +228,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         return error_exit("detector evaluate", exc)
+    if args.plot is not None:
+        # Before the model and the data: a missing extra or an unwritable folder is said at once.
+        from detector.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            return error_exit("detector evaluate", f"--plot {exc}")
+        try:
+            args.plot.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return error_exit(
+                "detector evaluate", f"cannot write plots to {args.plot}: {exc.strerror}"
+            )
     profile = args.profile or DEFAULT_PROFILE
     if config is None:
         if args.model is None:
@@ -302,7 +319,47 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{summary['alarms_per_device']:.2f}, median detection delay "
             f"{'-' if delay is None else f'{delay:g} readings'}"
         )
+    if args.plot is not None:
+        _plot_devices(args, table, rows, results, names, artifact.version)
     return 0
+
+
+def _plot_devices(
+    args: argparse.Namespace,
+    table: pd.DataFrame,
+    rows: pd.DataFrame,
+    results: list[DeviceEvaluation],
+    names: list[str],
+    version: str,
+) -> None:
+    """``--plot DIR``: one PNG per device, its readings, scores, alarms (and labels)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from detector.plot import file_names, plot_device
+
+    readings = {str(device): group for device, group in table.groupby("device_id", sort=False)}
+    labels = (
+        {str(device): group["label"].to_numpy() for device, group in rows.groupby("device_id")}
+        if "label" in rows.columns
+        else {}
+    )
+    stems = file_names(r.device_id for r in results)
+    for result in tqdm(results, desc="plotting", unit="device", disable=args.quiet):
+        device = readings[result.device_id]
+        onsets = int(np.count_nonzero(np.diff(result.firing.astype(np.int8), prepend=0) == 1))
+        plot_device(
+            args.plot / f"{stems[result.device_id]}.png",
+            f"{result.device_id}: model {version}, {onsets} alarm onsets",
+            (result.ts * 1000).astype("datetime64[ms]"),
+            device[names].to_numpy(dtype=np.float64),
+            names,
+            result.scores,
+            result.thresholds,
+            result.firing,
+            labels=labels.get(result.device_id),
+        )
+    print(f"wrote {len(results)} plots to {args.plot}")
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -390,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--out", type=Path, required=True, help="writes scores.csv and alerts.jsonl")
     ev.add_argument("--labels", help="0/1 label column: print point-wise and event metrics")
+    ev.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/<device>.png per device: readings, score and level, alarms, labels "
+        "(needs the plot extra: matplotlib)",
+    )
     ev.add_argument(
         "--device-column", help="column with the device id (default: device_id or file name)"
     )
