@@ -323,6 +323,7 @@ def _normal_drift(
         "validation": float("nan"),
         "live_baseline": float("nan"),
         "headroom_used": float("nan"),
+        "log_median_ratio": float("nan"),
     }
     if reference is None or not len(live):
         return figures
@@ -330,11 +331,47 @@ def _normal_drift(
     monitor.observe(live)
     figures["validation"] = monitor.psi()
     figures["live_baseline"] = _psi_against(np.concatenate(firsts), np.concatenate(seconds))
+    median = artifact.metadata.threshold.error_summary.get("p50", 0.0)
+    if median > 0:
+        figures["log_median_ratio"] = float(np.log(max(np.median(live), 1e-300) / median))
     validation_p90 = reference.edges[-1] if len(reference.edges) else float("nan")
     margin = artifact.metadata.threshold.value - validation_p90
     if margin > 0:
         figures["headroom_used"] = float((np.quantile(live, 0.9) - validation_p90) / margin)
     return figures
+
+
+def _level_ratio(stream: Stream, evaluation: DeviceEvaluation, artifact: Any) -> float:
+    """The median level a stream's scored windows were judged by / its model's validation median.
+
+    How far the level a device is judged by sits from the scores the model gave unseen normal
+    windows: near the validation quantile's ratio when the artifact's threshold judges, and
+    spread out when a device's own scores set its level.
+    """
+    levels = np.asarray(evaluation.thresholds)[stream.scored_from :]
+    levels = levels[np.isfinite(levels)]
+    median = artifact.metadata.threshold.error_summary.get("p50", 0.0)
+    if not len(levels) or median <= 0:
+        return float("nan")
+    return float(np.median(levels) / median)
+
+
+def _stream_spread(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Streams that never alarm, deaf streams and the level ratio's spread over streams."""
+    silent = [not np.any(r["flags"]) for r in records]
+    with_episodes = [r for r in records if np.any(r["labels"])]
+    deaf = [not np.any(r["flags"].astype(bool) & r["labels"].astype(bool)) for r in with_episodes]
+    ratios = np.asarray([r.get("level_ratio", np.nan) for r in records], dtype=np.float64)
+    ratios = ratios[np.isfinite(ratios)]
+    spread: dict[str, float] = {
+        "silent_share": float(np.mean(silent)),
+        "deaf_share": float(np.mean(deaf)) if deaf else 0.0,
+    }
+    if len(ratios):
+        for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+            spread[f"level_ratio_{name}"] = float(np.quantile(ratios, q))
+        spread["level_ratio_max_over_min"] = float(ratios.max() / max(ratios.min(), 1e-300))
+    return spread
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -400,7 +437,9 @@ def run_job(job: Job) -> dict[str, Any]:
                     stream.device_id, stream.frame, model, detector, model_scorer
                 )
                 evaluations.append(evaluation)
-                records.append(_stream_record(stream, evaluation.firing, nab_inputs))
+                record = _stream_record(stream, evaluation.firing, nab_inputs)
+                record["level_ratio"] = _level_ratio(stream, evaluation, model)
+                records.append(record)
                 if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
                     _plot(job, task, stream, evaluation)
             methods[name] = records
@@ -475,7 +514,12 @@ def _seed_mean(values: list[Any]) -> float | None:
 def _drift_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Each drift figure on labelled-normal data over tasks and seeds: median, max, shares."""
     summary: dict[str, Any] = {}
-    for figure, level in (("validation", 0.25), ("live_baseline", 0.25), ("headroom_used", 1.0)):
+    for figure, level in (
+        ("validation", 0.25),
+        ("live_baseline", 0.25),
+        ("headroom_used", 1.0),
+        ("log_median_ratio", 1.0),
+    ):
         values = np.asarray(
             [
                 r["normal_drift"][figure]
@@ -532,9 +576,14 @@ def _summarise_dataset(
             entry["train_alarm_devices"] = alarmed
             entry["train_devices"] = devices
             entry["train_alarm_share"] = alarmed / max(devices, 1)
+            entry["streams"] = _stream_spread([s for r in runs for s in r["methods"][method]])
             per_seed.append(entry)
         block = {key: _seed_mean([s["all"][key] for s in per_seed]) for key in metrics}
         block["train_alarm_share"] = float(np.mean([s["train_alarm_share"] for s in per_seed]))
+        block["streams"] = {
+            key: _seed_mean([s["streams"].get(key, np.nan) for s in per_seed])
+            for key in per_seed[0]["streams"]
+        }
         block["subsets"] = {
             subset: {key: _seed_mean([s[subset][key] for s in per_seed]) for key in metrics}
             for subset in subsets
