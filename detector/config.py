@@ -25,7 +25,7 @@ from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
 from detector.core.judge import Judge, JudgeLevels
-from detector.core.likelihood import LearnPolicy, LikelihoodRule
+from detector.core.likelihood import CombinePolicy, LearnPolicy, LikelihoodRule
 from detector.core.routing import DEFAULT_PROFILE, Router, RouteRule
 from detector.core.thresholds import ThresholdMethod
 from detector.settings import load_settings
@@ -418,13 +418,31 @@ class LikelihoodConfig(_Section):
     learn: LearnPolicy = Field(
         "all", description="windows that join the history: all | calm (not over, not firing)"
     )
+    spread_quantile: float = Field(
+        0.16,
+        gt=0,
+        lt=1,
+        description="the log-score quantile whose distance from the median gives the spread "
+        "(0.16: the lower half, untouched by anomalies; 0.9: the upper half, heavy tails)",
+    )
+    combine: CombinePolicy = Field(
+        "replace",
+        description="replace: the device's level alone; max: the higher of it and the "
+        "model's threshold",
+    )
 
     def rule(self) -> LikelihoodRule | None:
         """The pure rule, or ``None`` when the likelihood is off."""
         if self.windows == 0:
             return None
         return LikelihoodRule(
-            self.windows, self.tail, self.prior_windows, self.min_scale, self.learn
+            self.windows,
+            self.tail,
+            self.prior_windows,
+            self.min_scale,
+            self.learn,
+            self.combine,
+            self.spread_quantile,
         )
 
     @model_validator(mode="after")

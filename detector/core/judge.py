@@ -106,7 +106,8 @@ class Judge:
             likelihood = device.likelihood
             if likelihood is None:
                 likelihood = device.likelihood = DeviceLikelihood(self.likelihood, self.prior)
-            threshold = likelihood.level()
+            level = likelihood.level()
+            threshold = level if self.likelihood.combine == "replace" else max(level, threshold)
         elif self.calibration is not None:
             if device.calibration is None:
                 device.calibration = DeviceCalibration()

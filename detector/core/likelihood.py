@@ -41,11 +41,14 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DeviceLikelihood", "LearnPolicy", "LikelihoodRule", "ScorePrior"]
+__all__ = ["CombinePolicy", "DeviceLikelihood", "LearnPolicy", "LikelihoodRule", "ScorePrior"]
 
 # Which windows join a device's history: every one, or only those judged normal while the
 # device was not firing (a long fault is then never learned as the device's normal).
 LearnPolicy = Literal["all", "calm"]
+# How the device's level and the model's threshold combine: the device's level alone, or the
+# higher of the two (over only when both agree).
+CombinePolicy = Literal["replace", "max"]
 
 # ln of the smallest score taken as is: a perfect reconstruction (score 0) is not -inf.
 _LOG_FLOOR = math.log(1e-30)
@@ -88,10 +91,16 @@ class LikelihoodRule:
     prior_windows: int = 100
     min_scale: float = 0.05
     learn: LearnPolicy = "all"
+    combine: CombinePolicy = "replace"
+    spread_quantile: float = _LOWER_QUANTILE
 
     def __post_init__(self) -> None:
         if self.learn not in ("all", "calm"):
             raise ValueError("likelihood learn must be 'all' or 'calm'")
+        if self.combine not in ("replace", "max"):
+            raise ValueError("likelihood combine must be 'replace' or 'max'")
+        if not 0.0 < self.spread_quantile < 1.0 or abs(self.spread_quantile - 0.5) < 0.05:
+            raise ValueError("likelihood spread_quantile must be in (0, 1), away from 0.5")
         if self.windows < 10:
             raise ValueError("likelihood windows must be >= 10")
         if not 0.0 < self.tail < 0.5:
@@ -100,6 +109,11 @@ class LikelihoodRule:
             raise ValueError("likelihood prior_windows must be >= 1")
         if self.min_scale <= 0.0:
             raise ValueError("likelihood min_scale must be > 0")
+
+    @property
+    def spread_z(self) -> float:
+        """Standard deviations between the median and ``spread_quantile``."""
+        return abs(NormalDist().inv_cdf(self.spread_quantile))
 
     @property
     def z(self) -> float:
@@ -133,10 +147,10 @@ class DeviceLikelihood:
         else:
             history = self._recent[:seen]
             middle = (seen - 1) // 2
-            lower = int(_LOWER_QUANTILE * (seen - 1))
-            ordered = np.partition(history, [lower, middle])
+            spread_at = round(rule.spread_quantile * (seen - 1))
+            ordered = np.partition(history, sorted({spread_at, middle}))
             own_location = float(ordered[middle])
-            own_scale = own_location - float(ordered[lower])
+            own_scale = abs(float(ordered[spread_at]) - own_location) / rule.spread_z
             # The prior's weight fades as the history fills: a complete history is all the
             # device's own, whatever the model's validation scores were.
             prior_weight = rule.prior_windows * (1.0 - seen / rule.windows)
