@@ -533,6 +533,7 @@ def _drift_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         summary[figure] = {
             "tasks": len(values),
             "median": float(np.median(values)),
+            "p95": float(np.quantile(values, 0.95)),
             "max": float(np.max(values)),
             "level": level,
             "share_over_level": float(np.mean(values > level)),
