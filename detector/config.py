@@ -457,9 +457,9 @@ class AlertConfig(_Section):
 
     fire_k: int = Field(1, ge=1, description="fire when k of the last n windows are over threshold")
     fire_n: int = Field(1, ge=1, le=62)
-    resolve_after: int = Field(5, ge=1, description="resolve after N consecutive clear windows")
+    resolve_after: int = Field(10, ge=1, description="resolve after N consecutive clear windows")
     resolve_ratio: float = Field(
-        1.0, gt=0, le=1, description="a window is clear when score <= ratio x threshold"
+        0.7, gt=0, le=1, description="a window is clear when score <= ratio x threshold"
     )
     cooldown: int = Field(0, ge=0, description="windows after a resolve with no new firing")
     top_sensors: int = Field(3, ge=1)

@@ -39,7 +39,7 @@ def test_shipped_detector_config_loads() -> None:
     assert config.model.path == Path("models/demo")
     assert config.kafka.bootstrap_servers == ["localhost:9092"]
     assert config.kafka.readings_topics == ["sensor-readings"]
-    assert config.alerts.resolve_after == 5
+    assert config.alerts.resolve_after == 10
     assert config.scoring.max_batch_size == 1024
     assert config.kafka.sasl_password is None
 
@@ -73,7 +73,7 @@ def test_env_overrides_list_as_json() -> None:
 def test_env_overrides_nested_mapping_as_json() -> None:
     config = _detector(DETECTOR_ALERTS='{"fire_k": 2, "fire_n": 3}')
     assert (config.alerts.fire_k, config.alerts.fire_n) == (2, 3)
-    assert config.alerts.resolve_after == 5  # merged with the file, not replaced
+    assert config.alerts.resolve_after == 10  # merged with the file, not replaced
 
 
 def test_env_overrides_top_level_and_ignores_other_prefixes() -> None:
