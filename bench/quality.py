@@ -77,6 +77,10 @@ from trainer.fit import TrainingError, calibrate, fit
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("skab", "tep", "smd", "synthetic", "nab-dev")
 METRICS = ("f1", "far", "mar", "event_precision", "event_recall", "event_f1", "alarms_per_device")
+# The ModelDrift alert's level on detector_score_drift (deploy/prometheus/rules.yml).
+MODEL_DRIFT_LEVEL = 0.25
+# Keys of a dataset's summary that are not methods.
+NOT_METHODS = ("fit", "normal_drift", "drift_false_share")
 # Datasets scored by NAB's standard profile too (their streams' records carry NAB's inputs).
 NAB_SCORED = ("nab-dev",)
 # Published rows from each dataset's README (not measured here; protocols differ, see there).
@@ -515,7 +519,7 @@ def _drift_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Each drift figure on labelled-normal data over tasks and seeds: median, max, shares."""
     summary: dict[str, Any] = {}
     for figure, level in (
-        ("validation", 0.25),
+        ("validation", MODEL_DRIFT_LEVEL),
         ("live_baseline", 0.25),
         ("headroom_used", 1.0),
         ("log_median_ratio", 1.0),
@@ -597,6 +601,10 @@ def _summarise_dataset(
         group: _drift_summary([r for r in mine if group in ("all", r["group"])])
         for group in ["all", *sorted({r["group"] for r in mine})]
     }
+    # What ModelDrift would do on this dataset's normal data: the share of tasks it pages on.
+    summary["drift_false_share"] = summary["normal_drift"]["all"]["validation"].get(
+        "share_over_level"
+    )
     fits = [r["fits"] for r in mine]
     summary["fit"] = {}
     for trainer in dict.fromkeys(t for f in fits for t in f):
@@ -653,7 +661,7 @@ def _table(datasets: dict[str, Any]) -> str:
     out = [line.format(*header, "train", "NAB")]
     for name, summary in datasets.items():
         for method, block in summary.items():
-            if method in ("fit", "normal_drift"):
+            if method in NOT_METHODS:
                 continue
             train = f"{100 * block['train_alarm_share']:.0f} %"
             out.append(line.format(name, method, *_cells(block), train, _nab_cell(block)))
@@ -661,6 +669,17 @@ def _table(datasets: dict[str, Any]) -> str:
                 if subset != "all":
                     cells = _cells(metrics)
                     out.append(line.format("", f"  {subset}"[:22], *cells, "", _nab_cell(metrics)))
+        for method, block in summary.items():
+            streams = block.get("streams") if method not in NOT_METHODS else None
+            if streams and "level_ratio_p50" in streams:
+                out.append(
+                    f"|            | streams ({method}): {100 * streams['silent_share']:.0f} % "
+                    f"never alarm, {100 * streams['deaf_share']:.0f} % of those with episodes "
+                    f"never fire in one; judged level / validation median p10 "
+                    f"{streams['level_ratio_p10']:.3g}, p50 {streams['level_ratio_p50']:.3g}, "
+                    f"p90 {streams['level_ratio_p90']:.3g}, max/min "
+                    f"{streams['level_ratio_max_over_min']:.3g}"
+                )
         for label, row in PUBLISHED.get(name, {}).items():
             cells = ", ".join(f"{k} {v:g}" for k, v in row.items())
             out.append(f"|            | published: {label}: {cells}")

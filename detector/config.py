@@ -425,6 +425,12 @@ class LikelihoodConfig(_Section):
         description="the log-score quantile whose distance from the median gives the spread "
         "(0.16: the lower half, untouched by anomalies; 0.9: the upper half, heavy tails)",
     )
+    min_error_share: float = Field(
+        0.0,
+        ge=0,
+        description="judge with the likelihood only models whose validation error is at least "
+        "this share of the data's variance (1: they reconstruct nothing; 0: every model)",
+    )
     combine: CombinePolicy = Field(
         "replace",
         description="replace: the device's level alone; max: the higher of it and the "
@@ -443,6 +449,7 @@ class LikelihoodConfig(_Section):
             self.learn,
             self.combine,
             self.spread_quantile,
+            self.min_error_share,
         )
 
     @model_validator(mode="after")
@@ -489,6 +496,7 @@ class AlertConfig(_Section):
             levels.reference_score,
             self.likelihood.rule(),
             levels.prior,
+            levels.error_share,
         )
 
 

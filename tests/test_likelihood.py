@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.alerts import AlertRule
-from detector.core.judge import Judge
+from detector.core.judge import Judge, JudgeLevels
 from detector.core.likelihood import DeviceLikelihood, LikelihoodRule, ScorePrior
 
 PRIOR = ScorePrior(location=0.0, scale=0.5)
@@ -149,3 +149,18 @@ def test_prior_from_an_artifacts_validation_summary() -> None:
     assert with_deciles.scale == pytest.approx(math.log(2.0) / 1.2815515655446004)
     without = ScorePrior.from_validation({"p50": 1.0, "p90": 3.0})
     assert without.scale == pytest.approx(math.log(3.0) / 1.2815515655446004)
+
+
+def test_the_likelihood_can_be_kept_for_models_that_learned_little() -> None:
+    rule = LikelihoodRule(windows=50, min_error_share=1.0)
+    learned = JudgeLevels(1e5, 1.0, ScorePrior(0.0, 0.2), error_share=0.4)
+    barely = JudgeLevels(1e5, 1.0, ScorePrior(0.0, 0.2), error_share=1.2)
+    judge = Judge(AlertRule(), 1e5, likelihood=rule, prior=learned.prior, error_share=0.4)
+    assert judge.judge("d", 50.0) == (1e5, None)  # the artifact's threshold: no likelihood
+    judge.install(barely)
+    level, transition = judge.judge("d", 50.0)
+    assert level < 10.0 and transition == "firing"
+    judge.install(learned)
+    assert judge.likelihood is None
+    assert not LikelihoodRule(windows=50, min_error_share=1.0).applies_to(math.nan)
+    assert LikelihoodRule(windows=50).applies_to(math.nan)

@@ -13,6 +13,7 @@ one call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ class JudgeLevels:
     threshold: float  # the artifact's threshold
     reference_score: float  # the validation windows' median score
     prior: ScorePrior  # the validation log-scores' location and scale
+    error_share: float = math.nan  # validation error / the data's variance (NaN: not recorded)
 
 
 def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
@@ -43,7 +45,13 @@ def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
         threshold.value,
         threshold.error_summary.get("p50", 0.0),
         ScorePrior.from_validation(threshold.error_summary, edges),
+        metadata.validation.get("validation_error_share", math.nan),
     )
+
+
+def _applicable(rule: LikelihoodRule | None, error_share: float) -> LikelihoodRule | None:
+    """``rule`` when it judges a model with this ``error_share``, else ``None``."""
+    return rule if rule is not None and rule.applies_to(error_share) else None
 
 
 def _flat_prior(reference_score: float) -> ScorePrior:
@@ -73,13 +81,17 @@ class Judge:
         reference_score: float = 0.0,
         likelihood: LikelihoodRule | None = None,
         prior: ScorePrior | None = None,
+        error_share: float = math.nan,
     ) -> None:
         """``threshold`` is the artifact's; ``reference_score`` its validation median score;
-        ``prior`` its validation log-scores, what a new device's likelihood starts from."""
+        ``prior`` its validation log-scores, what a new device's likelihood starts from;
+        ``error_share`` its validation error over the data's variance (whether the likelihood
+        applies, :meth:`LikelihoodRule.applies_to`)."""
         self.rule = rule
         self.calibration = calibration
         self.adaptation = adaptation
-        self.likelihood = likelihood
+        self.likelihood_rule = likelihood
+        self.likelihood = _applicable(likelihood, error_share)
         self.threshold = threshold
         self.reference_score = reference_score
         self.prior = prior or _flat_prior(reference_score)
@@ -90,6 +102,7 @@ class Judge:
         self.threshold = levels.threshold
         self.reference_score = levels.reference_score
         self.prior = levels.prior
+        self.likelihood = _applicable(self.likelihood_rule, levels.error_share)
         for device in self.devices.values():
             device.calibration = None
             device.adaptation = None

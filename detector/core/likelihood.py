@@ -21,6 +21,11 @@ the history fills, so a device is judged from its first window and is its own re
 ``windows`` scores are in. ``s`` is at least
 ``min_scale`` (a device whose scores never vary would otherwise alarm on rounding noise).
 
+``min_error_share`` > 0 keeps the likelihood for models that learned little: those whose
+validation error is at least that share of the data's variance (1: the model reconstructs a
+window no better than the sensors' means would), whose scores are closer to the input's energy
+than to a reconstruction error; other models are judged as without it.
+
 ``learn`` says which windows join the history: ``all`` (a fault that lasts is learned as the
 new normal after about ``windows / 2`` windows, like NAB's likelihood) or ``calm`` (only windows
 under the level while the device is not firing: a fault is never learned, nor is a new normal).
@@ -93,6 +98,7 @@ class LikelihoodRule:
     learn: LearnPolicy = "all"
     combine: CombinePolicy = "replace"
     spread_quantile: float = _LOWER_QUANTILE
+    min_error_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.learn not in ("all", "calm"):
@@ -109,6 +115,13 @@ class LikelihoodRule:
             raise ValueError("likelihood prior_windows must be >= 1")
         if self.min_scale <= 0.0:
             raise ValueError("likelihood min_scale must be > 0")
+        if not self.min_error_share >= 0.0:
+            raise ValueError("likelihood min_error_share must be >= 0")
+
+    def applies_to(self, error_share: float) -> bool:
+        """Whether a model whose validation error is ``error_share`` of the data's variance is
+        judged with the likelihood (NaN, unknown: only when ``min_error_share`` is 0)."""
+        return self.min_error_share <= 0.0 or error_share >= self.min_error_share
 
     @property
     def spread_z(self) -> float:
