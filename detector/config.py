@@ -98,7 +98,7 @@ class KafkaConfig(_Section):
     bootstrap_timeout_ms: int = Field(
         30_000,
         ge=1000,
-        description="start-up waits this long for a bootstrap server to answer, then exits 2",
+        description="start-up waits this long for a bootstrap server to answer, then exits 69",
     )
     readings_topics: list[TopicName] = Field(
         default_factory=lambda: ["sensor-readings"], min_length=1
@@ -402,12 +402,12 @@ class LikelihoodConfig(_Section):
     """Each device judged against its own recent scores (off while ``windows`` is 0)."""
 
     windows: int = Field(
-        0,
+        1000,
         ge=0,
         description="recent scores per device whose distribution sets its level (0: off)",
     )
     tail: float = Field(
-        1e-4, gt=0, lt=0.5, description="a window is over when its tail probability is below this"
+        1e-3, gt=0, lt=0.5, description="a window is over when its tail probability is below this"
     )
     prior_windows: int = Field(
         100, ge=1, description="the model's validation scores count as this many windows"
@@ -426,13 +426,13 @@ class LikelihoodConfig(_Section):
         "(0.16: the lower half, untouched by anomalies; 0.9: the upper half, heavy tails)",
     )
     min_error_share: float = Field(
-        0.0,
+        1.0,
         ge=0,
         description="judge with the likelihood only models whose validation error is at least "
         "this share of the data's variance (1: they reconstruct nothing; 0: every model)",
     )
     combine: CombinePolicy = Field(
-        "replace",
+        "max",
         description="replace: the device's level alone; max: the higher of it and the "
         "model's threshold",
     )
