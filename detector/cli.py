@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.core.routing import DEFAULT_PROFILE
-from detector.exits import error_exit
+from detector.exits import EXIT_UNAVAILABLE, error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -55,7 +55,11 @@ def _bootstrapping() -> Iterator[_FirstError]:
 
 
 def _unreachable(kafka: KafkaConfig, first: _FirstError) -> str:
-    """Why start-up gives up on the bootstrap servers, in one line."""
+    """Why start-up gives up on the bootstrap servers, in one line (exit ``EXIT_UNAVAILABLE``).
+
+    Refused or failed SASL and TLS handshakes end the same way (kafka-python retries them until
+    the timeout too), so they exit ``EXIT_UNAVAILABLE`` as well; the first error names the cause.
+    """
     cause = f"; first error: {first.message}" if first.message else ""
     return (
         f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)} within "
@@ -152,7 +156,9 @@ def _run(args: argparse.Namespace) -> int:
                 on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
             )
         except KafkaError:
-            return error_exit("detector", _unreachable(config.kafka, first_error))
+            return error_exit(
+                "detector", _unreachable(config.kafka, first_error), code=EXIT_UNAVAILABLE
+            )
     detector = Detector(
         config, models, consumer, publisher, metrics, health=health, candidates=candidates
     )
@@ -203,7 +209,9 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             producer = build_producer(kafka)
         except KafkaError:
-            return error_exit("detector replay", _unreachable(kafka, first_error))
+            return error_exit(
+                "detector replay", _unreachable(kafka, first_error), code=EXIT_UNAVAILABLE
+            )
     try:
         replay(messages, producer, args.topic, rate=args.rate, readings_per_message=args.batch)
     finally:

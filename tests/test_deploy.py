@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from detector.config import ENV_PREFIX, DetectorConfig
+from detector.config import ENV_PREFIX, DetectorConfig, KafkaConfig
+from detector.exits import EXIT_CONFIG, EXIT_UNAVAILABLE
 from detector.metrics import DetectorMetrics
 from detector.settings import load_settings
 from tests.conftest import ROOT
@@ -438,8 +439,18 @@ def test_k8s_retraining_cronjob_runs_one_at_a_time_on_the_last_week() -> None:
     spec = cronjob["spec"]
     assert len(spec["schedule"].split()) == 5
     assert spec["concurrencyPolicy"] == "Forbid"
-    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0
-    (container,) = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    job = spec["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    # Only an unreachable broker (exit 69) is retried; any other failure fails the Job at once.
+    assert job["backoffLimit"] > 0
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"] == {
+        "containerName": container["name"],
+        "operator": "NotIn",
+        "values": [EXIT_UNAVAILABLE],
+    }
     args = build_parser().parse_args(container["args"][1:])
     assert (args.since, args.until, args.promote) == ("-7d", "now", "auto")
 
@@ -468,8 +479,11 @@ def test_systemd_unit_runs_the_daemon_hardened() -> None:
     (exec_start,) = settings["ExecStart"]
     assert re.search(r"/detector run --config \S+\.yaml$", exec_start)
     assert settings["Restart"] == ["on-failure"]
-    # Exit code 2 (bad config or model) must not restart in a loop.
-    assert settings["RestartPreventExitStatus"] == ["2"]
+    # Exit code 2 (bad config or model) must not restart in a loop; 69 (broker unreachable at
+    # start-up) must be restarted: on-failure restarts every non-zero code not listed here.
+    assert settings["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
+    assert str(EXIT_UNAVAILABLE) not in " ".join(settings["RestartPreventExitStatus"]).split()
+    assert "RestartForceExitStatus" not in settings and "SuccessExitStatus" not in settings
     assert settings["User"][0] not in ("", "root")
     assert settings["EnvironmentFile"]
     for key, value in {
@@ -481,6 +495,28 @@ def test_systemd_unit_runs_the_daemon_hardened() -> None:
         assert settings[key] == [value], key
     example = (DEPLOY / "systemd" / "detector.env.example").read_text()
     assert "DETECTOR_KAFKA__SASL_PASSWORD=" in example
+
+
+def unit_seconds(value: str) -> float:
+    """A systemd time span such as ``20s``, ``8min`` or ``300`` in seconds."""
+    match = re.fullmatch(r"(\d+)\s*(s|sec|min)?", value)
+    assert match, value
+    return int(match[1]) * (60 if match[2] == "min" else 1)
+
+
+def test_systemd_unit_retries_an_unreachable_broker_but_not_a_crash_loop() -> None:
+    """systemd counts starts in a fixed window of StartLimitIntervalSec from the first one."""
+    settings = unit_settings(UNIT)
+    (interval,) = (unit_seconds(v) for v in settings["StartLimitIntervalSec"])
+    (burst,) = (int(v) for v in settings["StartLimitBurst"])
+    (restart,) = (unit_seconds(v) for v in settings["RestartSec"])
+    # Against a down broker every start waits the bootstrap timeout, then exits 69: the start
+    # after the burst comes after the window has closed, so the unit never gives up on it.
+    outage_gap = KafkaConfig().bootstrap_timeout_ms / 1000 + restart
+    assert burst * outage_gap > interval + 10
+    # A daemon dying at once is started every RestartSec: it reaches the limit and stays failed.
+    assert burst * restart < interval
+    assert restart >= 5
 
 
 @pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.json")), ids=lambda p: p.name)

@@ -1,7 +1,9 @@
-"""Start-up failures exit 2 with one line on stderr: no traceback, no secret (issue 10 items 7, 13-15).
+"""Start-up failures exit with one line on stderr: no traceback, no secret (issue 10 items 7, 13-15).
 
-systemd's unit does not restart on exit 2 (``RestartPreventExitStatus=2``); exit 1 with a
-traceback is restarted forever. Every case runs ``python -m detector run`` (or ``replay``, or
+A bad configuration, model or address exits 2 (``EXIT_CONFIG``), which systemd's unit does not
+restart (``RestartPreventExitStatus=2``); a broker that does not answer exits 69
+(``EXIT_UNAVAILABLE``), which it restarts, as Kubernetes does (issue 20 item 5); exit 1 with a
+traceback is restarted too. Every case runs ``python -m detector run`` (or ``replay``, or
 ``trainer fit``) as a process; they all start at once, since each pays a few seconds of start-up.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detector.exits import EXIT_CONFIG, EXIT_UNAVAILABLE
 from detector_devtools.embedded_broker import free_port
 from tests.conftest import ROOT, DemoData
 
@@ -48,9 +51,9 @@ class Run:
         """Non-empty stderr lines."""
         return [line for line in self.stderr.splitlines() if line.strip()]
 
-    def error_line(self, program: str = "detector") -> str:
-        """The single line saying why; fails unless there is exactly one and no traceback."""
-        assert self.code == 2, f"exit {self.code} after {self.seconds:.1f} s:\n{self.stderr}"
+    def error_line(self, program: str = "detector", code: int = EXIT_CONFIG) -> str:
+        """The single line saying why; fails unless the exit is ``code``, with one line, no traceback."""
+        assert self.code == code, f"exit {self.code} after {self.seconds:.1f} s:\n{self.stderr}"
         assert "Traceback" not in self.stderr, self.stderr
         mine = [line for line in self.lines if line.startswith(f"{program}")]
         assert len(mine) == 1, self.stderr
@@ -78,6 +81,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> dict[
         tmp,
         "secret-line",
         f"model: {{path: '{model}'}}\nkafka:\n  sasl_password: @{SECRET}: x\n",
+    )
+    missing_model = _config(
+        tmp,
+        "missing-model",
+        f"model: {{path: '{tmp / 'no-such-model'}'}}\nscoring: {{device: cpu}}\n"
+        "metrics: {host: 127.0.0.1, port: 0}\n",
     )
     nobody = f"127.0.0.1:{free_port()}"
     quick = {"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": json.dumps([nobody])}
@@ -119,6 +128,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> dict[
             {"DETECTOR_METRICS__HOST": "no-such-host.invalid"},
         ),
         "unreachable": ([*detector, "run", "--config", str(base)], quick),
+        # A mistake is reported as one even while the broker is down: checked before connecting.
+        "bad_config_unreachable": (
+            [*detector, "run", "--config", str(base)],
+            {**quick, "DETECTOR_SCORING__MAX_BATCH_SIZE": "-1"},
+        ),
+        "missing_model_unreachable": (
+            [*detector, "run", "--config", str(missing_model)],
+            quick,
+        ),
         "replay_not_a_port": (
             [*replay, "--bootstrap-servers", "localhost:notaport"],
             {},
@@ -138,6 +156,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> dict[
         "trainer_not_a_port": (
             [*trainer_fit, *from_kafka, "--bootstrap-servers", "localhost:notaport"],
             {},
+        ),
+        # The retraining CronJob's way: Kafka settings (here the 2 s timeout) from a detector config.
+        "trainer_unreachable": (
+            [*trainer_fit, *from_kafka, "--kafka-config", str(base), "--output", str(tmp / "m")],
+            quick,
         ),
     }
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DETECTOR_", "TRAINER_"))}
@@ -206,9 +229,9 @@ def test_metrics_address_that_cannot_be_bound_exits_2(runs: dict[str, Run], case
     assert "cannot serve metrics" in runs[case].error_line()
 
 
-def test_unreachable_bootstrap_exits_2_naming_the_servers(runs: dict[str, Run]) -> None:
+def test_unreachable_bootstrap_exits_69_naming_the_servers(runs: dict[str, Run]) -> None:
     run = runs["unreachable"]
-    line = run.error_line()
+    line = run.error_line(code=EXIT_UNAVAILABLE)
     assert "cannot reach Kafka" in line and "127.0.0.1:" in line
     assert "within 2 s (kafka.bootstrap_timeout_ms)" in line
     assert "ECONNREFUSED" in line  # kafka-python's reason, not its 14 lines of retries
@@ -219,7 +242,7 @@ def test_service_links_and_a_bracketed_password_are_no_config_errors(
     runs: dict[str, Run],
 ) -> None:
     run = runs["service_links"]
-    line = run.error_line("detector replay")
+    line = run.error_line("detector replay", code=EXIT_UNAVAILABLE)
     assert "cannot reach Kafka" in line  # the configuration was accepted
     assert "Zq9" not in run.stderr and "hunter2" not in run.stderr
     assert "DETECTOR_SERVICE_HOST" in run.stderr and "10.96.0.12" not in run.stderr
@@ -235,6 +258,35 @@ def test_trainer_bad_bootstrap_exits_2_with_one_line(runs: dict[str, Run]) -> No
     line = run.error_line("trainer")
     assert "bootstrap_servers" in line
     assert "input_value" not in run.stderr and "notaport" not in run.stderr
+
+
+def test_trainer_unreachable_broker_exits_69(runs: dict[str, Run]) -> None:
+    line = runs["trainer_unreachable"].error_line("trainer", code=EXIT_UNAVAILABLE)
+    assert "cannot read 't' from Kafka" in line and "127.0.0.1:" in line
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ("bad_config_unreachable", "scoring.max_batch_size"),
+        ("missing_model_unreachable", "cannot load model"),
+    ],
+)
+def test_bad_config_or_model_exits_2_even_with_the_broker_down(
+    runs: dict[str, Run], case: str, field: str
+) -> None:
+    """A restart cannot fix these, so they keep the code supervisors do not restart."""
+    run = runs[case]
+    assert field in run.error_line(code=EXIT_CONFIG)
+    assert "cannot reach Kafka" not in run.stderr
+
+
+def test_only_an_unreachable_broker_exits_69(runs: dict[str, Run]) -> None:
+    unavailable = {"unreachable", "service_links", "trainer_unreachable"}
+    codes = {name: run.code for name, run in runs.items()}
+    assert codes == {
+        name: EXIT_UNAVAILABLE if name in unavailable else EXIT_CONFIG for name in runs
+    }, codes
 
 
 @pytest.mark.parametrize("manifest", ["deployment.yaml", "trainer-job.yaml"])

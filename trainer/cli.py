@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.exits import error_exit
+from detector.exits import EXIT_UNAVAILABLE, error_exit
 from detector.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -85,7 +85,12 @@ def _fit(args: argparse.Namespace) -> int:
             exclude_flagged=args.exclude_flagged,
             promote=args.promote,
         )
-    except (ConfigError, DataFileError, TrainingError, ValueError, KafkaError) as exc:
+    except KafkaError as exc:
+        # Only the --from-kafka read talks to Kafka, before anything is trained or written: a
+        # broker that does not answer is an outage the Job's retry can outlast, not a mistake.
+        problem = f"cannot read {args.from_kafka!r} from Kafka: {exc}"
+        return error_exit("trainer", problem, code=EXIT_UNAVAILABLE)
+    except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
         return error_exit("trainer", exc)
     calibration = (
         f" from {result.validation_windows} validation + {result.threshold_train_windows} "
