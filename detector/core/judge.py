@@ -1,9 +1,10 @@
 """Scores to alert transitions: each device's threshold, then the alert rule (pure, no I/O).
 
-A window's score is judged against the device's threshold: the level its own recent scores set
-(:mod:`detector.core.likelihood`, when on), else the artifact's or the one its first windows
-calibrated (:mod:`detector.core.calibration`); times the factor its recent scores give it
-(:mod:`detector.core.adaptation`, when on). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
+A window's score is judged against the device's threshold: the artifact's, or the one its first
+windows calibrated (:mod:`detector.core.calibration`); when the likelihood applies to the model
+(:mod:`detector.core.likelihood`), the level the device's own recent scores set instead
+(``combine: replace``) or the higher of the two (``max``); all times the factor its recent
+scores give it (:mod:`detector.core.adaptation`, when on). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
 ``firing`` and ``resolved`` transitions. The daemon and ``detector evaluate`` both judge through
 a :class:`Judge`, so the offline backtest gives the alerts the daemon would publish.
 
