@@ -420,8 +420,11 @@ SLOW_DAEMON = {
 }
 
 
-def kill_mid_stream(start_daemon: Callable[..., Daemon], targets: list[int], **env: str) -> None:
-    """Start a slow daemon per target and SIGKILL it once it consumed that many records."""
+def run_through_kills(
+    start_daemon: Callable[..., Daemon], topics: Topics, total: int, targets: list[int], **env: str
+) -> Daemon:
+    """SIGKILL a slow daemon once it consumed each target's records, then let a last daemon
+    commit all ``total`` records of the readings topic; returns that last daemon."""
     for target in targets:
         daemon = start_daemon(**SLOW_DAEMON, **env)
         wait_until(
@@ -430,6 +433,13 @@ def kill_mid_stream(start_daemon: Callable[..., Daemon], targets: list[int], **e
             f"daemon consumed {target} records before the kill",
         )
         daemon.stop(signal.SIGKILL)
+    final = start_daemon(**env)
+    wait_until(
+        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == total,
+        120,
+        "the last daemon committed the whole stream",
+    )
+    return final
 
 
 def produce_to_partitions(
@@ -455,6 +465,45 @@ def wait_for_split(a: Daemon, b: Daemon, partitions: int = 3) -> None:
         60,
         "two daemons split the partitions",
     )
+
+
+def produce_and_wait(
+    topics: Topics,
+    readings: pd.DataFrame,
+    partition_of: Mapping[str, int],
+    committed: int,
+    what: str,
+) -> None:
+    """Produce ``readings`` to their devices' partitions, then wait until the group committed
+    ``committed`` records of the readings topic in all."""
+    produce_to_partitions(topics.bootstrap, topics.readings, readings, partition_of)
+    wait_until(
+        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == committed,
+        60,
+        what,
+    )
+
+
+def hand_over(
+    start_daemon: Callable[..., Daemon],
+    topics: Topics,
+    first: pd.DataFrame,
+    rest: pd.DataFrame,
+    partition_of: Mapping[str, int],
+    **env: str,
+) -> Daemon:
+    """Two daemons share ``first``; one leaves (SIGTERM) and the survivor, now owning every
+    partition, processes ``rest``; returns the survivor."""
+    a = start_daemon(**env)
+    b = start_daemon(**env)
+    wait_for_split(a, b)
+    produce_and_wait(topics, first, partition_of, len(first), "first part processed by both")
+    assert b.stop(signal.SIGTERM) == 0
+    wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "survivor owns all")
+    produce_and_wait(
+        topics, rest, partition_of, len(first) + len(rest), "everything processed by the survivor"
+    )
+    return a
 
 
 def offline_transitions(

@@ -17,19 +17,18 @@ from tests.conftest import (
     ROOT,
     DemoData,
     Topics,
-    committed_total,
-    kill_mid_stream,
     offline_transitions,
     produce,
     read_topic,
+    run_through_kills,
     streamed_transitions,
-    wait_until,
 )
 
 FIGURES = logging.getLogger("fault-figures")
 ADAPTATION_WINDOWS = 100
 SHIFT_AT = 300  # readings into the stream
-SHIFT_SCALES = 3.0  # pressure and flow rate move this many training standard deviations
+SHIFT_SCALES = 2.0  # pressure and flow rate move this many training standard deviations: the
+# scores rise within adaptation.max_ratio (a larger shift is a device broken for good, and pages)
 
 
 def _shifted_readings(demo_data: DemoData) -> tuple[pd.DataFrame, str]:
@@ -77,13 +76,8 @@ def test_adapted_alerts_survive_kill_9_like_an_unbroken_run(
     adaptation = {"DETECTOR_ALERTS__ADAPTATION__WINDOWS": str(ADAPTATION_WINDOWS)}
     rng = random.Random(20261202)
     # After the shift, while the device adapts or has adapted.
-    kill_mid_stream(start_daemon, [rng.randint(600, 1500) for _ in range(2)], **adaptation)
-    final = start_daemon(**adaptation)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(messages),
-        120,
-        "the last daemon committed the whole stream",
-    )
+    targets = [rng.randint(600, 1500) for _ in range(2)]
+    final = run_through_kills(start_daemon, topics, len(messages), targets, **adaptation)
     assert final.metric("detector_rebuild_records_total") > 0
     alerts = read_topic(topics.bootstrap, topics.alerts)
     expected = offline_transitions(demo_data.model.path, readings, _alerts(ADAPTATION_WINDOWS))

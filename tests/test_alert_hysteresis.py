@@ -60,10 +60,12 @@ def test_overs_during_cooldown_count_once_it_ends() -> None:
     assert _transitions(rule, [2.0, 2.0, 0.0, 2.0, 2.0, 0.0]) == [(1, "firing"), (2, "resolved")]
 
 
-def test_config_defaults_keep_todays_rule() -> None:
+def test_config_defaults_hold_episodes_with_hysteresis() -> None:
+    # docs/quality.md, round 4: re-fires within 10 windows and scores hovering between 0.7 and 1
+    # x the threshold stay one episode.
     config = AlertConfig()
-    assert (config.resolve_ratio, config.cooldown) == (1.0, 0)
-    assert config.rule() == AlertRule(config.fire_k, config.fire_n, config.resolve_after)
+    assert (config.resolve_after, config.resolve_ratio, config.cooldown) == (10, 0.7, 0)
+    assert config.rule() == AlertRule(config.fire_k, config.fire_n, 10, 0.7, 0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from detector.core.artifact import load_artifact
+from detector.exits import EXIT_UNAVAILABLE
 from detector.kafka_io import DLQ_HEADER_PREFIX
 from detector_devtools.embedded_broker import EmbeddedProxy, create_topics
 from detector_devtools.replay import encode_messages, interleave
@@ -29,14 +29,13 @@ from tests.conftest import (
     DemoData,
     Topics,
     committed_total,
-    kill_mid_stream,
+    hand_over,
     offline_transitions,
     produce,
-    produce_to_partitions,
     read_records,
     read_topic,
+    run_through_kills,
     streamed_transitions,
-    wait_for_split,
     wait_until,
 )
 
@@ -63,13 +62,8 @@ def test_kill_9_mid_stream_misses_no_anomaly(
     produce(topics.bootstrap, topics.readings, messages)
     rng = random.Random(20261123)
     kills = 3
-    kill_mid_stream(start_daemon, [rng.randint(100, 600) for _ in range(kills)])
-    final = start_daemon()
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(messages),
-        120,
-        "the last daemon committed the whole stream",
-    )
+    targets = [rng.randint(100, 600) for _ in range(kills)]
+    final = run_through_kills(start_daemon, topics, len(messages), targets)
     assert final.metric("detector_rebuild_records_total") > 0
     alerts = read_topic(topics.bootstrap, topics.alerts)
     assert_every_episode_fires(alerts, demo_data)
@@ -155,23 +149,7 @@ def test_scale_out_handover_rebuilds_windows(
     first = ordered[ordered["ts"] < steps[handover]]
     rest = ordered[ordered["ts"] >= steps[handover]]
 
-    a = start_daemon()
-    b = start_daemon()
-    wait_for_split(a, b)
-    produce_to_partitions(topics.bootstrap, topics.readings, first, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(first),
-        60,
-        "first part processed by both",
-    )
-    assert b.stop(signal.SIGTERM) == 0
-    wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "survivor owns all")
-    produce_to_partitions(topics.bootstrap, topics.readings, rest, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(ordered),
-        60,
-        "everything processed by the survivor",
-    )
+    a = hand_over(start_daemon, topics, first, rest, partition_of)
     assert a.metric("detector_rebuild_records_total") > 0
     alerts = read_topic(topics.bootstrap, topics.alerts)
     for alert in alerts:
@@ -416,7 +394,8 @@ def test_secrets_never_reach_logs_or_metrics(topics: Topics, start_daemon) -> No
     text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics").read().decode()
     # Tansu offers no SASL: the handshake fails, so start-up gives up with one line naming it.
     wait_until(lambda: daemon.process.poll() is not None, 60, "start-up gave up on the broker")
-    assert daemon.process.returncode == 2
+    # A failed handshake retries like a missing broker: the start-up exit a supervisor restarts.
+    assert daemon.process.returncode == EXIT_UNAVAILABLE
     log = daemon.log()
     assert "cannot reach Kafka" in log and "Sasl" in log, log[-2000:]
     assert secret not in text

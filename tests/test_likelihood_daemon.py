@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 
 import numpy as np
 import pytest
@@ -17,24 +16,22 @@ from tests.conftest import (
     ROOT,
     DemoData,
     Topics,
-    committed_total,
-    kill_mid_stream,
+    hand_over,
     offline_transitions,
     produce,
-    produce_to_partitions,
     read_topic,
+    run_through_kills,
     streamed_transitions,
-    wait_for_split,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 FIGURES = logging.getLogger("fault-figures")
 LIKELIHOOD_WINDOWS = 100
-# The likelihood alone judges (adaptation off), each window joining the device's history.
+# The likelihood alone judges every model (adaptation off), each window joining the history.
+LIKELIHOOD = {"windows": LIKELIHOOD_WINDOWS, "combine": "replace", "min_error_share": 0.0}
 LIKELIHOOD_ENV = {
-    "DETECTOR_ALERTS__LIKELIHOOD__WINDOWS": str(LIKELIHOOD_WINDOWS),
+    **{f"DETECTOR_ALERTS__LIKELIHOOD__{key.upper()}": str(v) for key, v in LIKELIHOOD.items()},
     "DETECTOR_ALERTS__ADAPTATION__WINDOWS": "0",
 }
 
@@ -43,7 +40,7 @@ def _alerts() -> AlertConfig:
     alerts = load_config(ROOT / "configs" / "detector.yaml").alerts
     return alerts.model_copy(
         update={
-            "likelihood": LikelihoodConfig(windows=LIKELIHOOD_WINDOWS),
+            "likelihood": LikelihoodConfig.model_validate(LIKELIHOOD),
             "adaptation": AdaptationConfig(windows=0),
         }
     )
@@ -60,13 +57,8 @@ def test_likelihood_alerts_survive_kill_9_like_an_unbroken_run(
     messages = encode_messages(interleave(readings))
     produce(topics.bootstrap, topics.readings, messages)
     rng = random.Random(20261204)
-    kill_mid_stream(start_daemon, [rng.randint(400, 1500) for _ in range(2)], **LIKELIHOOD_ENV)
-    final = start_daemon(**LIKELIHOOD_ENV)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(messages),
-        120,
-        "the last daemon committed the whole stream",
-    )
+    targets = [rng.randint(400, 1500) for _ in range(2)]
+    final = run_through_kills(start_daemon, topics, len(messages), targets, **LIKELIHOOD_ENV)
     assert final.metric("detector_rebuild_records_total") > 0
     alerts = read_topic(topics.bootstrap, topics.alerts)
     assert streamed_transitions(alerts) == expected
@@ -85,23 +77,7 @@ def test_likelihood_alerts_survive_a_partition_handover(
     handover = steps[LIKELIHOOD_WINDOWS + 200]
     first, rest = ordered[ordered["ts"] < handover], ordered[ordered["ts"] >= handover]
 
-    a = start_daemon(**LIKELIHOOD_ENV)
-    b = start_daemon(**LIKELIHOOD_ENV)
-    wait_for_split(a, b)
-    produce_to_partitions(topics.bootstrap, topics.readings, first, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(first),
-        60,
-        "first part processed by both",
-    )
-    assert b.stop(signal.SIGTERM) == 0
-    wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "survivor owns all")
-    produce_to_partitions(topics.bootstrap, topics.readings, rest, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(ordered),
-        60,
-        "everything processed by the survivor",
-    )
+    a = hand_over(start_daemon, topics, first, rest, partition_of, **LIKELIHOOD_ENV)
     assert a.metric("detector_rebuild_records_total") > 0
     alerts = read_topic(topics.bootstrap, topics.alerts)
     expected = offline_transitions(demo_data.model.path, readings, _alerts())

@@ -24,11 +24,10 @@ from tests.conftest import (
     DemoData,
     MixedData,
     Topics,
-    committed_total,
     copy_version,
     offline_transitions,
     produce,
-    produce_to_partitions,
+    produce_and_wait,
     profiles_config,
     read_records,
     read_topic,
@@ -191,20 +190,10 @@ def test_rebalance_rebuilds_both_profiles_windows(
     settings = profiles_config(mixed_data.registries)
     a = start_daemon(settings)
     wait_until(lambda: a.metric("detector_partitions_assigned") == 3, 60, "first daemon owns all")
-    produce_to_partitions(topics.bootstrap, topics.readings, first, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(first),
-        60,
-        "first part processed",
-    )
+    produce_and_wait(topics, first, partition_of, len(first), "first part processed")
     b = start_daemon(settings)
     wait_for_split(a, b)
-    produce_to_partitions(topics.bootstrap, topics.readings, rest, partition_of)
-    wait_until(
-        lambda: committed_total(topics.bootstrap, topics.group, topics.readings) == len(readings),
-        60,
-        "everything processed",
-    )
+    produce_and_wait(topics, rest, partition_of, len(readings), "everything processed")
     assert b.metric("detector_rebuild_records_total") > 0
     # Each device is tracked by exactly one daemon: what moved was forgotten where it was.
     for profile in MIXED_PROFILES:

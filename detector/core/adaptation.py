@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.core.recent import RecentScores
+
 __all__ = ["AdaptationRule", "DeviceAdaptation"]
 
 
@@ -40,26 +42,25 @@ class AdaptationRule:
 
 @dataclass
 class DeviceAdaptation:
-    """One device's recent scores (a ring buffer) and the factor they give its threshold."""
+    """One device's recent scores and the factor they give its threshold."""
 
     rule: AdaptationRule
     reference: float  # the validation windows' median score
-    _recent: np.ndarray = field(init=False, repr=False)
-    _count: int = field(default=0, init=False)
+    _recent: RecentScores = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._recent = np.empty(self.rule.windows, dtype=np.float64)
+        self._recent = RecentScores(self.rule.windows)
 
     @property
     def complete(self) -> bool:
         """Whether ``windows`` scores are in, so that the factor is the device's own."""
-        return self._count >= self.rule.windows
+        return self._recent.complete
 
     def factor(self) -> float:
         """What the device's threshold is multiplied by now: 1 until ``windows`` scores are in."""
         if not self.complete or self.reference <= 0.0:
             return 1.0
-        ratio = _median(self._recent) / self.reference
+        ratio = _median(self._recent.values()) / self.reference
         return min(max(ratio, 1.0), self.rule.max_ratio)
 
     def observe(self, score: float) -> float:
@@ -68,8 +69,7 @@ class DeviceAdaptation:
         A window is judged before it joins the recent scores, so it never raises its own bar.
         """
         factor = self.factor()
-        self._recent[self._count % self.rule.windows] = score
-        self._count += 1
+        self._recent.push(score)
         return factor
 
 

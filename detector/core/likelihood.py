@@ -46,6 +46,8 @@ from typing import Literal
 
 import numpy as np
 
+from detector.core.recent import RecentScores
+
 __all__ = ["CombinePolicy", "DeviceLikelihood", "LearnPolicy", "LikelihoodRule", "ScorePrior"]
 
 # Which windows join a device's history: every one, or only those judged normal while the
@@ -140,25 +142,24 @@ class DeviceLikelihood:
 
     rule: LikelihoodRule
     prior: ScorePrior
-    _recent: np.ndarray = field(init=False, repr=False)
-    _count: int = field(default=0, init=False)
+    _recent: RecentScores = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._recent = np.empty(self.rule.windows, dtype=np.float64)
+        self._recent = RecentScores(self.rule.windows)
 
     @property
     def complete(self) -> bool:
         """Whether ``windows`` scores are in, so that the history is the device's own."""
-        return self._count >= self.rule.windows
+        return self._recent.complete
 
     def statistics(self) -> tuple[float, float]:
         """``(m, s)``: the log-score location and scale the next window is judged by."""
         rule, prior = self.rule, self.prior
-        seen = min(self._count, rule.windows)
+        seen = len(self._recent)
         if seen < 2:
             location, scale = prior.location, prior.scale
         else:
-            history = self._recent[:seen]
+            history = self._recent.values()
             middle = (seen - 1) // 2
             spread_at = round(rule.spread_quantile * (seen - 1))
             ordered = np.partition(history, sorted({spread_at, middle}))
@@ -184,8 +185,7 @@ class DeviceLikelihood:
 
     def remember(self, score: float) -> None:
         """Add a judged window's score to the history (after judging it: never its own bar)."""
-        self._recent[self._count % self.rule.windows] = _log(score)
-        self._count += 1
+        self._recent.push(_log(score))
 
     def observe(self, score: float) -> float:
         """The level to judge this window by, then remember its score (``learn: all``)."""
