@@ -302,14 +302,20 @@ class Pipeline:
         return Output(messages, safe)
 
     def _check_adaptation_rebuilt(self, tp: TopicPartition) -> None:
-        """Warn when the replay was too short to give the partition's devices their adaptation.
+        """Warn when the replay was too short to rebuild the partition's devices' recent scores.
 
-        Such a device's threshold adapts again from its next scores: it may page on a normal it
-        had adapted to before the handover, until ``alerts.adaptation.windows`` scores are in.
+        Such a device's threshold adapts again from its next scores (adaptation, likelihood):
+        it may page on a normal it had adapted to before the handover, until
+        ``alerts.adaptation.windows`` (``alerts.likelihood.windows``) scores are in.
         """
         if not self.offsets.take_partial(tp):
             return
-        lanes = [lane for lane in self.lanes if lane.registry.judge.adaptation is not None]
+        lanes = [
+            lane
+            for lane in self.lanes
+            if lane.registry.judge.adaptation is not None
+            or lane.registry.judge.likelihood is not None
+        ]
         if not lanes:
             return
         self._score_all()  # the replay's last windows are judged before counting
@@ -317,14 +323,14 @@ class Pipeline:
         short = sum(lane.registry.judge.adapting(d) for lane, d in devices)
         if short:
             log.warning(
-                "%d of %d devices of %s have fewer than alerts.adaptation.windows (%d) scores "
-                "after replaying windows.rebuild_records (%d): their thresholds adapt again from "
-                "scratch; raise windows.rebuild_records to at least devices per partition x "
-                "(window length - 1 + adaptation windows)",
+                "%d of %d devices of %s have fewer scores than alerts.adaptation.windows or "
+                "alerts.likelihood.windows (%d) after replaying windows.rebuild_records (%d): "
+                "their thresholds adapt again from scratch; raise windows.rebuild_records to at "
+                "least devices per partition x (window length - 1 + those windows)",
                 short,
                 len(devices),
                 tp,
-                lanes[0].alerts.adaptation.windows,
+                max(lanes[0].alerts.adaptation.windows, lanes[0].alerts.likelihood.windows),
                 self.config.windows.rebuild_records,
             )
 
