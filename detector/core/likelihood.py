@@ -187,12 +187,6 @@ class DeviceLikelihood:
         """Add a judged window's score to the history (after judging it: never its own bar)."""
         self._recent.push(_log(score))
 
-    def observe(self, score: float) -> float:
-        """The level to judge this window by, then remember its score (``learn: all``)."""
-        level = self.level()
-        self.remember(score)
-        return level
-
 
 def _log(score: float) -> float:
     return max(math.log(score), _LOG_FLOOR) if score > 0.0 else _LOG_FLOOR
