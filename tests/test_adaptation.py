@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.adaptation import AdaptationRule, DeviceAdaptation
@@ -66,9 +66,31 @@ def test_factor_depends_only_on_the_last_windows_scores(windows: int, scores: li
     if len(scores) >= windows:
         assert full.factor() == replayed.factor()
         expected = min(max(float(np.median(scores[-windows:])), 1.0), 50.0)
-        assert full.factor() == pytest.approx(expected)
+        assert full.factor() == expected
     else:
         assert full.factor() == 1.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    windows=st.integers(2, 50),
+    reference=st.sampled_from([0.25, 1.0, 3.0]),
+    max_ratio=st.sampled_from([1.0, 4.0, 1e6]),
+    scores=st.lists(
+        st.one_of(st.sampled_from([0.0, 1.0, 2.0, 2.0]), st.floats(0.0, 1e6)), max_size=200
+    ),
+)
+def test_factor_equals_the_median_of_the_scores_before_each_window(
+    windows: int, reference: float, max_ratio: float, scores: list[float]
+) -> None:
+    """Per window, exactly what ``np.median`` of the last ``windows`` scores before it gives."""
+    device = DeviceAdaptation(AdaptationRule(windows=windows, max_ratio=max_ratio), reference)
+    for i, score in enumerate(scores):
+        before = scores[max(0, i - windows) : i]
+        expected = 1.0
+        if len(before) == windows:
+            expected = min(max(float(np.median(before)) / reference, 1.0), max_ratio)
+        assert device.observe(score) == expected
 
 
 def test_rule_rejects_meaningless_settings() -> None:

@@ -122,6 +122,44 @@ def test_tail_probability_is_below_the_tail_exactly_above_the_level(
         assert (device.tail_probability(probe) < rule.tail) == (probe > level)
 
 
+def _reference_level(rule: LikelihoodRule, prior: ScorePrior, history: list[float]) -> float:
+    """The level as the likelihood computed it by partitioning the log-scores every window."""
+    seen = len(history)
+    location, scale = prior.location, prior.scale
+    if seen >= 2:
+        middle, spread_at = (seen - 1) // 2, round(rule.spread_quantile * (seen - 1))
+        ordered = np.partition(np.asarray(history), sorted({spread_at, middle}))
+        own_location = float(ordered[middle])
+        own_scale = abs(float(ordered[spread_at]) - own_location) / rule.spread_z
+        weight = seen / (seen + rule.prior_windows * (1.0 - seen / rule.windows))
+        location = prior.location + weight * (own_location - prior.location)
+        scale = prior.scale + weight * (own_scale - prior.scale)
+    return math.exp(min(location + rule.z * max(scale, rule.min_scale), 700.0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    windows=st.integers(10, 50),
+    prior_windows=st.integers(1, 60),
+    spread_quantile=st.sampled_from([LikelihoodRule().spread_quantile, 0.05, 0.3, 0.9]),
+    scores=st.lists(
+        st.one_of(st.sampled_from([0.0, 1.0, 1.0, 2.0]), positive_scores), max_size=150
+    ),
+)
+def test_level_equals_the_partitioned_statistics_before_each_window(
+    windows: int, prior_windows: int, spread_quantile: float, scores: list[float]
+) -> None:
+    """Per window, exactly the level a partition of the last ``windows`` log-scores gives."""
+    rule = LikelihoodRule(
+        windows=windows, prior_windows=prior_windows, spread_quantile=spread_quantile
+    )
+    device = DeviceLikelihood(rule, PRIOR)
+    logs = [max(math.log(s), math.log(1e-30)) if s > 0.0 else math.log(1e-30) for s in scores]
+    for i, score in enumerate(scores):
+        assert device.level() == _reference_level(rule, PRIOR, logs[max(0, i - windows) : i])
+        device.remember(score)
+
+
 def test_state_is_bounded_by_the_window_count() -> None:
     rule = LikelihoodRule(windows=64)
     device = _fed(rule, np.ones(10_000))

@@ -11,15 +11,14 @@ of them are elevated; a new steady state stops paging after about ``windows / 2`
 factor never goes below 1 (a quiet device is not made more sensitive) nor above ``max_ratio`` (a
 device that breaks for good does not silence itself completely).
 
-The state is bounded (``windows`` floats per device) and is a function of the device's last
-``windows`` scores only, so a replay that re-scores that many windows rebuilds it exactly.
+The state is bounded (``2 x windows`` floats per device: the scores and the same sorted, whose
+median is read per window without sorting) and is a function of the device's last ``windows``
+scores only, so a replay that re-scores that many windows rebuilds it exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from detector.core.recent import RecentScores
 
@@ -60,7 +59,7 @@ class DeviceAdaptation:
         """What the device's threshold is multiplied by now: 1 until ``windows`` scores are in."""
         if not self.complete or self.reference <= 0.0:
             return 1.0
-        ratio = _median(self._recent.values()) / self.reference
+        ratio = self._recent.median() / self.reference
         return min(max(ratio, 1.0), self.rule.max_ratio)
 
     def observe(self, score: float) -> float:
@@ -71,13 +70,3 @@ class DeviceAdaptation:
         factor = self.factor()
         self._recent.push(score)
         return factor
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a 1-D array, a partition instead of its sort (6x faster at 1000 values)."""
-    n = len(values)
-    middle = n // 2
-    if n % 2:
-        return float(np.partition(values, middle)[middle])
-    lower, upper = np.partition(values, [middle - 1, middle])[middle - 1 : middle + 1]
-    return float((lower + upper) / 2)

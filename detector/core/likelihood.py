@@ -30,7 +30,8 @@ than to a reconstruction error; other models are judged as without it.
 new normal after about ``windows / 2`` windows, like NAB's likelihood) or ``calm`` (only windows
 under the level while the device is not firing: a fault is never learned, nor is a new normal).
 
-The state is the last ``windows`` log-scores the device learned (a ring buffer) and a count, so
+The state is the last ``windows`` log-scores the device learned (a ring buffer, kept sorted as
+well so that the median and the quantile are read per window without sorting) and a count, so
 with ``learn: all`` a replay that re-scores that many windows rebuilds it exactly, as after a
 partition handover; with ``calm`` exactly when those windows were calm (a replay of the device's
 whole history always rebuilds it).
@@ -43,8 +44,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
-
-import numpy as np
 
 from detector.core.recent import RecentScores
 
@@ -159,12 +158,11 @@ class DeviceLikelihood:
         if seen < 2:
             location, scale = prior.location, prior.scale
         else:
-            history = self._recent.values()
-            middle = (seen - 1) // 2
-            spread_at = round(rule.spread_quantile * (seen - 1))
-            ordered = np.partition(history, sorted({spread_at, middle}))
-            own_location = float(ordered[middle])
-            own_scale = abs(float(ordered[spread_at]) - own_location) / rule.spread_z
+            recent = self._recent
+            # Nearest ranks, not interpolated: the lower median and the rounded quantile rank.
+            own_location = recent.ranked((seen - 1) // 2)
+            spread = recent.ranked(round(rule.spread_quantile * (seen - 1)))
+            own_scale = abs(spread - own_location) / rule.spread_z
             # The prior's weight fades as the history fills: a complete history is all the
             # device's own, whatever the model's validation scores were.
             prior_weight = rule.prior_windows * (1.0 - seen / rule.windows)

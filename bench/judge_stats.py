@@ -1,0 +1,178 @@
+"""The judge's per-window cost with incremental order statistics, against the partitions before.
+
+Times :meth:`Judge.judge` per call with adaptation, the likelihood, or both on (``windows``
+1000 each, every device's history full), for the judge of this tree ("after") and for the one
+at ``--before`` ("before": its ``recent``, ``adaptation``, ``likelihood`` and ``judge`` modules
+loaded from git under another package name; alerts, calibration and the artifact are this
+tree's), on the same score stream. Repeats alternate before and after, so the ratios compare
+runs on the same machine state; the thresholds of both are checked equal, call by call.
+
+Writes ``bench/results/judge_stats.json``. Usage: ``python bench/judge_stats.py [--repeats 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from detector.core.alerts import AlertRule
+
+__all__ = ["main", "measure"]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "judge_stats.json"
+# The last revision whose adaptation and likelihood partitioned the recent scores every window.
+BEFORE = "a7a5c112cfd0592e454e945e1eb6a0065abfe1ae"
+_MODULES = ("recent", "adaptation", "likelihood", "judge")
+_OLD_PACKAGE = "judge_before"
+# "none": the judge with neither, the per-call floor the statistics add to.
+CONFIGS = ("none", "adaptation", "likelihood", "both")
+
+
+def load_before(revision: str, into: Path) -> ModuleType:
+    """The judge module of ``revision``, importable next to this tree's as ``judge_before``."""
+    package = into / _OLD_PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in _MODULES:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:detector/core/{name}.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for other in _MODULES:
+            source = source.replace(f"detector.core.{other} ", f"{_OLD_PACKAGE}.{other} ")
+        (package / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(into))
+    return importlib.import_module(f"{_OLD_PACKAGE}.judge")
+
+
+def make_judge(module: ModuleType, config: str, windows: int) -> Any:
+    """A judge of ``module`` with adaptation, the likelihood, both or neither (``config``)."""
+    adaptation = None
+    if config in ("adaptation", "both"):
+        adaptation = module.AdaptationRule(windows=windows)
+    likelihood = None
+    if config in ("likelihood", "both"):
+        likelihood = module.LikelihoodRule(windows=windows, tail=1e-3, combine="max")
+    return module.Judge(
+        AlertRule(),
+        threshold=3.0,
+        adaptation=adaptation,
+        reference_score=1.0,
+        likelihood=likelihood,
+        prior=module.ScorePrior(0.0, 0.5),
+    )
+
+
+def _timed(judge: Any, devices: list[str], scores: np.ndarray) -> tuple[float, list[float]]:
+    """Seconds to judge ``scores`` round-robin over ``devices``, and the thresholds."""
+    judge_call = judge.judge
+    count = len(devices)
+    thresholds = []
+    started = time.perf_counter()
+    for i, score in enumerate(scores.tolist()):
+        thresholds.append(judge_call(devices[i % count], score)[0])
+    return time.perf_counter() - started, thresholds
+
+
+def measure(
+    before: ModuleType,
+    after: ModuleType,
+    config: str,
+    windows: int,
+    calls: int,
+    repeats: int,
+    devices: int,
+) -> dict[str, Any]:
+    """µs per judge call before and after, per repeat, on one stream; thresholds compared."""
+    rng = np.random.default_rng(0)
+    names = [f"device-{d}" for d in range(devices)]
+    # Log-normal around the reference, with rare spikes: some windows over, most under.
+    warmup = rng.lognormal(0.0, 0.4, windows * devices)
+    stream = rng.lognormal(0.0, 0.4, calls)
+    stream[rng.random(calls) < 0.01] *= 20.0
+    figures: dict[str, list[float]] = {"before": [], "after": []}
+    identical = True
+    for _ in range(repeats):
+        thresholds = {}
+        for label, module in (("before", before), ("after", after)):
+            judge = make_judge(module, config, windows)
+            _timed(judge, names, warmup)
+            seconds, thresholds[label] = _timed(judge, names, stream)
+            figures[label].append(seconds / calls * 1e6)
+        identical &= thresholds["before"] == thresholds["after"]
+    before_us = statistics.median(figures["before"])
+    after_us = statistics.median(figures["after"])
+    return {
+        "config": config,
+        "us_per_call_before": round(before_us, 3),
+        "us_per_call_after": round(after_us, 3),
+        "after_over_before": round(after_us / before_us, 3),
+        "saved_us_per_call": round(before_us - after_us, 3),
+        "repeats_before_us": [round(x, 3) for x in figures["before"]],
+        "repeats_after_us": [round(x, 3) for x in figures["after"]],
+        "thresholds_identical": identical,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every configuration, print a table and write the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default=BEFORE, help="git revision of the old judge")
+    parser.add_argument("--windows", type=int, default=1000)
+    parser.add_argument("--calls", type=int, default=20_000, help="timed calls per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    after = importlib.import_module("detector.core.judge")
+    with tempfile.TemporaryDirectory() as scratch:
+        before = load_before(args.before, Path(scratch))
+        rows = [
+            measure(before, after, config, args.windows, args.calls, args.repeats, args.devices)
+            for config in CONFIGS
+        ]
+    print(f"{'config':<12}{'before µs':>11}{'after µs':>10}{'after/before':>14}  identical")
+    for row in rows:
+        print(
+            f"{row['config']:<12}{row['us_per_call_before']:>11.2f}"
+            f"{row['us_per_call_after']:>10.2f}{row['after_over_before']:>14.2f}"
+            f"  {row['thresholds_identical']}"
+        )
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "what": "µs per Judge.judge call, every device's history full (windows each)",
+        "before_revision": args.before,
+        "after_tree": revision,  # -dirty: uncommitted changes included
+        "windows": args.windows,
+        "calls_per_repeat": args.calls,
+        "repeats": args.repeats,
+        "devices": args.devices,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(row["thresholds_identical"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
