@@ -1,0 +1,146 @@
+"""Decode: a partition's records into columns of readings, with each record's rejections.
+
+The first stage. A record's value is parsed against the models' feature orders
+(:class:`~detector.core.readings.ReadingParser`); its readings join the columns of
+:class:`Readings`, the batch type the later stages take, and whatever it held that cannot be
+used is a :class:`~detector.core.readings.Rejection` of that record (one dead letter per record
+at the end, :mod:`detector.stages.emit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from kafka.consumer.fetcher import ConsumerRecord
+
+from detector.core.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
+from detector.logs import RateLimitedLog
+
+__all__ = ["Readings", "decode", "reject_internal_error"]
+
+
+class Readings:
+    """The readings of consecutive records of one partition, column by column.
+
+    Row ``i`` is one reading; ``positions[i]`` is the record it came from. ``live[p]`` says
+    whether record ``p`` is new (``False`` while a handover replays it to rebuild windows:
+    nothing it holds is counted or published again) and ``rejections[p]`` what of it was
+    rejected so far, by any stage.
+    """
+
+    __slots__ = (
+        "device_ids",
+        "indices",
+        "live",
+        "positions",
+        "profiles",
+        "records",
+        "rejections",
+        "timestamps",
+        "unknown_sensors",
+        "values",
+    )
+
+    def __init__(self, records: Sequence[ConsumerRecord] = (), live: Sequence[bool] = ()) -> None:
+        self.records: Sequence[ConsumerRecord] = records
+        self.live: list[bool] = list(live)
+        self.rejections: list[list[Rejection]] = [[] for _ in self.live]
+        self.device_ids: list[str] = []
+        self.timestamps: list[float] = []
+        self.values: list[np.ndarray] = []
+        self.indices: list[int | None] = []  # position in a batch message
+        self.profiles: list[int] = []  # the lane each reading was routed to
+        self.positions: list[int] = []  # the record's position among the records
+        self.unknown_sensors = 0  # sensor names no model knows, in new records
+
+    def __len__(self) -> int:
+        """How many readings."""
+        return len(self.device_ids)
+
+    def reading_live(self, row: int) -> bool:
+        """Whether the reading at ``row`` comes from a new record."""
+        return self.live[self.positions[row]]
+
+    def reject(self, position: int, rejection: Rejection) -> None:
+        """Reject (part of) record ``position``; a replayed record's were rejected when new."""
+        if self.live[position]:
+            self.rejections[position].append(rejection)
+
+    def select(self, rows: Sequence[int]) -> Readings:
+        """The readings at ``rows`` (one lane's), sharing the records and their rejections."""
+        part = Readings()
+        part.records, part.live, part.rejections = self.records, self.live, self.rejections
+        for name in ("device_ids", "timestamps", "values", "indices", "profiles", "positions"):
+            column = getattr(self, name)
+            setattr(part, name, [column[row] for row in rows])
+        return part
+
+    def add(self, message: ParsedMessage, position: int) -> None:
+        """Append the readings record ``position`` held."""
+        count = len(message.device_ids)
+        self.device_ids.extend(message.device_ids)
+        self.timestamps.extend(message.timestamps)
+        self.values.extend(message.values)
+        self.indices.extend(message.indices)
+        self.profiles.extend(message.profiles)
+        self.positions.extend([position] * count)
+        if self.live[position]:
+            self.unknown_sensors += message.unknown_sensors
+        for rejection in message.rejections:
+            self.reject(position, rejection)
+
+
+def decode(
+    parser: ReadingParser,
+    topic: str,
+    records: Sequence[ConsumerRecord],
+    live: Sequence[bool],
+    max_readings: int,
+    trace_log: RateLimitedLog,
+) -> Readings:
+    """Parse records from the start of ``records`` until they hold ``max_readings`` readings.
+
+    ``live[i]`` says whether ``records[i]`` is new. A record is always taken whole (a gateway
+    batch may hold many readings), so the last one may go past ``max_readings``;
+    ``len(result.records)`` says how many were taken. Never raises on a record's content: see
+    :func:`reject_internal_error` (``trace_log`` logs the tracebacks).
+    """
+    readings = Readings(records, live)
+    taken = len(records)
+    for position, record in enumerate(records):
+        try:
+            message = parser.parse(record.value, topic)
+        except Exception as exc:
+            reject_internal_error(readings, position, exc, trace_log)
+            continue
+        readings.add(message, position)
+        if len(readings) >= max_readings:
+            taken = position + 1
+            break
+    if taken < len(records):
+        readings.records = records[:taken]
+        del readings.live[taken:], readings.rejections[taken:]
+    return readings
+
+
+def reject_internal_error(
+    readings: Readings, position: int, error: Exception, trace_log: RateLimitedLog
+) -> None:
+    """A bug met while handling record ``position``: log its traceback (rate limited), reject it.
+
+    Nothing a record holds may stop its partition: the record (or what is left of it) is
+    rejected as ``internal_error`` and the stages go on with the next.
+    """
+    if readings.live[position]:
+        record = readings.records[position]
+        trace_log.warning(
+            "internal_error.trace",
+            "cannot ingest %s[%d] offset %d",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+    rejection = Rejection(RejectReason.INTERNAL_ERROR, repr(error)[:200], None)
+    readings.reject(position, rejection)
