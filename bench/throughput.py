@@ -13,7 +13,9 @@ reading per message as in the README), round after round:
 4. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
    size on the same device, for each model size;
 
-then whether scoring on a worker thread could overlap ingest (the bare model and the daemon's
+then each stage of :mod:`detector.stages` in this process with no Kafka, µs per record
+(``stages``: with a no-op scorer and with the default model size, and the whole in-process
+pipeline beside them), whether scoring on a worker thread could overlap ingest (the bare model and the daemon's
 parser timed alone and on two threads at once), the pipeline on gateway batches (``--batched``
 readings per message, readings/s), the latency from a reading's produce time to its alert under
 paced loads at fractions (1/2, 1/4) of the measured pipeline rate (the daemon as a child process,
@@ -63,11 +65,18 @@ from detector.core.scoring import Scorer
 from detector.core.windows import sliding_windows
 from detector.daemon import Detector
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
-from detector.lane import Model
+from detector.lane import Lane, Model
+from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
-from detector.pipeline import Pipeline
+from detector.pipeline import RECORDS_PER_CHUNK, Pipeline
 from detector.reload import load_model
 from detector.sensor import MetricsSensor
+from detector.stages import emit
+from detector.stages.admit import admit
+from detector.stages.decode import decode
+from detector.stages.judge import judge
+from detector.stages.route import route
+from detector.stages.score import score
 from detector_devtools.embedded_broker import (
     EmbeddedBroker,
     create_topics,
@@ -509,6 +518,123 @@ def model_windows(stream: Fleet, features: list[str], length: int, count: int) -
     return np.ascontiguousarray(np.concatenate(parts))
 
 
+# --- stages ---------------------------------------------------------------------------------------
+
+
+def _records(messages: list[tuple[bytes, bytes]], topic: str, partitions: int) -> dict:
+    """The messages as the consumer hands them over, keyed to partitions by their key's CRC."""
+    by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
+    for key, value in messages:
+        tp = TopicPartition(topic, zlib.crc32(key) % partitions)
+        batch = by_partition.setdefault(tp, [])
+        batch.append(
+            ConsumerRecord(
+                tp.topic, tp.partition, -1, len(batch), 0, 0, key, value, [], None, 0, 0, 0
+            )
+        )
+    return by_partition
+
+
+def _polls(
+    records: dict[TopicPartition, list[ConsumerRecord]], per_poll: int
+) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+    """The records cut into polls of ``per_poll`` per partition, as ``max_poll_records`` does."""
+    longest = max(map(len, records.values()))
+    return [
+        {tp: batch[start : start + per_poll] for tp, batch in records.items() if batch[start:]}
+        for start in range(0, longest, per_poll)
+    ]
+
+
+def measure_stages(
+    config: DetectorConfig,
+    artifact: Artifact,
+    scorer: Scorer,
+    messages: list[tuple[bytes, bytes]],
+    partitions: int,
+) -> dict[str, Any]:
+    """In-process µs per record of each stage (:mod:`detector.stages`), then of the whole pipeline.
+
+    No Kafka: the records are built in memory, in the consumer's chunks, and driven through the
+    stage functions one at a time, timing each (``admit`` includes cutting windows, ``emit``
+    the alerts and dead letters). Then a fresh :class:`Pipeline` processes the same records a
+    poll (``max_poll_records`` per partition) at a time: its µs per record is the in-process
+    pipeline, which the per-stage figures add up to less the wiring.
+    """
+    records = _records(messages, "bench-stages", partitions)
+    count = sum(map(len, records.values()))
+    models = {DEFAULT_PROFILE: Model(artifact, scorer)}
+    pipeline = Pipeline(config, models)
+    lanes, trace_log = pipeline.lanes, RateLimitedLog(logging.getLogger(__name__))
+    seconds = dict.fromkeys(("decode", "route", "admit", "score", "judge", "emit"), 0.0)
+    windows = 0
+
+    def scored(lane: Lane) -> None:
+        nonlocal windows
+        started = time.perf_counter()
+        batch = score(lane)
+        judged = time.perf_counter()
+        verdicts = judge(lane, batch)
+        emitted = time.perf_counter()
+        emit.alerts(lane, batch, verdicts)
+        done = time.perf_counter()
+        seconds["score"] += judged - started
+        seconds["judge"] += emitted - judged
+        seconds["emit"] += done - emitted
+        windows += len(batch)
+
+    clock = time.time()
+    for tp, batch in records.items():
+        for start in range(0, len(batch), RECORDS_PER_CHUNK):
+            chunk = batch[start : start + RECORDS_PER_CHUNK]
+            taken = 0
+            while taken < len(chunk):
+                started = time.perf_counter()
+                readings = decode(
+                    pipeline.parser,
+                    tp.topic,
+                    chunk[taken:],
+                    [True] * (len(chunk) - taken),
+                    config.scoring.max_batch_size,
+                    trace_log,
+                )
+                decoded = time.perf_counter()
+                parts = route(readings, lanes)
+                routed = time.perf_counter()
+                for lane, part in parts:
+                    admit(lane, lanes, tp, part, clock, 0.0, set(), trace_log)
+                admitted = time.perf_counter()
+                emit.dead_letters(readings, pipeline.sensor, None)
+                seconds["decode"] += decoded - started
+                seconds["route"] += routed - decoded
+                seconds["admit"] += admitted - routed
+                seconds["emit"] += time.perf_counter() - admitted
+                taken += len(readings.records)
+                for lane in lanes:
+                    if lane.pending.full:
+                        scored(lane)
+    for lane in lanes:
+        if lane.pending:
+            scored(lane)
+    fresh = Pipeline(config, models)
+    polls = _polls(records, config.kafka.max_poll_records)
+    started = time.perf_counter()
+    for poll in polls:
+        fresh.process(poll, now=clock)
+    fresh.flush()
+    whole = time.perf_counter() - started
+    per_record = {name: 1e6 * value / count for name, value in seconds.items()}
+    return {
+        "records": count,
+        "windows": windows,
+        "us_per_record": per_record,
+        "stages_us_per_record": sum(per_record.values()),
+        "score_us_per_window": 1e6 * seconds["score"] / max(windows, 1),
+        "judge_us_per_window": 1e6 * seconds["judge"] / max(windows, 1),
+        "pipeline_us_per_record": 1e6 * whole / count,
+    }
+
+
 # --- latency ------------------------------------------------------------------------------------
 
 
@@ -840,8 +966,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument(
         "--stages",
-        default="rates,overlap,batched,latency,shadow,memory",
-        help="comma-separated subset of rates,overlap,batched,latency,shadow,memory",
+        default="rates,stages,overlap,batched,latency,shadow,memory",
+        help="comma-separated subset of rates,stages,overlap,batched,latency,shadow,memory",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -993,6 +1119,31 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                 "pipeline_over_raw": _spread([r["noop_scorer"]["over_raw"] for r in rounds]),
             },
         }
+
+    if "stages" in stages:
+        defaults = yaml.safe_load((ROOT / "configs" / "trainer.yaml").read_text())
+        stage_model = train_model(normal, int(defaults["window"]["length"]), workdir)
+        stage_artifact = load_artifact(stage_model)
+        messages = encode_messages(interleave(stream.readings))[: args.messages]
+        config = daemon_config("localhost:9092", "bench-stages", "bench-alerts", stage_model, args)
+        result["stages"] = stage_figures = {}
+        for name, stage_scorer in (
+            ("noop_scorer", NoopScorer.from_artifact(stage_artifact, args.device, args.batch_size)),
+            (
+                "default_model",
+                Scorer.from_artifact(stage_artifact, args.device, args.batch_size, args.threads),
+            ),
+        ):
+            figures = measure_stages(
+                config, stage_artifact, stage_scorer, messages, args.partitions
+            )
+            stage_figures[name] = figures
+            say(
+                f"stages ({name}), µs per record: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in figures["us_per_record"].items())
+                + f"; sum {figures['stages_us_per_record']:.2f}, whole pipeline "
+                f"{figures['pipeline_us_per_record']:.2f}"
+            )
 
     if "overlap" in stages:
         values = [value for _, value in encode_messages(interleave(stream.readings))[:10_000]]

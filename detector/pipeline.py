@@ -32,7 +32,7 @@ from detector.stages.judge import judge
 from detector.stages.route import route
 from detector.stages.score import score
 
-__all__ = ["Output", "Pipeline"]
+__all__ = ["RECORDS_PER_CHUNK", "Output", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Output:
 
 
 # Records ingested together in array operations at most (fewer when they hold a batch).
-_CHUNK_RECORDS = 512
+RECORDS_PER_CHUNK = 512
 
 
 class Pipeline:
@@ -149,7 +149,7 @@ class Pipeline:
         """Ingest one poll's records (``now``: wall-clock time); score what is full or due."""
         now = time.time() if now is None else now
         offsets = self.offsets
-        chunk = _CHUNK_RECORDS if self.columnar else 1
+        chunk = RECORDS_PER_CHUNK if self.columnar else 1
         for tp, batch in records.items():
             live_count = start = 0
             while start < len(batch):
