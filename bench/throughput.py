@@ -256,6 +256,49 @@ def measure_raw(config: DetectorConfig, expected: int) -> dict[str, float]:
     return {"records": received, "seconds": seconds, "rate": received / seconds}
 
 
+def measure_raw_confluent(config: DetectorConfig, expected: int) -> dict[str, float]:
+    """confluent-kafka's consumer (librdkafka) alone on the same topic: records/s, no processing.
+
+    Beside :func:`measure_raw` in the same round, to say whether kafka-python's consume is what
+    limits the daemon (issue 20 item 7). Values are taken out of each message, as the daemon
+    would need them. The clock starts at the first assignment, as for kafka-python.
+    """
+    from confluent_kafka import Consumer  # the dev extra; the daemon never imports it
+
+    kafka = config.kafka
+    assigned_at: list[float] = []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ",".join(kafka.bootstrap_servers),
+            "group.id": f"bench-confluent-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "max.poll.interval.ms": kafka.max_poll_interval_ms,
+            "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
+        }
+    )
+
+    def on_assign(_: Any, partitions: list[Any]) -> None:
+        if partitions:
+            assigned_at.append(time.perf_counter())
+
+    consumer.subscribe(kafka.readings_topics, on_assign=on_assign)
+    received = 0
+    finished = 0.0
+    try:
+        while received < expected:
+            for message in consumer.consume(num_messages=kafka.max_poll_records, timeout=1.0):
+                if message.error() is None:
+                    message.value()
+                    received += 1
+            finished = time.perf_counter()
+    finally:
+        consumer.close()
+    seconds = finished - assigned_at[0]
+    return {"records": received, "seconds": seconds, "rate": received / seconds}
+
+
 class _TimedRebalance(RebalanceEvents):
     """The daemon's rebalance listener, noting when the partitions were first assigned."""
 
@@ -1052,7 +1095,11 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         for number in range(args.rounds):
             config = daemon_config(bootstrap, topic, f"{topic}-alerts", args.model, args)
             raw = measure_raw(config, len(messages))
-            say(f"round {number + 1}: raw consume {raw['rate']:,.0f} records/s")
+            confluent = measure_raw_confluent(config, len(messages))
+            say(
+                f"round {number + 1}: raw consume {raw['rate']:,.0f} records/s "
+                f"(confluent-kafka {confluent['rate']:,.0f})"
+            )
             pipeline, model = pipeline_and_model(args.model, artifact, scorer, windows)
             say(
                 f"round {number + 1}: pipeline {pipeline['rate']:,.0f} records/s "
@@ -1073,6 +1120,8 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                 {
                     "load_average": os.getloadavg()[0],
                     "raw": raw,
+                    "raw_confluent": confluent,
+                    "confluent_over_kafka_python": confluent["rate"] / raw["rate"],
                     "pipeline": pipeline,
                     "model": model,
                     "pipeline_over_raw": pipeline["rate"] / raw["rate"],
@@ -1091,6 +1140,10 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         result["rounds"] = rounds
         result["summary"] = {
             "raw_consume_records_per_s": _spread([r["raw"]["rate"] for r in rounds]),
+            "raw_confluent_records_per_s": _spread([r["raw_confluent"]["rate"] for r in rounds]),
+            "confluent_over_kafka_python": _spread(
+                [r["confluent_over_kafka_python"] for r in rounds]
+            ),
             "pipeline_records_per_s": _spread([r["pipeline"]["rate"] for r in rounds]),
             "bare_model_windows_per_s": _spread([r["model"]["rate"] for r in rounds]),
             "pipeline_over_raw": _spread([r["pipeline_over_raw"] for r in rounds]),
