@@ -37,7 +37,7 @@ from detector.kafka_io import Publisher, RebalanceEvents
 from detector.lane import Lane, Model
 from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
-from detector.reload import CandidateWatcher, ModelWatcher, load_compatible
+from detector.reload import BackgroundLoader, CandidateWatcher, FinishedLoad, ModelWatcher, Role
 from detector.sensor import MetricsSensor, ReplaySensor
 
 __all__ = ["Detector", "install_signal_handlers"]
@@ -68,7 +68,7 @@ class Detector:
 
     Also owns what is about Kafka itself: the group's rebalances (forget what moved, rewind
     what arrived to rebuild it), undecodable records, offsets commits, lag and broker health,
-    and swapping in a new model version.
+    and swapping in a new model version (loaded on a worker thread, swapped in between polls).
     """
 
     def __init__(
@@ -91,6 +91,7 @@ class Detector:
         profiles = config.model.profile_map()
         interval = config.model.reload_interval_s
         self._watchers: dict[str, tuple[ModelWatcher, CandidateWatcher | None]] = {}
+        self._loader = BackgroundLoader(config.scoring)
         for lane in self.pipeline.lanes:
             candidate = (candidates or {}).get(lane.name)
             if candidate is not None:
@@ -147,81 +148,98 @@ class Detector:
         )
 
     def reload_if_changed(self) -> None:
-        """Swap in each registry's new ``current`` (and ``candidate``) if it loads, fits and warms up.
+        """Swap in the versions that finished loading, then start loading any newly pointed at.
 
-        Pending windows are scored by the old model first, so every record is scored exactly
-        once; a version that fails is refused and the running model stays. So is a pointer that
-        cannot be followed, counted and logged once per distinct problem. Profiles are
-        independent: one's reload touches no other's models or state.
+        Loading, checking and warming up run on a worker thread (:class:`BackgroundLoader`), so
+        this returns at once and the loop goes on polling; a version is swapped in at a later
+        call, once it is ready. Pending windows are scored by the old model first, so every
+        record is scored exactly once; a version that fails is refused and the running model
+        stays. So is a pointer that cannot be followed, counted and logged once per distinct
+        problem. A pointer that moves again while a load runs supersedes it: only the newest
+        version is swapped in. Profiles are independent: one's reload touches no other's models
+        or state.
         """
+        for done in self._loader.finished():
+            self._swap_in(done)
         for lane in self.pipeline.lanes:
             current, candidate = self._watchers[lane.name]
-            self._reload_current(lane, current)
+            self._watch_current(lane, current)
             if candidate is not None:
-                self._reload_candidate(lane, candidate)
+                self._watch_candidate(lane, candidate)
 
-    def _reload_current(self, lane: Lane, watcher: ModelWatcher) -> None:
-        reloads = self.metrics.model_reloads
-        running = lane.model.version
+    def _watch_current(self, lane: Lane, watcher: ModelWatcher) -> None:
         try:
             path = watcher.candidate()
         except ArtifactError as exc:
-            reloads.labels(profile=lane.name, result="rejected").inc()
-            log.error("refused model pointer of %s, keeping %s: %s", lane.name, running, exc)
+            self.metrics.model_reloads.labels(profile=lane.name, result="rejected").inc()
+            log.error(
+                "refused model pointer of %s, keeping %s: %s", lane.name, lane.model.version, exc
+            )
             return
-        if path is None:
-            return
-        model = self._load_compatible(lane, path, "model")
-        if model is None:
-            return
-        self.pipeline.install(lane.name, model)
-        self._describe_model(lane)
-        reloads.labels(profile=lane.name, result="success").inc()
-        log.info("model %s replaced %s (profile %s)", model.version, running, lane.name)
+        if path is not None:
+            self._load(lane, "model", path)
 
-    def _reload_candidate(self, lane: Lane, watcher: CandidateWatcher) -> None:
-        reloads = self.metrics.model_reloads
+    def _watch_candidate(self, lane: Lane, watcher: CandidateWatcher) -> None:
         try:
             change = watcher.change()
         except ArtifactError as exc:
-            reloads.labels(profile=lane.name, result="rejected").inc()
+            self.metrics.model_reloads.labels(profile=lane.name, result="rejected").inc()
             log.error("refused candidate pointer of %s: %s", lane.name, exc)
             return
         if change is None:
             return
-        if change.path is None:
-            if lane.candidate is not None:
-                log.info("shadow scoring of %s stopped (no candidate)", lane.name)
-            self.pipeline.shadow(lane.name, None)
+        if change.path is not None:
+            self._load(lane, "candidate", change.path)
             return
-        model = self._load_compatible(lane, change.path, "candidate")
-        if model is None:
-            return
-        self.pipeline.shadow(lane.name, model)
-        reloads.labels(profile=lane.name, result="success").inc()
-        log.info(
-            "scoring candidate %s in shadow beside %s (profile %s)",
-            model.version,
-            lane.model.version,
-            lane.name,
-        )
+        dropped = self._loader.discard(lane.name, "candidate")
+        if dropped is not None:
+            log.info("dropped loading candidate %s of %s: no candidate", dropped.name, lane.name)
+        if lane.candidate is not None:
+            log.info("shadow scoring of %s stopped (no candidate)", lane.name)
+        self.pipeline.shadow(lane.name, None)
 
-    def _load_compatible(self, lane: Lane, path: Path, role: str) -> Model | None:
-        """The model at ``path`` loaded and warmed up, or ``None`` (counted, logged) if unusable."""
-        try:
-            return load_compatible(lane.model.artifact.metadata, path, self.config.scoring)
-        except (ArtifactError, RuntimeError, MemoryError) as exc:
-            self.metrics.model_reloads.labels(profile=lane.name, result="rejected").inc()
-            kept = lane.model if role == "model" else lane.candidate
+    def _load(self, lane: Lane, role: Role, path: Path) -> None:
+        """Start loading ``path`` as the lane's ``role``; a load of an older pointer is dropped."""
+        superseded = self._loader.submit(lane.name, role, lane.model.artifact.metadata, path)
+        if superseded is not None:
+            log.info(
+                "dropped loading %s %s of %s: superseded by %s",
+                role,
+                superseded.name,
+                lane.name,
+                path.name,
+            )
+
+    def _swap_in(self, done: FinishedLoad) -> None:
+        """Install (or shadow) a finished load, or count and log why it was refused."""
+        lane = self.pipeline.lane(done.profile)
+        reloads = self.metrics.model_reloads
+        if done.model is None:
+            reloads.labels(profile=lane.name, result="rejected").inc()
+            kept = lane.model if done.role == "model" else lane.candidate
             log.error(
                 "refused %s %s, keeping %s (profile %s): %s",
-                role,
-                path.name,
+                done.role,
+                done.path.name,
                 kept.version if kept is not None else "none",
                 lane.name,
-                exc,
+                done.error,
             )
-            return None
+        elif done.role == "model":
+            running = lane.model.version
+            self.pipeline.install(lane.name, done.model)
+            self._describe_model(lane)
+            reloads.labels(profile=lane.name, result="success").inc()
+            log.info("model %s replaced %s (profile %s)", done.model.version, running, lane.name)
+        else:
+            self.pipeline.shadow(lane.name, done.model)
+            reloads.labels(profile=lane.name, result="success").inc()
+            log.info(
+                "scoring candidate %s in shadow beside %s (profile %s)",
+                done.model.version,
+                lane.model.version,
+                lane.name,
+            )
 
     @property
     def stopping(self) -> bool:
@@ -233,7 +251,7 @@ class Detector:
         self._stop.set()
 
     def run(self) -> None:
-        """Consume until :meth:`stop`; then drain and close the consumer."""
+        """Consume until :meth:`stop`; then drain, close the consumer and end any model load."""
         for lane in self.pipeline.lanes:
             log.info("profile %s: model %s", lane.name, describe(lane.model.artifact))
             # Candidates were warmed up when they were loaded (load_compatible).
@@ -260,6 +278,8 @@ class Detector:
             self.commit(force=True)
         finally:
             self.consumer.close(autocommit=False)
+            # After the group is left: a load in progress only delays the exit, by one step.
+            self._loader.close()
             committed = self.pipeline.offsets.committed_offsets
             log.info(
                 "stopped after %d records; committed offsets %s",

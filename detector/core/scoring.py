@@ -252,7 +252,7 @@ class Scorer:
         """One score per window from :meth:`sensor_errors`, aggregated as the spec says."""
         return window_scores(errors, self.spec.aggregation, self.spec)
 
-    def warm_up(self, window_length: int) -> None:
+    def warm_up(self, window_length: int, cancel: threading.Event | None = None) -> None:
         """Score one batch of every size the model can meet, so memory is flat from the start.
 
         Each size's first batch builds and caches its oneDNN primitives: left to the stream,
@@ -260,6 +260,7 @@ class Scorer:
         first real batches pay no lazy initialisation either (about 1 s for 64 sizes up to
         1024 windows of 32 readings, 8 sensors, on one core). With several workers the model
         only meets slices (see :meth:`sensor_errors`), and only their sizes are warmed.
+        Once ``cancel`` is set it returns after the batch in progress, leaving the rest cold.
         """
         shape = (window_length, len(self.scaler.mean))
         largest_slice = max(
@@ -267,5 +268,7 @@ class Scorer:
             min(self.max_batch_size, _MIN_WINDOWS_PER_WORKER),
         )
         for size in ladder_sizes(largest_slice):
+            if cancel is not None and cancel.is_set():
+                return
             self._errors(torch.zeros((size, *shape), device=self.device))
         self.sensor_errors(np.zeros((1, *shape), np.float32))
