@@ -63,7 +63,7 @@ from detector.core.readings import ReadingParser
 from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer
 from detector.core.windows import sliding_windows
-from detector.daemon import Detector
+from detector.daemon import Detector, tune_garbage_collector
 from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
 from detector.lane import Lane, Model
 from detector.logs import RateLimitedLog
@@ -187,7 +187,7 @@ class NoopScorer(Scorer):
         """Zero errors ``(batch, features)``."""
         return np.zeros((len(windows), windows.shape[-1]), dtype=np.float32)
 
-    def warm_up(self, window_length: int) -> None:
+    def warm_up(self, window_length: int, cancel: threading.Event | None = None) -> None:
         """Nothing to warm up."""
 
 
@@ -1274,6 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     logging.basicConfig(level=logging.WARNING)
+    # The in-process measurements run with the collector set as `detector run` sets it.
+    tune_garbage_collector()
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         workdir = Path(tmp)
         if args.bootstrap:

@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from kafka.errors import KafkaError
 
-    from detector.daemon import Detector, install_signal_handlers
+    from detector.daemon import Detector, install_signal_handlers, tune_garbage_collector
     from detector.health import HealthState, serve
     from detector.kafka_io import Publisher, build_consumer, build_producer, delivery_timeout_s
     from detector.logs import setup_logging
@@ -163,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         config, models, consumer, publisher, metrics, health=health, candidates=candidates
     )
     install_signal_handlers(detector)
+    tune_garbage_collector()
     try:
         detector.run()
     finally:

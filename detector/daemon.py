@@ -40,7 +40,7 @@ from detector.pipeline import Output, Pipeline
 from detector.reload import BackgroundLoader, CandidateWatcher, FinishedLoad, ModelWatcher, Role
 from detector.sensor import MetricsSensor, ReplaySensor
 
-__all__ = ["Detector", "install_signal_handlers"]
+__all__ = ["Detector", "install_signal_handlers", "tune_garbage_collector"]
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +421,24 @@ def install_signal_handlers(detector: Detector) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+# Allocations between young collections: each poll allocates a few objects per record, nearly
+# all freed by reference counting; collecting every 700 (Python's default) spent about a third
+# of the in-process time per record walking them (bench-throughput stages, 14 -> 9.5 µs).
+_YOUNG_COLLECTION_ALLOCATIONS = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Set the cyclic collector for a long-running daemon; call once start-up has loaded all.
+
+    What start-up loaded (modules, the models, the config) lives as long as the process, so it
+    is moved out of the collector's sight (``gc.freeze``) instead of being walked by every full
+    collection, and young collections run less often. Reference cycles are still collected.
+    """
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_COLLECTION_ALLOCATIONS, older, oldest)
 
 
 def _return_freed_memory() -> None:

@@ -91,6 +91,10 @@ class Readings:
             self.reject(position, rejection)
 
 
+# Records parsed together at first; later parses are sized by the readings per record seen.
+_FIRST_PARSE = 64
+
+
 def decode(
     parser: ReadingParser,
     topic: str,
@@ -103,25 +107,62 @@ def decode(
 
     ``live[i]`` says whether ``records[i]`` is new. A record is always taken whole (a gateway
     batch may hold many readings), so the last one may go past ``max_readings``;
-    ``len(result.records)`` says how many were taken. Never raises on a record's content: see
-    :func:`reject_internal_error` (``trace_log`` logs the tracebacks).
+    ``len(result.records)`` says how many were taken. Values are parsed a run at a time
+    (:meth:`~detector.core.readings.ReadingParser.parse_many`), each run sized by the readings
+    per record so far so that little is parsed beyond what is taken. Never raises on a record's
+    content: see :func:`reject_internal_error` (``trace_log`` logs the tracebacks).
     """
     readings = Readings(records, live)
-    taken = len(records)
-    for position, record in enumerate(records):
-        try:
-            message = parser.parse(record.value, topic)
-        except Exception as exc:
-            reject_internal_error(readings, position, exc, trace_log)
-            continue
-        readings.add(message, position)
-        if len(readings) >= max_readings:
+    taken = start = 0
+    size = _FIRST_PARSE
+    while start < len(records) and len(readings) < max_readings:
+        run = records[start : start + size]
+        for offset, message in enumerate(_parse_run(parser, topic, run, trace_log)):
+            position = start + offset
             taken = position + 1
-            break
+            if isinstance(message, Exception):
+                reject_internal_error(readings, position, message, trace_log)
+            else:
+                readings.add(message, position)
+            if len(readings) >= max_readings:
+                break
+        start = taken
+        per_record = max(len(readings), 1) / taken
+        size = min(max(int((max_readings - len(readings)) / per_record) + 1, 1), len(records))
     if taken < len(records):
         readings.records = records[:taken]
         del readings.live[taken:], readings.rejections[taken:]
     return readings
+
+
+def _parse_run(
+    parser: ReadingParser,
+    topic: str,
+    records: Sequence[ConsumerRecord],
+    trace_log: RateLimitedLog,
+) -> list[ParsedMessage | Exception]:
+    """Each record's parsed value, or the exception a bug raised while parsing it.
+
+    The run is parsed in bulk; should that raise (a bug: it never does on bad input), the
+    records are parsed one by one so that only the one that raises is lost.
+    """
+    values = [record.value for record in records]
+    try:
+        return list(parser.parse_many(values, topic))
+    except Exception as exc:
+        trace_log.warning(
+            "parse_many.trace",
+            "bulk parse failed, parsing %d records one by one",
+            len(values),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+    messages: list[ParsedMessage | Exception] = []
+    for value in values:
+        try:
+            messages.append(parser.parse(value, topic))
+        except Exception as exc:
+            messages.append(exc)
+    return messages
 
 
 def reject_internal_error(
