@@ -31,7 +31,7 @@ import json
 import os
 import platform
 import random
-import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +43,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import revision
 from detector.core.readings import ParsedMessage, ReadingParser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,16 +165,6 @@ def measure(
     return {name: round(seconds / readings * 1e6, 3) for name, seconds in best.items()}
 
 
-def _revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        return result.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-
-
 def main() -> None:
     """Time every option on single-reading and gateway-batch polls; print and save."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,7 +192,7 @@ def main() -> None:
             "pyarrow": pa.__version__,
         },
         "settings": {"records": args.records, "batch": args.batch, "rounds": args.rounds},
-        "revision": _revision(),
+        "revision": revision(),
         "message_bytes": {"single": len(single[0]), "batched": len(batches[0])},
         "us_per_reading": {
             "single": measure(single, len(readings), reading_parser, False, args.rounds),
