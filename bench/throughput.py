@@ -706,9 +706,34 @@ def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
-def _bucket_quantile(samples: dict, name: str, q: float) -> dict[str, Any]:
+def _buckets(samples: dict, name: str, **labels: str) -> list[tuple[float, float]]:
+    """The cumulative ``(upper bound, count)`` buckets of the series of ``name`` with ``labels``."""
+    return sorted(
+        (float(found["le"]), value)
+        for found, value in samples[f"{name}_bucket"]
+        if labels.items() <= found.items()
+    )
+
+
+def _phase_figures(samples: dict) -> dict[str, dict[str, Any]]:
+    """Per phase of the daemon's loop: iterations, p99, and how many took over 0.25 s."""
+    figures = {}
+    phases = {found["phase"] for found, _ in samples.get("detector_loop_phase_seconds_count", [])}
+    for phase in sorted(phases):
+        buckets = _buckets(samples, "detector_loop_phase_seconds", phase=phase)
+        total = buckets[-1][1]
+        within = next(count for bound, count in buckets if bound >= 0.25)
+        figures[phase] = {
+            "iterations": total,
+            "p99_s": _bucket_quantile(samples, "detector_loop_phase_seconds", 0.99, phase=phase),
+            "over_250ms": total - within,
+        }
+    return figures
+
+
+def _bucket_quantile(samples: dict, name: str, q: float, **labels: str) -> dict[str, Any]:
     """The interpolated quantile and the bounds of the histogram bucket it falls in."""
-    buckets = sorted((float(labels["le"]), value) for labels, value in samples[f"{name}_bucket"])
+    buckets = _buckets(samples, name, **labels)
     value = _histogram_quantile(buckets, q)
     bounds = [0.0] + [bound for bound, _ in buckets]
     upper = next(bound for bound in bounds if bound >= value)
@@ -846,6 +871,8 @@ def measure_latency(
         "batch_wait_p50_s": _bucket_quantile(samples, "detector_batch_wait_seconds", 0.5),
         "batch_wait_p99_s": _bucket_quantile(samples, "detector_batch_wait_seconds", 0.99),
         "scoring_p99_s": _bucket_quantile(samples, "detector_scoring_duration_seconds", 0.99),
+        # Where the slow iterations, and so the late alerts, spent their time.
+        "loop_phases": _phase_figures(samples),
         "mean_batch_size": samples["detector_batch_size_sum"][0][1]
         / max(samples["detector_batch_size_count"][0][1], 1.0),
     }

@@ -86,6 +86,11 @@ class Detector:
         self.consumer = consumer
         self.publisher = publisher
         self.metrics = metrics
+        # Where a slow iteration spent its time (detector_loop_phase_seconds).
+        self._phases = {
+            phase: metrics.loop_phase.labels(phase=phase)
+            for phase in ("reload", "poll", "pipeline", "publish", "commit", "housekeeping")
+        }
         self.health = health or HealthState()
         self.pipeline = Pipeline(config, models, MetricsSensor(metrics), ReplaySensor(metrics))
         profiles = config.model.profile_map()
@@ -264,9 +269,11 @@ class Detector:
         self.consumer.subscribe(self.config.kafka.readings_topics, listener=self.rebalance)
         try:
             while not self._stop.is_set():
-                self.reload_if_changed()
+                with self._phases["reload"].time():
+                    self.reload_if_changed()
                 try:
-                    records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
+                    with self._phases["poll"].time():
+                        records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
                 except CorruptRecordError as exc:
                     self._skip_undecodable(exc)
                     continue
@@ -289,9 +296,15 @@ class Detector:
 
     def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
         """Run one poll's records through the pipeline; publish what it made, then commit."""
-        self._deliver(self.pipeline.process(records))
-        self.commit()
-        self._housekeeping()
+        phases = self._phases
+        with phases["pipeline"].time():
+            output = self.pipeline.process(records)
+        with phases["publish"].time():
+            self._deliver(output)
+        with phases["commit"].time():
+            self.commit()
+        with phases["housekeeping"].time():
+            self._housekeeping()
 
     def flush(self) -> None:
         """Score every pending window and publish the alerts and dead letters."""

@@ -78,6 +78,13 @@ class DetectorMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.loop_phase = Histogram(
+            "detector_loop_phase_seconds",
+            "Wall time of each phase of one main-loop iteration (poll includes waiting for records)",
+            ["phase"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.anomaly_score = Histogram(
             "detector_anomaly_score",
             "Window reconstruction-error scores",
