@@ -1,4 +1,5 @@
-"""ReadingParser.parse_many: a poll decoded at once equals each value parsed on its own.
+"""ReadingParser.parse_many and the decode stage: a poll decoded at once equals each value parsed
+on its own.
 
 Every property draws whole polls (lists of message values) because parse_many shares work
 across a poll's values (one vector conversion per profile): a value must come out the same
@@ -8,15 +9,19 @@ whatever its neighbours are.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kafka.consumer.fetcher import ConsumerRecord
 
 from detector.core.readings import ParsedMessage, ReadingParser, RejectReason
 from detector.core.routing import Router, RouteRule
+from detector.logs import RateLimitedLog
+from detector.stages.decode import decode
 
 FEATURES = ["temperature", "pressure", "vibration"]
 LIMIT = 600  # small, so that drawn values are oversized now and then
@@ -36,6 +41,7 @@ ROUTED = ReadingParser(
     profile_features=[list(FEATURES), ["vibration", "temperature"]],
 )
 TOPICS = st.sampled_from(["readings", "fans"])
+TRACE_LOG = RateLimitedLog(logging.getLogger(__name__))
 
 
 def _assert_same_message(mine: ParsedMessage, theirs: ParsedMessage) -> None:
@@ -360,3 +366,60 @@ def test_valid_readings_never_need_parse(numbers: list[list[str]], batch: bool) 
     many = BULK_ONLY.parse_many(values)
     for mine, value in zip(many, values, strict=True):
         _assert_same_message(mine, UNLIMITED.parse(value))
+
+
+def _records(values: Sequence[bytes | None], topic: str) -> list[ConsumerRecord]:
+    return [
+        ConsumerRecord(topic, 0, -1, offset, 0, 0, b"k", value, [], None, 0, 0, 0)
+        for offset, value in enumerate(values)
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(_value(), max_size=40),
+    live=st.lists(st.booleans(), min_size=40, max_size=40),
+    max_readings=st.integers(1, 30),
+    routed=st.booleans(),
+    topic=TOPICS,
+)
+def test_the_decode_stage_takes_whole_records_as_parse_reads_them(
+    values: list[bytes | None],
+    live: list[bool],
+    max_readings: int,
+    routed: bool,
+    topic: str,
+) -> None:
+    """The daemon's decode stage: records taken whole until max_readings, each as parse reads it.
+
+    Replayed records (not live) add their readings but none of their rejections or unknown
+    sensors (those were counted when the records were new).
+    """
+    parser = ROUTED if routed else PARSER
+    records = _records(values, topic)
+    readings = decode(parser, topic, records, live[: len(values)], max_readings, TRACE_LOG)
+    expected = [parser.parse(value, topic) for value in values]
+    taken, count = 0, 0
+    for message in expected:
+        if count >= max_readings:
+            break
+        taken += 1
+        count += len(message.device_ids)
+    assert len(readings.records) == taken
+    kept = expected[:taken]
+    rows = [(p, i) for p, message in enumerate(kept) for i in range(len(message.device_ids))]
+    assert readings.positions == [p for p, _ in rows]
+    assert readings.device_ids == [kept[p].device_ids[i] for p, i in rows]
+    assert readings.timestamps == [kept[p].timestamps[i] for p, i in rows]
+    assert readings.indices == [kept[p].indices[i] for p, i in rows]
+    assert readings.profiles == [kept[p].profiles[i] for p, i in rows]
+    assert readings.values.dtype == np.float32 and readings.values.shape == (len(rows), 3)
+    for row, (p, i) in enumerate(rows):
+        vector = kept[p].values[i]
+        assert readings.values[row, : len(vector)].tobytes() == vector.tobytes()
+    assert readings.rejections == [
+        message.rejections if live[p] else [] for p, message in enumerate(kept)
+    ]
+    assert readings.unknown_sensors == sum(
+        message.unknown_sensors for p, message in enumerate(kept) if live[p]
+    )

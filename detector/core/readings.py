@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from detector.core.routing import Router
 
 __all__ = [
+    "ParsedColumns",
     "ParsedMessage",
     "Reading",
     "ReadingParser",
@@ -127,6 +128,64 @@ class ParsedMessage:
     unknown_sensors: int = 0
 
 
+@dataclass
+class ParsedColumns:
+    """A run of message values parsed into columns: row ``i`` is one reading, in value order.
+
+    ``values`` is ``(readings, widest profile's features)``: a reading's features are the first
+    ones of its row, in its profile's order (NaN: a sensor it did not carry), and a reading of a
+    narrower profile has NaN past them. ``positions[i]`` is the value reading ``i`` came from;
+    ``rejections`` and ``unknown_sensors`` have one entry per value.
+    """
+
+    device_ids: list[str]
+    timestamps: list[float]
+    values: np.ndarray
+    indices: list[int | None]  # position in a batch message
+    profiles: list[int]  # each reading's profile (router's index)
+    positions: list[int]
+    rejections: list[list[Rejection]]
+    unknown_sensors: list[int]
+
+    @classmethod
+    def of_messages(cls, messages: Sequence[ParsedMessage], width: int) -> ParsedColumns:
+        """The columns of messages parsed one by one (``width``: the widest profile's features)."""
+        columns = cls([], [], np.empty((0, width), np.float32), [], [], [], [], [])
+        rows: list[list[float | None]] = []
+        for position, message in enumerate(messages):
+            columns.add_message(message, position, rows, width)
+        columns.values = _matrix(rows, width)
+        return columns
+
+    def add_message(
+        self,
+        message: ParsedMessage,
+        position: int,
+        rows: list[list[float | None]],
+        width: int,
+    ) -> None:
+        """Append the readings of value ``position``; their rows go to ``rows`` (padded)."""
+        count = len(message.device_ids)
+        self.device_ids.extend(message.device_ids)
+        self.timestamps.extend(message.timestamps)
+        self.indices.extend(message.indices)
+        self.profiles.extend(message.profiles)
+        self.positions.extend([position] * count)
+        self.rejections.append(message.rejections)
+        self.unknown_sensors.append(message.unknown_sensors)
+        for vector in message.values:
+            # tolist() gives the float32 values exactly, NaN included; back to float32 unchanged.
+            row: list[float | None] = vector.tolist()
+            rows.append(row + [None] * (width - len(row)) if len(row) < width else row)
+
+
+def _matrix(rows: list[list[float | None]], width: int) -> np.ndarray:
+    """``rows`` as a float32 matrix, ``None`` as NaN (``(0, width)`` when there are none)."""
+    if not rows:
+        return np.empty((0, width), np.float32)
+    return np.array(rows, dtype=np.float32)
+
+
 class ReadingParser:
     """Parses message values against fixed feature orders (the models').
 
@@ -182,86 +241,107 @@ class ReadingParser:
             self._parse_item(document, result, None, topic)
         return result
 
-    def parse_many(self, values: Sequence[bytes | None], topic: str = "") -> list[ParsedMessage]:
-        """Parse a poll's message values from ``topic``, one :class:`ParsedMessage` per value.
+    @property
+    def width(self) -> int:
+        """The widest profile's features: the columns of :attr:`ParsedColumns.values`."""
+        return max(map(len, self._names))
 
-        The result equals ``[self.parse(value, topic) for value in values]`` element by element
-        (tests/test_parse_many.py checks that) in about half the time, single readings or
-        gateway batches alike (bench/decode.py): msgspec decodes and validates each value into
-        a :class:`_WireReading` in C, and one numpy conversion per profile makes every vector
-        of the poll, so the vectors are rows of one array. A value that is not ASCII ``bytes``
-        within ``max_message_bytes``, that msgspec refuses, or one of whose readings the router
-        gives no profile is parsed by :meth:`parse` alone. Never raises on bad input.
+    def parse_columns(self, values: Sequence[bytes | None], topic: str = "") -> ParsedColumns:
+        """Parse a run of message values from ``topic`` into columns; never raises on bad input.
+
+        Reading for reading, the same as :meth:`parse` on each value (:meth:`parse_many` gives
+        this as one :class:`ParsedMessage` per value; tests/test_parse_many.py checks it equals
+        ``parse``) in about half the time, single readings or gateway batches alike
+        (bench/decode.py): msgspec decodes and validates each value into a
+        :class:`_WireReading` in C, and one numpy conversion makes the run's matrix. A value
+        that is not ASCII ``bytes`` within ``max_message_bytes``, that msgspec refuses, or one of
+        whose readings the router gives no profile is parsed by :meth:`parse` alone.
         """
         decode = self._wire.decode
         limit = self.max_message_bytes
         router = self.router
         names = self._names[0]
-        width = len(names)
-        # Each profile's rows (None: a missing sensor, NaN); then, reading by reading, the
-        # profile and the values list of the message its vector goes to.
-        rows: list[list[list[float | None]]] = [[] for _ in self._names]
-        order: list[int] = []
-        owners: list[list[np.ndarray]] = []
-        plain = rows[0]
-        results: list[ParsedMessage] = []
-        for value in values:
-            message = None
+        width = self.width
+        rows: list[list[float | None]] = []
+        columns = ParsedColumns([], [], np.empty((0, width), np.float32), [], [], [], [], [])
+        device_ids, timestamps = columns.device_ids, columns.timestamps
+        indices, profiles, positions = columns.indices, columns.profiles, columns.positions
+        rejections, unknown_sensors = columns.rejections, columns.unknown_sensors
+        for position, value in enumerate(values):
+            document = None
             # Non-ASCII bytes go to parse: its UTF-8 checks (BOM, UTF-16, surrogates) decide.
             if type(value) is bytes and len(value) <= limit and value.isascii():
                 try:
                     document = decode(value)
                 except msgspec.DecodeError:
-                    pass  # ValidationError included: parse words the rejection
-                else:
-                    if router is None and type(document) is _WireReading:
-                        # Most messages: inline, spared _from_wire's per-reading lists.
-                        sensors = document.sensors
-                        row = list(map(sensors.get, names))
-                        vectors: list[np.ndarray] = []
-                        plain.append(row)
-                        owners.append(vectors)
-                        unknown = len(sensors) - width + row.count(None)
-                        message = ParsedMessage(
-                            [document.device_id], [document.ts], vectors, [None], [0], [], unknown
-                        )
-                    else:
-                        message = self._from_wire(document, topic, rows, order, owners)
-            results.append(self.parse(value, topic) if message is None else message)
-        columns = [np.array(part, dtype=np.float32) for part in rows]
-        if router is None:  # every reading is profile 0
-            for vector, vectors in zip(columns[0], owners, strict=True):
-                vectors.append(vector)
-        else:
-            pending = [iter(column) for column in columns]
-            for profile, vectors in zip(order, owners, strict=True):
-                vectors.append(next(pending[profile]))
-        return results
+                    document = None  # ValidationError included: parse words the rejection
+            if router is None and type(document) is _WireReading:
+                # Most values: one reading, one profile, inline.
+                sensors = document.sensors
+                row = list(map(sensors.get, names))
+                rows.append(row)
+                device_ids.append(document.device_id)
+                timestamps.append(document.ts)
+                indices.append(None)
+                profiles.append(0)
+                positions.append(position)
+                rejections.append([])
+                unknown_sensors.append(len(sensors) - width + row.count(None))
+                continue
+            message = None if document is None else self._from_wire(document, topic)
+            if message is None:
+                columns.add_message(self.parse(value, topic), position, rows, width)
+                continue
+            message_rows, message = message
+            rows.extend(message_rows)
+            count = len(message.device_ids)
+            device_ids.extend(message.device_ids)
+            timestamps.extend(message.timestamps)
+            indices.extend(message.indices)
+            profiles.extend(message.profiles)
+            positions.extend([position] * count)
+            rejections.append([])
+            unknown_sensors.append(message.unknown_sensors)
+        columns.values = _matrix(rows, width)
+        return columns
+
+    def parse_many(self, values: Sequence[bytes | None], topic: str = "") -> list[ParsedMessage]:
+        """:meth:`parse_columns` as one :class:`ParsedMessage` per value, as :meth:`parse` gives.
+
+        The vectors are views of the run's matrix.
+        """
+        columns = self.parse_columns(values, topic)
+        messages = [
+            ParsedMessage(rejections=rejections, unknown_sensors=unknown)
+            for rejections, unknown in zip(columns.rejections, columns.unknown_sensors, strict=True)
+        ]
+        widths = [len(names) for names in self._names]
+        for row, position in enumerate(columns.positions):
+            message = messages[position]
+            profile = columns.profiles[row]
+            message.device_ids.append(columns.device_ids[row])
+            message.timestamps.append(columns.timestamps[row])
+            message.values.append(columns.values[row, : widths[profile]])
+            message.indices.append(columns.indices[row])
+            message.profiles.append(profile)
+        return messages
 
     def _from_wire(
-        self,
-        document: _WireReading | list[_WireReading],
-        topic: str,
-        rows: list[list[list[float | None]]],
-        order: list[int],
-        owners: list[list[np.ndarray]],
-    ) -> ParsedMessage | None:
-        """A decoded message as :meth:`parse` reads it, its vectors still to come.
+        self, document: _WireReading | list[_WireReading], topic: str
+    ) -> tuple[list[list[float | None]], ParsedMessage] | None:
+        """A decoded message as :meth:`parse` reads it: its rows (padded to :attr:`width`) and
+        its readings without vectors.
 
-        Each reading's row goes to its profile's ``rows``, its profile to ``order`` and the
-        message's ``values`` list to ``owners``, for :meth:`parse_many` to fill. Returns
-        ``None``, adding nothing, when the router gives a reading no profile: the rejection is
-        :meth:`parse`'s to word.
+        ``None`` when the router gives a reading no profile: the rejection is :meth:`parse`'s
+        to word.
         """
         batch = type(document) is list
         items = document if batch else (document,)
         router = self.router
         names = self._names[0]
-        device_ids: list[str] = []
-        timestamps: list[float] = []
-        profiles: list[int] = []
-        readings_rows: list[list[float | None]] = []
-        unknown = 0
+        width = self.width
+        rows: list[list[float | None]] = []
+        message = ParsedMessage(indices=list(range(len(items))) if batch else [None])
         for item in items:
             profile = 0
             if router is not None:
@@ -270,28 +350,13 @@ class ReadingParser:
                     return None
                 profile, names = found, self._names[found]
             sensors = item.sensors
-            row = list(map(sensors.get, names))
-            unknown += len(sensors) - len(names) + row.count(None)
-            device_ids.append(item.device_id)
-            timestamps.append(item.ts)
-            profiles.append(profile)
-            readings_rows.append(row)
-        vectors: list[np.ndarray] = []
-        owners.extend([vectors] * len(items))
-        if router is None:
-            rows[0].extend(readings_rows)
-        else:
-            order.extend(profiles)
-            for profile, row in zip(profiles, readings_rows, strict=True):
-                rows[profile].append(row)
-        return ParsedMessage(
-            device_ids=device_ids,
-            timestamps=timestamps,
-            values=vectors,
-            indices=list(range(len(items))) if batch else [None],
-            profiles=profiles,
-            unknown_sensors=unknown,
-        )
+            row: list[float | None] = list(map(sensors.get, names))
+            message.unknown_sensors += len(sensors) - len(names) + row.count(None)
+            message.device_ids.append(item.device_id)
+            message.timestamps.append(item.ts)
+            message.profiles.append(profile)
+            rows.append(row + [None] * (width - len(names)) if len(names) < width else row)
+        return rows, message
 
     def _parse_valid(self, document: object, topic: str) -> ParsedMessage | None:
         """The common case, a message whose readings are all valid, without pydantic.

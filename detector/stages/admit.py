@@ -88,7 +88,7 @@ def _admit_plain(
         slot_of[device_id] = slot
     slots = np.fromiter(map(slot_of.__getitem__, readings.device_ids), np.int64)
     ts = np.asarray(readings.timestamps, dtype=np.float64)
-    values = np.stack(readings.values)
+    values = readings.values[:, : store.n_features]
     policy = registry.admitter.policy
     order = np.argsort(slots, kind="stable")
     grouped, grouped_ts = slots[order], ts[order]
@@ -154,9 +154,8 @@ def _admit_one(
         detail = f"{device_id}: {len(registry)} devices, none idle long enough to replace"
         readings.reject(position, Rejection(RejectReason.TOO_MANY_DEVICES, detail, index))
         return
-    admission = registry.admitter.admit(
-        slot, device_id, readings.timestamps[row], readings.values[row], now
-    )
+    values = readings.values[row, : registry.store.n_features]
+    admission = registry.admitter.admit(slot, device_id, readings.timestamps[row], values, now)
     counts = lane.counts
     if admission.imputed and live:
         counts.imputed += 1

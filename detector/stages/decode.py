@@ -9,12 +9,19 @@ at the end, :mod:`detector.stages.emit`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 
 import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 
-from detector.core.readings import ParsedMessage, ReadingParser, Rejection, RejectReason
+from detector.core.readings import (
+    ParsedColumns,
+    ParsedMessage,
+    ReadingParser,
+    Rejection,
+    RejectReason,
+)
 from detector.logs import RateLimitedLog
 
 __all__ = ["Readings", "decode", "reject_internal_error"]
@@ -23,8 +30,10 @@ __all__ = ["Readings", "decode", "reject_internal_error"]
 class Readings:
     """The readings of consecutive records of one partition, column by column.
 
-    Row ``i`` is one reading; ``positions[i]`` is the record it came from. ``live[p]`` says
-    whether record ``p`` is new (``False`` while a handover replays it to rebuild windows:
+    Row ``i`` is one reading; ``positions[i]`` is the record it came from. ``values`` is a
+    ``(readings, features)`` float32 matrix: a reading's features are the first ones of its row,
+    in its profile's order (see :class:`~detector.core.readings.ParsedColumns`). ``live[p]``
+    says whether record ``p`` is new (``False`` while a handover replays it to rebuild windows:
     nothing it holds is counted or published again) and ``rejections[p]`` what of it was
     rejected so far, by any stage.
     """
@@ -42,13 +51,15 @@ class Readings:
         "values",
     )
 
-    def __init__(self, records: Sequence[ConsumerRecord] = (), live: Sequence[bool] = ()) -> None:
+    def __init__(
+        self, records: Sequence[ConsumerRecord] = (), live: Sequence[bool] = (), width: int = 0
+    ) -> None:
         self.records: Sequence[ConsumerRecord] = records
         self.live: list[bool] = list(live)
         self.rejections: list[list[Rejection]] = [[] for _ in self.live]
         self.device_ids: list[str] = []
         self.timestamps: list[float] = []
-        self.values: list[np.ndarray] = []
+        self.values = np.empty((0, width), np.float32)
         self.indices: list[int | None] = []  # position in a batch message
         self.profiles: list[int] = []  # the lane each reading was routed to
         self.positions: list[int] = []  # the record's position among the records
@@ -57,10 +68,6 @@ class Readings:
     def __len__(self) -> int:
         """How many readings."""
         return len(self.device_ids)
-
-    def reading_live(self, row: int) -> bool:
-        """Whether the reading at ``row`` comes from a new record."""
-        return self.live[self.positions[row]]
 
     def reject(self, position: int, rejection: Rejection) -> None:
         """Reject (part of) record ``position``; a replayed record's were rejected when new."""
@@ -71,24 +78,27 @@ class Readings:
         """The readings at ``rows`` (one lane's), sharing the records and their rejections."""
         part = Readings()
         part.records, part.live, part.rejections = self.records, self.live, self.rejections
-        for name in ("device_ids", "timestamps", "values", "indices", "profiles", "positions"):
+        for name in ("device_ids", "timestamps", "indices", "profiles", "positions"):
             column = getattr(self, name)
             setattr(part, name, [column[row] for row in rows])
+        part.values = self.values[np.asarray(rows, dtype=np.int64)]
         return part
 
-    def add(self, message: ParsedMessage, position: int) -> None:
-        """Append the readings record ``position`` held."""
-        count = len(message.device_ids)
-        self.device_ids.extend(message.device_ids)
-        self.timestamps.extend(message.timestamps)
-        self.values.extend(message.values)
-        self.indices.extend(message.indices)
-        self.profiles.extend(message.profiles)
-        self.positions.extend([position] * count)
-        if self.live[position]:
-            self.unknown_sensors += message.unknown_sensors
-        for rejection in message.rejections:
-            self.reject(position, rejection)
+    def extend(self, columns: ParsedColumns, start: int, take: int) -> list[np.ndarray]:
+        """Append what records ``start`` to ``start + take`` hold, parsed as ``columns``' first
+        ``take`` values; returns their rows of ``columns.values``, for the caller to join."""
+        count = bisect_left(columns.positions, take)
+        self.device_ids.extend(columns.device_ids[:count])
+        self.timestamps.extend(columns.timestamps[:count])
+        self.indices.extend(columns.indices[:count])
+        self.profiles.extend(columns.profiles[:count])
+        self.positions.extend([start + p for p in columns.positions[:count]])
+        for offset in range(take):
+            position = start + offset
+            if self.live[position]:
+                self.unknown_sensors += columns.unknown_sensors[offset]
+                self.rejections[position].extend(columns.rejections[offset])
+        return [columns.values[:count]]
 
 
 # Records parsed together at first; later parses are sized by the readings per record seen.
@@ -108,27 +118,29 @@ def decode(
     ``live[i]`` says whether ``records[i]`` is new. A record is always taken whole (a gateway
     batch may hold many readings), so the last one may go past ``max_readings``;
     ``len(result.records)`` says how many were taken. Values are parsed a run at a time
-    (:meth:`~detector.core.readings.ReadingParser.parse_many`), each run sized by the readings
+    (:meth:`~detector.core.readings.ReadingParser.parse_columns`), each run sized by the readings
     per record so far so that little is parsed beyond what is taken. Never raises on a record's
     content: see :func:`reject_internal_error` (``trace_log`` logs the tracebacks).
     """
-    readings = Readings(records, live)
-    taken = start = 0
+    readings = Readings(records, live, parser.width)
+    parts: list[np.ndarray] = []
+    taken = 0
     size = _FIRST_PARSE
-    while start < len(records) and len(readings) < max_readings:
-        run = records[start : start + size]
-        for offset, message in enumerate(_parse_run(parser, topic, run, trace_log)):
-            position = start + offset
-            taken = position + 1
-            if isinstance(message, Exception):
-                reject_internal_error(readings, position, message, trace_log)
-            else:
-                readings.add(message, position)
-            if len(readings) >= max_readings:
-                break
-        start = taken
+    while taken < len(records) and len(readings) < max_readings:
+        run = records[taken : taken + size]
+        columns, failures = _parse_run(parser, topic, run, trace_log)
+        needed = max_readings - len(readings)
+        # Up to the record holding the needed-th reading, whole; all of the run if short of it.
+        take = columns.positions[needed - 1] + 1 if len(columns.positions) >= needed else len(run)
+        parts += readings.extend(columns, taken, take)
+        for offset, error in failures.items():
+            if offset < take:
+                reject_internal_error(readings, taken + offset, error, trace_log)
+        taken += take
         per_record = max(len(readings), 1) / taken
         size = min(max(int((max_readings - len(readings)) / per_record) + 1, 1), len(records))
+    if parts:
+        readings.values = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if taken < len(records):
         readings.records = records[:taken]
         del readings.live[taken:], readings.rejections[taken:]
@@ -140,29 +152,32 @@ def _parse_run(
     topic: str,
     records: Sequence[ConsumerRecord],
     trace_log: RateLimitedLog,
-) -> list[ParsedMessage | Exception]:
-    """Each record's parsed value, or the exception a bug raised while parsing it.
+) -> tuple[ParsedColumns, dict[int, Exception]]:
+    """The run's values parsed into columns, and the error of each record a bug stopped.
 
     The run is parsed in bulk; should that raise (a bug: it never does on bad input), the
-    records are parsed one by one so that only the one that raises is lost.
+    records are parsed one by one, and one that raises there too holds nothing: the caller
+    rejects it as ``internal_error`` (:func:`reject_internal_error`).
     """
     values = [record.value for record in records]
     try:
-        return list(parser.parse_many(values, topic))
+        return parser.parse_columns(values, topic), {}
     except Exception as exc:
         trace_log.warning(
-            "parse_many.trace",
+            "parse_columns.trace",
             "bulk parse failed, parsing %d records one by one",
             len(values),
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-    messages: list[ParsedMessage | Exception] = []
-    for value in values:
+    messages: list[ParsedMessage] = []
+    failures: dict[int, Exception] = {}
+    for offset, value in enumerate(values):
         try:
             messages.append(parser.parse(value, topic))
         except Exception as exc:
-            messages.append(exc)
-    return messages
+            messages.append(ParsedMessage())
+            failures[offset] = exc
+    return ParsedColumns.of_messages(messages, parser.width), failures
 
 
 def reject_internal_error(
