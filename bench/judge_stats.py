@@ -7,12 +7,19 @@ loaded from git under another package name; alerts, calibration and the artifact
 tree's), on the same score stream. Repeats alternate before and after, so the ratios compare
 runs on the same machine state; the thresholds of both are checked equal, call by call.
 
-Writes ``bench/results/judge_stats.json``. Usage: ``python bench/judge_stats.py [--repeats 5]``.
+Then (``batch``) this tree's judge window by window, as the judge stage called it before (a
+:meth:`Judge.judge` and a :meth:`Judge.firing` per window), against :meth:`Judge.judge_many` on
+batches of ``--batch`` windows of ``--batch-devices`` devices drawn at random, from the same
+warmed-up state; repeats alternate the two, thresholds, transitions and firing flags compared.
+
+Writes ``bench/results/judge_stats.json``. Usage: ``python bench/judge_stats.py [--repeats 5]
+[--parts stats,batch]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import platform
@@ -29,7 +36,7 @@ import numpy as np
 
 from detector.core.alerts import AlertRule
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "measure_batch"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "judge_stats.json"
@@ -130,6 +137,82 @@ def measure(
     }
 
 
+def _window_by_window(
+    judge: Any, devices: list[str], scores: np.ndarray
+) -> tuple[float, list[float], list[tuple[int, str]], list[bool]]:
+    """Seconds to judge the windows one call at a time, as the judge stage did, and the results."""
+    judge_call, firing_call = judge.judge, judge.firing
+    thresholds, transitions, firing = [], [], []
+    started = time.perf_counter()
+    for row, (device_id, score) in enumerate(zip(devices, scores.tolist(), strict=True)):
+        threshold, transition = judge_call(device_id, score)
+        thresholds.append(threshold)
+        firing.append(firing_call(device_id))
+        if transition is not None:
+            transitions.append((row, transition))
+    return time.perf_counter() - started, thresholds, transitions, firing
+
+
+def _batched(
+    judge: Any, devices: list[str], scores: np.ndarray, batch: int
+) -> tuple[float, list[float], list[tuple[int, str]], list[bool]]:
+    """Seconds to judge the windows ``batch`` at a time with ``judge_many``, and the results."""
+    judged = []
+    started = time.perf_counter()
+    for start in range(0, len(devices), batch):
+        judged.append(
+            judge.judge_many(devices[start : start + batch], scores[start : start + batch])
+        )
+    seconds = time.perf_counter() - started
+    thresholds = np.concatenate([j.thresholds for j in judged]).tolist()
+    transitions = [
+        (start + row, state)
+        for start, j in zip(range(0, len(devices), batch), judged, strict=True)
+        for row, state in j.transitions
+    ]
+    firing = np.concatenate([j.firing for j in judged]).tolist()
+    return seconds, thresholds, transitions, firing
+
+
+def measure_batch(
+    module: ModuleType,
+    config: str,
+    windows: int,
+    calls: int,
+    repeats: int,
+    devices: int,
+    batch: int,
+) -> dict[str, Any]:
+    """µs per window judged window by window and in batches, from the same full histories."""
+    rng = np.random.default_rng(1)
+    names = [f"device-{d}" for d in range(devices)]
+    warmed = make_judge(module, config, windows)
+    warmup = rng.lognormal(0.0, 0.4, windows * devices)
+    warmed.judge_many([names[i % devices] for i in range(len(warmup))], warmup)
+    stream = rng.lognormal(0.0, 0.4, calls)
+    stream[rng.random(calls) < 0.01] *= 20.0
+    stream_devices = [names[d] for d in rng.integers(0, devices, calls)]
+    figures: dict[str, list[float]] = {"window": [], "batch": []}
+    identical = True
+    for _ in range(repeats):
+        window = _window_by_window(copy.deepcopy(warmed), stream_devices, stream)
+        batched = _batched(copy.deepcopy(warmed), stream_devices, stream, batch)
+        figures["window"].append(window[0] / calls * 1e6)
+        figures["batch"].append(batched[0] / calls * 1e6)
+        identical &= window[1:] == batched[1:]
+    window_us = statistics.median(figures["window"])
+    batch_us = statistics.median(figures["batch"])
+    return {
+        "config": config,
+        "us_per_window_judge": round(window_us, 3),
+        "us_per_window_judge_many": round(batch_us, 3),
+        "batch_over_window": round(batch_us / window_us, 3),
+        "repeats_judge_us": [round(x, 3) for x in figures["window"]],
+        "repeats_judge_many_us": [round(x, 3) for x in figures["batch"]],
+        "identical": identical,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every configuration, print a table and write the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -138,22 +221,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1024, help="windows per judge_many batch")
+    parser.add_argument("--batch-devices", type=int, default=100, help="devices in the batches")
+    parser.add_argument("--parts", default="stats,batch", help="comma-separated: stats,batch")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     after = importlib.import_module("detector.core.judge")
-    with tempfile.TemporaryDirectory() as scratch:
-        before = load_before(args.before, Path(scratch))
-        rows = [
-            measure(before, after, config, args.windows, args.calls, args.repeats, args.devices)
+    rows: list[dict[str, Any]] = []
+    if "stats" in parts:
+        with tempfile.TemporaryDirectory() as scratch:
+            before = load_before(args.before, Path(scratch))
+            rows = [
+                measure(before, after, config, args.windows, args.calls, args.repeats, args.devices)
+                for config in CONFIGS
+            ]
+        print(f"{'config':<12}{'before µs':>11}{'after µs':>10}{'after/before':>14}  identical")
+        for row in rows:
+            print(
+                f"{row['config']:<12}{row['us_per_call_before']:>11.2f}"
+                f"{row['us_per_call_after']:>10.2f}{row['after_over_before']:>14.2f}"
+                f"  {row['thresholds_identical']}"
+            )
+    batch_rows: list[dict[str, Any]] = []
+    if "batch" in parts:
+        batch_rows = [
+            measure_batch(
+                after,
+                config,
+                args.windows,
+                args.calls,
+                args.repeats,
+                args.batch_devices,
+                args.batch,
+            )
             for config in CONFIGS
         ]
-    print(f"{'config':<12}{'before µs':>11}{'after µs':>10}{'after/before':>14}  identical")
-    for row in rows:
-        print(
-            f"{row['config']:<12}{row['us_per_call_before']:>11.2f}"
-            f"{row['us_per_call_after']:>10.2f}{row['after_over_before']:>14.2f}"
-            f"  {row['thresholds_identical']}"
-        )
+        print(f"{'config':<12}{'judge µs':>10}{'judge_many µs':>15}{'ratio':>8}  identical")
+        for row in batch_rows:
+            print(
+                f"{row['config']:<12}{row['us_per_window_judge']:>10.2f}"
+                f"{row['us_per_window_judge_many']:>15.2f}{row['batch_over_window']:>8.2f}"
+                f"  {row['identical']}"
+            )
     revision = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -168,10 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "rows": rows,
+        "batch": {
+            "what": "µs per window: judge + firing per window vs judge_many per batch",
+            "windows_per_batch": args.batch,
+            "devices": args.batch_devices,
+            "rows": batch_rows,
+        },
     }
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
-    return 0 if all(row["thresholds_identical"] for row in rows) else 1
+    identical = all(row["thresholds_identical"] for row in rows)
+    return 0 if identical and all(row["identical"] for row in batch_rows) else 1
 
 
 if __name__ == "__main__":

@@ -91,27 +91,26 @@ def evaluate_device(
     firing = np.zeros(len(ts), dtype=bool)
     alerts: list[Alert] = []
     top_count = config.alerts.top_sensors
-    for i, row in enumerate(rows):
-        score = float(window_scores[i])
-        threshold, transition = judge.judge(device_id, score)
-        scores[row], thresholds[row] = score, threshold
-        firing[row] = judge.firing(device_id)
-        if transition is not None:
-            top = top_sensor_shares(errors[i], meta.feature_names, top_count)
-            span = spans[i]
-            alerts.append(
-                make_alert(
-                    transition,
-                    device_id,
-                    span,
-                    score,
-                    threshold,
-                    meta.version,
-                    top,
-                    span[1],
-                    profile,
-                )
+    judged = judge.judge_many([device_id] * count, window_scores)
+    scores[rows] = window_scores
+    thresholds[rows] = judged.thresholds
+    firing[rows] = judged.firing
+    for i, transition in judged.transitions:
+        top = top_sensor_shares(errors[i], meta.feature_names, top_count)
+        span = spans[i]
+        alerts.append(
+            make_alert(
+                transition,
+                device_id,
+                span,
+                float(window_scores[i]),
+                float(judged.thresholds[i]),
+                meta.version,
+                top,
+                span[1],
+                profile,
             )
+        )
     # Between windows (and after rejected readings) the device keeps its last state.
     last_window = np.maximum.accumulate(np.where(np.isnan(scores), -1, np.arange(len(ts))))
     covered = last_window >= 0

@@ -126,3 +126,29 @@ def test_length_completeness_and_refusals() -> None:
     assert len(recent) == 3 and recent.complete
     with pytest.raises(ValueError):
         RecentScores(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 20),
+    filled=st.lists(values, min_size=20, max_size=40),
+    slid=st.lists(values, max_size=60),
+)
+def test_slide_is_the_median_then_a_push_per_value(
+    size: int, filled: list[float], slid: list[float]
+) -> None:
+    one, many = _pushed(size, filled), _pushed(size, filled)
+    expected = []
+    for value in slid:
+        expected.append(one.median())
+        one.push(value)
+    medians = many.slide(slid)
+    assert len(medians) == len(expected)
+    assert all(_same(a, b) for a, b in zip(medians, expected, strict=True))
+    assert bytes(many._ring) == bytes(one._ring) and bytes(many._sorted) == bytes(one._sorted)
+    assert (many._count, many._nans) == (one._count, one._nans)
+
+
+def test_slide_needs_a_full_buffer() -> None:
+    with pytest.raises(ValueError, match="full"):
+        _pushed(3, [1.0]).slide([2.0])

@@ -18,6 +18,7 @@ scores only, so a replay that re-scores that many windows rebuilds it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from detector.core.recent import RecentScores
@@ -70,3 +71,20 @@ class DeviceAdaptation:
         factor = self.factor()
         self._recent.push(score)
         return factor
+
+    def observe_many(self, scores: Sequence[float]) -> list[float]:
+        """:meth:`observe` for each of ``scores`` in turn: the factor each window is judged by."""
+        recent = self._recent
+        filling = min(len(scores), recent.size - len(recent))
+        for score in scores[:filling]:
+            recent.push(score)
+        factors = [1.0] * filling
+        if filling == len(scores):
+            return factors
+        medians = recent.slide(scores[filling:])
+        reference, max_ratio = self.reference, self.rule.max_ratio
+        if reference <= 0.0:
+            factors.extend([1.0] * len(medians))
+        else:
+            factors.extend([min(max(m / reference, 1.0), max_ratio) for m in medians])
+        return factors

@@ -11,6 +11,7 @@ threshold keep an episode open instead of flapping). After a resolve, no new epi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,6 +99,49 @@ class DeviceAlertState:
             self.cooldown_left = rule.cooldown
             return "resolved"
         return None
+
+    def update_rows(
+        self,
+        rule: AlertRule,
+        rows: Iterable[int],
+        over: list[bool],
+        clear: list[bool],
+        firing: list[bool],
+        transitions: list[tuple[int, AlertState]],
+    ) -> None:
+        """:meth:`update` with ``over[row]`` and ``clear[row]`` for each of ``rows`` in turn.
+
+        Whether the device fires after each row goes to ``firing[row]``, each transition to
+        ``transitions`` as ``(row, state)``. The state is kept in locals over the rows: a batch
+        with several windows of a device pays the attribute reads and writes once.
+        """
+        mask = (1 << rule.fire_n) - 1
+        fire_k, resolve_after = rule.fire_k, rule.resolve_after
+        recent, firing_now = self.recent, self.firing
+        streak, cooldown_left = self.below_streak, self.cooldown_left
+        for row in rows:
+            is_over = over[row]
+            recent = ((recent << 1) | is_over) & mask
+            if not firing_now:
+                if cooldown_left > 0:
+                    cooldown_left -= 1
+                elif is_over and recent.bit_count() >= fire_k:
+                    firing_now = True
+                    streak = 0
+                    transitions.append((row, "firing"))
+            elif not clear[row]:
+                streak = 0
+            else:
+                streak += 1
+                if streak >= resolve_after:
+                    firing_now = False
+                    recent = 0
+                    streak = 0
+                    cooldown_left = rule.cooldown
+                    transitions.append((row, "resolved"))
+            firing[row] = firing_now
+        self.recent, self.firing = recent, firing_now
+        self.below_streak, self.cooldown_left = streak, cooldown_left
 
     def observe(self, rule: AlertRule, score: float, threshold: float) -> AlertState | None:
         """Feed one window's score against ``threshold``; returns the transition, if any."""

@@ -15,8 +15,11 @@ one call.
 from __future__ import annotations
 
 import math
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
 
 from detector.core.adaptation import AdaptationRule, DeviceAdaptation
 from detector.core.alerts import AlertRule, AlertState, DeviceAlertState
@@ -24,7 +27,7 @@ from detector.core.artifact import ArtifactMetadata
 from detector.core.calibration import CalibrationRule, DeviceCalibration
 from detector.core.likelihood import DeviceLikelihood, LikelihoodRule, ScorePrior
 
-__all__ = ["DeviceJudgement", "Judge", "JudgeLevels", "judge_levels"]
+__all__ = ["DeviceJudgement", "Judge", "JudgeLevels", "Judgements", "judge_levels"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,14 @@ class DeviceJudgement:
     calibration: DeviceCalibration | None = None
     adaptation: DeviceAdaptation | None = None
     likelihood: DeviceLikelihood | None = None
+
+
+class Judgements(NamedTuple):
+    """A batch of windows judged (:meth:`Judge.judge_many`): row ``i`` is window ``i``."""
+
+    thresholds: np.ndarray  # float64: the level each window was judged by
+    transitions: list[tuple[int, AlertState]]  # (row, transition), in row order
+    firing: np.ndarray  # bool: whether the window's device fires once it is judged
 
 
 class Judge:
@@ -136,6 +147,88 @@ class Judge:
         ):
             likelihood.remember(score)
         return threshold, transition
+
+    def judge_many(self, device_ids: Sequence[str], scores: np.ndarray) -> Judgements:
+        """:meth:`judge` for each window in turn (``device_ids[i]``, ``scores[i]``), in one call.
+
+        Exactly the thresholds, transitions and state that calling :meth:`judge` per window
+        gives. A device's windows depend on each other but not on other devices', so the batch
+        is judged a device at a time; and unless the likelihood learns only calm windows, a
+        window's threshold does not depend on the alert rule's state, so every threshold is
+        set first and the over and clear verdicts of the whole batch are one array comparison.
+        """
+        count = len(device_ids)
+        judged_scores = np.asarray(scores, dtype=np.float64)
+        values = judged_scores.tolist()
+        if len(values) != count:
+            raise ValueError(f"{count} device ids for {len(values)} scores")
+        levels: list[float] = [0.0] * count
+        firing: list[bool] = [False] * count
+        transitions: list[tuple[int, AlertState]] = []
+        if self.likelihood is not None and self.likelihood.learn == "calm":
+            # Which windows the likelihood learns depends on the alert state: window by window.
+            devices = self.devices
+            for row, (device_id, score) in enumerate(zip(device_ids, values, strict=True)):
+                levels[row], transition = self.judge(device_id, score)
+                firing[row] = devices[device_id].alert.firing
+                if transition is not None:
+                    transitions.append((row, transition))
+            return Judgements(np.array(levels), transitions, np.array(firing, dtype=bool))
+        rows_of: dict[str, list[int]] = {}
+        for row, device_id in enumerate(device_ids):
+            rows = rows_of.get(device_id)
+            if rows is None:
+                rows_of[device_id] = [row]
+            else:
+                rows.append(row)
+        judged = [(self._device(device_id), rows) for device_id, rows in rows_of.items()]
+        for device, rows in judged:
+            run = [values[row] for row in rows]
+            for row, level in zip(rows, self._levels(device, run), strict=True):
+                levels[row] = level
+        thresholds = np.array(levels)
+        over = (judged_scores > thresholds).tolist()
+        clear = (judged_scores <= self.rule.resolve_ratio * thresholds).tolist()
+        for device, rows in judged:
+            device.alert.update_rows(self.rule, rows, over, clear, firing, transitions)
+        transitions.sort()
+        return Judgements(thresholds, transitions, np.array(firing, dtype=bool))
+
+    def _device(self, device_id: str) -> DeviceJudgement:
+        """The device's state, new if it has none."""
+        device = self.devices.get(device_id)
+        if device is None:
+            device = self.devices[device_id] = DeviceJudgement()
+        return device
+
+    def _levels(self, device: DeviceJudgement, run: list[float]) -> list[float]:
+        """The thresholds a run of one device's windows is judged by, in order, as :meth:`judge`
+        sets them, each score remembered after its window (a likelihood learning every window)."""
+        base = self.threshold
+        rule = self.likelihood
+        if rule is not None:
+            likelihood = device.likelihood
+            if likelihood is None:
+                likelihood = device.likelihood = DeviceLikelihood(rule, self.prior)
+            replace = rule.combine == "replace"
+            levels = []
+            for score in run:
+                level = likelihood.level()
+                levels.append(level if replace else max(level, base))
+                likelihood.remember(score)
+        elif self.calibration is not None:
+            if device.calibration is None:
+                device.calibration = DeviceCalibration()
+            calibrate, calibration = device.calibration.threshold_for, self.calibration
+            levels = [calibrate(calibration, base, score) for score in run]
+        else:
+            levels = [base] * len(run)
+        if self.adaptation is not None:
+            if device.adaptation is None:
+                device.adaptation = DeviceAdaptation(self.adaptation, self.reference_score)
+            factors = device.adaptation.observe_many(run)
+            levels = [level * factor for level, factor in zip(levels, factors, strict=True)]
+        return levels
 
     def firing(self, device_id: str) -> bool:
         """Whether the device is in a firing episode."""

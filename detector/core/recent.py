@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -66,6 +67,51 @@ class RecentScores:
         else:
             self._nans += 1
         self._count += 1
+
+    def slide(self, values: Sequence[float]) -> list[float]:
+        """Push each of ``values`` in turn into the full buffer; the median before each push.
+
+        What :meth:`median` then :meth:`push` give per value, in one call: a batch of windows
+        pays one call instead of several per value. Needs :attr:`complete`.
+        """
+        ring, ordered = self._ring, self._sorted
+        size = len(ring)
+        count, nans = self._count, self._nans
+        if count < size:
+            raise ValueError("slide needs a full buffer")
+        # Full, the held count is always size: the median's ranks are fixed; a rank past the
+        # numbers is a NaN (ranked last), as in ranked().
+        middle = size // 2
+        odd = size % 2
+        medians = []
+        append = medians.append
+        nan = math.nan
+        for value in values:
+            numbers = size - nans
+            upper = ordered[middle] if middle < numbers else nan
+            if odd:
+                append(upper)
+            else:
+                append(((ordered[middle - 1] if middle - 1 < numbers else nan) + upper) / 2)
+            at = count % size
+            oldest = ring[at]
+            if oldest == oldest:
+                del ordered[bisect_left(ordered, oldest)]
+            else:
+                nans -= 1
+            ring[at] = value
+            if value == value:
+                insort(ordered, value + 0.0)
+            else:
+                nans += 1
+            count += 1
+        self._count, self._nans = count, nans
+        return medians
+
+    @property
+    def size(self) -> int:
+        """How many values are held once complete."""
+        return len(self._ring)
 
     def values(self) -> np.ndarray:
         """The held values, in no particular order (a view: read it before the next push)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from detector.core.alerts import AlertState
 from detector.lane import Lane
 from detector.stages.score import ScoredBatch
@@ -32,23 +30,22 @@ def judge(lane: Lane, batch: ScoredBatch) -> list[Verdict]:
     """Judge the batch's windows in order; returns the transitions of new windows."""
     judge_ = lane.registry.judge
     shadowing = batch.candidate_scores is not None
+    judged = judge_.judge_many(batch.device_ids, batch.scores)
     verdicts: list[Verdict] = []
-    calm = np.zeros(len(batch), dtype=bool)
-    live = batch.live.tolist()
-    for row, (device_id, score) in enumerate(
-        zip(batch.device_ids, batch.scores.tolist(), strict=True)
-    ):
-        threshold, transition = judge_.judge(device_id, score)
-        calm[row] = not judge_.firing(device_id)
-        if transition is None or not live[row]:
-            continue
-        if shadowing:
-            lane.sensor.shadow_alert("current", transition)
-        verdicts.append(Verdict(row, transition, threshold))
+    if judged.transitions:
+        live = batch.live.tolist()
+        thresholds = judged.thresholds.tolist()
+        for row, transition in judged.transitions:
+            if not live[row]:
+                continue
+            if shadowing:
+                lane.sensor.shadow_alert("current", transition)
+            verdicts.append(Verdict(row, transition, thresholds[row]))
     if shadowing:
         _judge_candidate(lane, batch)
     if lane.drift is not None:
-        lane.observe_drift(batch.scores[batch.live & calm])
+        # Calm: the device is not firing once the window is judged.
+        lane.observe_drift(batch.scores[batch.live & ~judged.firing])
     lane.sensor.firing(judge_.firing_count())
     return verdicts
 
@@ -59,7 +56,6 @@ def _judge_candidate(lane: Lane, batch: ScoredBatch) -> None:
     if shadow is None or scores is None:
         return
     live = batch.live.tolist()
-    for row, (device_id, score) in enumerate(zip(batch.device_ids, scores.tolist(), strict=True)):
-        _, transition = shadow.judge(device_id, score)
-        if transition is not None and live[row]:
+    for row, transition in shadow.judge_many(batch.device_ids, scores).transitions:
+        if live[row]:
             lane.sensor.shadow_alert("candidate", transition)
