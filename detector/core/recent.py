@@ -4,7 +4,8 @@ What adaptation (:mod:`detector.core.adaptation`) and the likelihood
 (:mod:`detector.core.likelihood`) remember of a device. Besides the ring, the held values are
 kept sorted, updated per push (a binary search and a move of at most ``size`` floats), so a
 median or a quantile is read in constant time instead of partitioning ``size`` values every
-window. Both are ``array('d')``: ``2 x size`` floats per device, no Python object per value.
+window. Both are ``array('d')``, grown as values come: at most ``2 x size`` floats per device, no
+Python object per value.
 
 Its content is a function of the last ``size`` values pushed only, so a replay that pushes those
 values again rebuilds it exactly: the sorted values hold each zero unsigned, so which of ``0.0``
@@ -29,12 +30,15 @@ class RecentScores:
     NaN ranks above every number (``+inf`` included), as in ``np.sort`` and ``np.partition``.
     """
 
-    __slots__ = ("_count", "_nans", "_ring", "_sorted")
+    __slots__ = ("_count", "_nans", "_ring", "_size", "_sorted")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("RecentScores size must be >= 1")
-        self._ring = array("d", bytes(8 * size))
+        self._size = size
+        # Grown as values come: a device that never fills it (most, in a big fleet's first
+        # minutes) holds only what it pushed.
+        self._ring = array("d")
         # The held values that are not NaN, ascending; NaNs are only counted (they do not
         # compare, so a binary search cannot place them).
         self._sorted = array("d")
@@ -44,24 +48,26 @@ class RecentScores:
     @property
     def complete(self) -> bool:
         """Whether ``size`` values are in."""
-        return self._count >= len(self._ring)
+        return self._count >= self._size
 
     def __len__(self) -> int:
         """How many values are held (at most ``size``)."""
-        return min(self._count, len(self._ring))
+        return min(self._count, self._size)
 
     def push(self, value: float) -> None:
         """Remember ``value``, forgetting the oldest once ``size`` are held."""
         ring = self._ring
-        at = self._count % len(ring)
-        if self._count >= len(ring):
+        if self._count < self._size:
+            ring.append(value)
+        else:
+            at = self._count % self._size
             oldest = ring[at]
             if oldest == oldest:
                 # bisect_left finds an equal value; any equal one will do (zeros are unsigned).
                 del self._sorted[bisect_left(self._sorted, oldest)]
             else:
                 self._nans -= 1
-        ring[at] = value
+            ring[at] = value
         if value == value:
             insort(self._sorted, value + 0.0)  # + 0.0 turns -0.0 into 0.0
         else:
@@ -75,7 +81,7 @@ class RecentScores:
         pays one call instead of several per value. Needs :attr:`complete`.
         """
         ring, ordered = self._ring, self._sorted
-        size = len(ring)
+        size = self._size
         count, nans = self._count, self._nans
         if count < size:
             raise ValueError("slide needs a full buffer")
@@ -111,11 +117,12 @@ class RecentScores:
     @property
     def size(self) -> int:
         """How many values are held once complete."""
-        return len(self._ring)
+        return self._size
 
     def values(self) -> np.ndarray:
-        """The held values, in no particular order (a view: read it before the next push)."""
-        return np.frombuffer(self._ring, dtype=np.float64)[: len(self)]
+        """The held values, in no particular order (a copy)."""
+        # A copy: a view would stop the ring from growing (BufferError) while anyone held it.
+        return np.array(self._ring, dtype=np.float64)
 
     def ranked(self, rank: int) -> float:
         """The held value at ``rank`` in ascending order (0: the smallest), NaN ranked last.
