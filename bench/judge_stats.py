@@ -97,6 +97,15 @@ def _timed(judge: Any, devices: list[str], scores: np.ndarray) -> tuple[float, l
     return time.perf_counter() - started, thresholds
 
 
+def _scores(rng: np.random.Generator, warmup: int, calls: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores to fill the histories with, then to judge: log-normal around the reference, and
+    the judged ones with rare spikes (some windows over, most under)."""
+    history = rng.lognormal(0.0, 0.4, warmup)
+    stream = rng.lognormal(0.0, 0.4, calls)
+    stream[rng.random(calls) < 0.01] *= 20.0
+    return history, stream
+
+
 def measure(
     before: ModuleType,
     after: ModuleType,
@@ -109,10 +118,7 @@ def measure(
     """µs per judge call before and after, per repeat, on one stream; thresholds compared."""
     rng = np.random.default_rng(0)
     names = [f"device-{d}" for d in range(devices)]
-    # Log-normal around the reference, with rare spikes: some windows over, most under.
-    warmup = rng.lognormal(0.0, 0.4, windows * devices)
-    stream = rng.lognormal(0.0, 0.4, calls)
-    stream[rng.random(calls) < 0.01] *= 20.0
+    warmup, stream = _scores(rng, windows * devices, calls)
     figures: dict[str, list[float]] = {"before": [], "after": []}
     identical = True
     for _ in range(repeats):
@@ -187,10 +193,8 @@ def measure_batch(
     rng = np.random.default_rng(1)
     names = [f"device-{d}" for d in range(devices)]
     warmed = make_judge(module, config, windows)
-    warmup = rng.lognormal(0.0, 0.4, windows * devices)
+    warmup, stream = _scores(rng, windows * devices, calls)
     warmed.judge_many([names[i % devices] for i in range(len(warmup))], warmup)
-    stream = rng.lognormal(0.0, 0.4, calls)
-    stream[rng.random(calls) < 0.01] *= 20.0
     stream_devices = [names[d] for d in rng.integers(0, devices, calls)]
     figures: dict[str, list[float]] = {"window": [], "batch": []}
     identical = True
