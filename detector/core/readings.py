@@ -163,8 +163,12 @@ class ParsedColumns:
         position: int,
         rows: list[list[float | None]],
         width: int,
+        message_rows: list[list[float | None]] | None = None,
     ) -> None:
-        """Append the readings of value ``position``; their rows go to ``rows`` (padded)."""
+        """Append the readings of value ``position``; their rows go to ``rows`` (padded).
+
+        ``message_rows``: the rows, already padded, when ``message`` holds no vectors.
+        """
         count = len(message.device_ids)
         self.device_ids.extend(message.device_ids)
         self.timestamps.extend(message.timestamps)
@@ -173,6 +177,9 @@ class ParsedColumns:
         self.positions.extend([position] * count)
         self.rejections.append(message.rejections)
         self.unknown_sensors.append(message.unknown_sensors)
+        if message_rows is not None:
+            rows.extend(message_rows)
+            return
         for vector in message.values:
             # tolist() gives the float32 values exactly, NaN included; back to float32 unchanged.
             row: list[float | None] = vector.tolist()
@@ -293,15 +300,7 @@ class ReadingParser:
                 columns.add_message(self.parse(value, topic), position, rows, width)
                 continue
             message_rows, message = message
-            rows.extend(message_rows)
-            count = len(message.device_ids)
-            device_ids.extend(message.device_ids)
-            timestamps.extend(message.timestamps)
-            indices.extend(message.indices)
-            profiles.extend(message.profiles)
-            positions.extend([position] * count)
-            rejections.append([])
-            unknown_sensors.append(message.unknown_sensors)
+            columns.add_message(message, position, rows, width, message_rows)
         columns.values = _matrix(rows, width)
         return columns
 

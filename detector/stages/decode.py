@@ -84,7 +84,7 @@ class Readings:
         part.values = self.values[np.asarray(rows, dtype=np.int64)]
         return part
 
-    def extend(self, columns: ParsedColumns, start: int, take: int) -> list[np.ndarray]:
+    def extend(self, columns: ParsedColumns, start: int, take: int) -> np.ndarray:
         """Append what records ``start`` to ``start + take`` hold, parsed as ``columns``' first
         ``take`` values; returns their rows of ``columns.values``, for the caller to join."""
         count = bisect_left(columns.positions, take)
@@ -98,7 +98,7 @@ class Readings:
             if self.live[position]:
                 self.unknown_sensors += columns.unknown_sensors[offset]
                 self.rejections[position].extend(columns.rejections[offset])
-        return [columns.values[:count]]
+        return columns.values[:count]
 
 
 # Records parsed together at first; later parses are sized by the readings per record seen.
@@ -132,7 +132,7 @@ def decode(
         needed = max_readings - len(readings)
         # Up to the record holding the needed-th reading, whole; all of the run if short of it.
         take = columns.positions[needed - 1] + 1 if len(columns.positions) >= needed else len(run)
-        parts += readings.extend(columns, taken, take)
+        parts.append(readings.extend(columns, taken, take))
         for offset, error in failures.items():
             if offset < take:
                 reject_internal_error(readings, taken + offset, error, trace_log)
