@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from detector.config import DetectorConfig, KafkaConfig
-    from detector.evaluate import DeviceEvaluation
+    from detector.evaluate import DeviceEvaluation, ModelSwap
     from detector.lane import Model
 
 __all__ = ["build_parser", "main"]
@@ -221,6 +221,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     import numpy as np
@@ -231,7 +232,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from detector.core.artifact import ArtifactError, load_artifact
     from detector.core.datafiles import DataFileError, load_table
     from detector.core.quality import summarise
-    from detector.evaluate import evaluate_table, row_frame
+    from detector.evaluate import Backtest, row_frame
+    from trainer.refit import RefitError
 
     try:
         config = load_config(args.config) if args.config else None
@@ -264,8 +266,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     model_path = args.model or profiles[profile].path
     # The profile's own alert settings, then the config narrowed to the one model evaluated.
+    retrain = config.retrain
+    if args.no_retrain:
+        retrain = retrain.model_copy(update={"every_s": 0.0})
     config = config.model_copy(
-        update={"model": ModelConfig(path=model_path), "alerts": config.alerts_for(profile)}
+        update={
+            "model": ModelConfig(path=model_path),
+            "alerts": config.alerts_for(profile),
+            "retrain": retrain,
+        }
     )
     try:
         artifact = load_artifact(model_path)
@@ -288,11 +297,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         return error_exit("detector evaluate", exc)
     table = pd.concat(tables, ignore_index=True).sort_values(["device_id", "ts"], kind="stable")
     devices = table["device_id"].nunique()
-    with tqdm(total=devices, desc="evaluating", unit="device", disable=args.quiet) as progress:
-        results = evaluate_table(
-            table, artifact, config, on_device=lambda _r: progress.update(), profile=profile
-        )
     args.out.mkdir(parents=True, exist_ok=True)
+    # Refits are kept where the user can inspect or promote them.
+    backtest = Backtest(artifact, config, profile=profile, registry=args.out / "models")
+    try:
+        with tqdm(
+            total=len(table), desc="evaluating", unit="reading", disable=args.quiet
+        ) as progress:
+            outcome = backtest.run(table, progress=progress.update)
+    except RefitError as exc:
+        return error_exit("detector evaluate", exc)
+    results = outcome.devices
     rows = pd.concat([row_frame(r) for r in results], ignore_index=True)
     if args.labels:
         labels = pd.to_numeric(table[args.labels], errors="coerce").fillna(0).to_numpy() > 0
@@ -302,16 +317,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         for result in results:
             for alert in result.alerts:
                 handle.write(alert.model_dump_json() + "\n")
-    alerts = sum(len(r.alerts) for r in results)
-    rejected: dict[str, int] = {}
-    for result in results:
-        for reason, count in result.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
+    alerts = len(outcome.alerts)
     print(
         f"{len(rows)} readings of {devices} devices, {alerts} alerts "
-        f"(model {artifact.version}); rejected: {rejected or 'none'}"
+        f"(model {artifact.version}); rejected: {outcome.rejected or 'none'}"
     )
     print(f"wrote {args.out / 'scores.csv'} and {args.out / 'alerts.jsonl'}")
+    if config.retrain.enabled:
+        with (args.out / "refits.jsonl").open("w") as handle:
+            for refit in outcome.refits:
+                handle.write(json.dumps(dataclasses.asdict(refit)) + "\n")
+        swapped = sum(refit.promoted for refit in outcome.refits)
+        seconds = sum(refit.seconds for refit in outcome.refits)
+        print(
+            f"refits: {len(outcome.refits)} every {config.retrain.every_s:g} s of data, "
+            f"{swapped} swapped in, {seconds:.1f} s fitting; wrote {args.out / 'refits.jsonl'} "
+            f"and the models to {args.out / 'models'}"
+        )
     if args.labels:
         per_device = [
             (group["label"].to_numpy(), group["firing"].to_numpy())
@@ -329,7 +351,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{'-' if delay is None else f'{delay:g} readings'}"
         )
     if args.plot is not None:
-        _plot_devices(args, table, rows, results, names, artifact.version)
+        _plot_devices(args, table, rows, results, names, artifact.version, outcome.swaps)
     return 0
 
 
@@ -340,8 +362,10 @@ def _plot_devices(
     results: list[DeviceEvaluation],
     names: list[str],
     version: str,
+    swaps: list[ModelSwap],
 ) -> None:
-    """``--plot DIR``: one PNG per device, its readings, scores, alarms (and labels)."""
+    """``--plot DIR``: one PNG per device, its readings, scores, alarms (and labels), and where
+    each model swap happened."""
     import numpy as np
     from tqdm import tqdm
 
@@ -367,6 +391,7 @@ def _plot_devices(
             result.thresholds,
             result.firing,
             labels=labels.get(result.device_id),
+            swap_rows=np.searchsorted(result.ts, [swap.at for swap in swaps]).tolist(),
         )
     print(f"wrote {len(results)} plots to {args.plot}")
 
@@ -442,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate",
-        help="backtest recorded files through the daemon's windows, scoring and alert rule",
+        help="backtest recorded files through the daemon's own pipeline in time order, with "
+        "the config's retrain schedule",
     )
     ev.add_argument("files", type=Path, nargs="+", metavar="FILE", help="CSV or Parquet files")
     ev.add_argument(
@@ -468,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--time-column", help="time column (default: ts/timestamp/time/datetime)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="a frozen model: no refits, whatever the config's retrain schedule says",
+    )
     ev.set_defaults(handler=_evaluate)
 
     syn = sub.add_parser(

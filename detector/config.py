@@ -500,6 +500,43 @@ class AlertConfig(_Section):
         )
 
 
+class RetrainConfig(_Section):
+    """Scheduled refits on what the detector has seen: ``detector evaluate`` replays them.
+
+    Every ``every_s`` seconds of data (and at least ``min_new_rows`` new readings), a candidate
+    is fitted by the trainer's own code, with the settings the current model recorded, on the
+    last ``span_s`` seconds the detector has seen, less what the current model flags
+    (``exclude_flagged``); it replaces the current model only if it flags no more held-out normal
+    windows (``promote: auto``), as ``trainer fit --exclude-flagged --promote auto`` does in
+    deploy/k8s/trainer-cronjob.yaml, whose schedule and ``--since`` are these settings.
+    """
+
+    every_s: float = Field(
+        0.0, ge=0, description="refit every this many seconds of data (0: never, a frozen model)"
+    )
+    span_s: float = Field(
+        7 * 86400.0, gt=0, description="a refit trains on the last this many seconds seen"
+    )
+    min_new_rows: int = Field(
+        1000, ge=1, description="readings seen since the last refit before the next one"
+    )
+    warm_start: bool = Field(
+        False, description="fine-tune the current model's weights instead of a fresh fit"
+    )
+    exclude_flagged: bool = Field(
+        True, description="leave out the rows of windows the current model flags"
+    )
+    promote: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: swap in only a refit that flags no more held-out normal windows",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether refits are scheduled at all."""
+        return self.every_s > 0
+
+
 class DriftConfig(_Section):
     """Drift watch: recent live scores per profile against the model's validation scores."""
 
@@ -545,6 +582,7 @@ class DetectorConfig(_Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     commit_interval_ms: int = Field(1000, ge=0)

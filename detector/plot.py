@@ -104,6 +104,7 @@ def plot_device(
     labels: np.ndarray | None = None,
     split_row: int = 0,
     resolve_ratio: float = 1.0,
+    swap_rows: Sequence[int] = (),
 ) -> None:
     """Draw one device's backtest into the PNG ``path`` (its folder is created).
 
@@ -116,7 +117,8 @@ def plot_device(
     - the window ``scores`` and the ``levels`` (the threshold each window was judged by) on a log
       scale, the rows with a labelled anomaly and the firing rows shaded, each alarm onset (a row
       where ``firing`` goes from 0 to 1) a vertical line; ``resolve_ratio`` < 1 also draws the
-      resolve level, ``split_row`` > 0 a dashed line where the training part ends;
+      resolve level, ``split_row`` > 0 a dashed line where the training part ends, each of
+      ``swap_rows`` (the first row a new model scored: a refit or a swap) a dotted green line;
     - a strip: firing, and the ``labels`` (0/1) when given.
 
     NaN scores and levels (rows that ended no window) are skipped, not drawn as gaps. Raises
@@ -208,6 +210,14 @@ def plot_device(
         boundary = (xs[split_row - 1] + xs[split_row]) / 2
         for axis in ax.values():
             axis.axvline(boundary, color="gray", ls="--", lw=1)
+    swaps = [row for row in swap_rows if 0 <= row < len(xs)]
+    for number, row in enumerate(swaps):
+        mid.axvline(
+            xs[row], color="tab:green", ls=":", lw=1.2,
+            label=f"model swap ({len(swaps)})" if number == 0 else None,
+        )  # fmt: skip
+    if swaps:
+        mid.legend(**legend)
     if len(xs):
         left, right = float(np.nanmin(xs)), float(np.nanmax(xs))
         if right > left:

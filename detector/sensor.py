@@ -52,6 +52,21 @@ class Sensor:
     def scored(self, scores: np.ndarray) -> None:
         """The scores of new windows of a batch."""
 
+    def judged(
+        self,
+        device_ids: list[str],
+        spans: list[tuple[float, float]],
+        scores: np.ndarray,
+        thresholds: np.ndarray,
+        firing: np.ndarray,
+        live: np.ndarray,
+    ) -> None:
+        """A scored batch was judged: row ``i`` is window ``i`` (what ``detector evaluate`` keeps).
+
+        ``thresholds``: the level each window was judged by; ``firing``: whether its device fires
+        once it is judged; ``live``: new windows (not replayed to rebuild state).
+        """
+
     def alert(self, state: str) -> None:
         """An alert transition (``firing``, ``resolved``) was published."""
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ __all__ = [
     "fit_warnings",
     "holdout_flag_rate",
     "min_threshold_windows",
+    "recorded_config",
+    "refit_config",
     "require_threshold_windows",
     "require_writable",
     "train_autoencoder",
@@ -204,6 +206,7 @@ def fit(
     data: NormalData | None = None,
     exclude_flagged: bool = False,
     promote: Promotion = "always",
+    warm_start: Artifact | None = None,
 ) -> FitResult:
     """Train on normal data and write a new artifact version into ``config.output.dir``.
 
@@ -213,7 +216,9 @@ def fit(
     does; ``never`` leaves ``current`` alone (``trainer promote`` can switch later); ``shadow``
     leaves it alone too and points the registry's ``candidate`` at the new version, which the
     daemon then scores in shadow, unless there is no current model yet: then the new version
-    becomes current, as there is nothing to compare it with.
+    becomes current, as there is nothing to compare it with. ``warm_start``: start from that
+    model's weights (same sensors and architecture) instead of fresh ones, and let early stopping
+    end the fine-tune before ``training.min_steps``.
     """
     started = time.monotonic()
     require_writable(config.output.dir)
@@ -254,12 +259,21 @@ def fit(
         device,
     )
     spec = ModelSpec(n_features=len(split.feature_names), **config.model.model_dump())
-    model = LSTMAutoencoder(spec).to(device)
+    model = LSTMAutoencoder(spec)
+    training = config
+    if warm_start is not None:
+        _require_warm_start_fits(warm_start, spec, split.feature_names)
+        model.load_state_dict(warm_start.model.state_dict())
+        # A fine-tune is done when validation stops improving; the step floor is for fresh fits.
+        training = config.model_copy(
+            update={"training": config.training.model_copy(update={"min_steps": 0})}
+        )
+    model = model.to(device)
     train_loss, val_loss, epochs = train_autoencoder(
         model,
         torch.from_numpy(scaler.transform(train_raw)),
         torch.from_numpy(scaler.transform(val_raw)),
-        config,
+        training,
         device,
         show_progress,
     )
@@ -302,6 +316,7 @@ def fit(
             "validation_windows": float(len(val_raw)),
         },
         "torch_version": torch.__version__,
+        "training_config": recorded_config(config),
     }
     metadata["validation"].update(
         {
@@ -365,6 +380,33 @@ def fit(
         shadowed,
         None if current is None else current.version,
     )
+
+
+def recorded_config(config: TrainerConfig) -> dict[str, Any]:
+    """What an artifact records of how it was trained: every setting but the data files and the
+    registry, which a refit on newer data replaces (:func:`refit_config`)."""
+    return config.model_dump(mode="json", exclude={"data": {"paths"}, "output": True})
+
+
+def refit_config(recorded: Mapping[str, Any], registry: Path) -> TrainerConfig:
+    """The trainer settings an artifact recorded (:func:`recorded_config`), writing to ``registry``.
+
+    The data is handed to :func:`fit` directly, so the files are a placeholder that is never read.
+    """
+    settings = dict(recorded)
+    settings["data"] = {**settings.get("data", {}), "paths": ["<refit: data given in memory>"]}
+    settings["output"] = {"dir": str(registry)}
+    return TrainerConfig.model_validate(settings)
+
+
+def _require_warm_start_fits(start: Artifact, spec: ModelSpec, feature_names: list[str]) -> None:
+    """Raise :class:`TrainingError` unless ``start``'s weights fit a model of ``spec``."""
+    meta = start.metadata
+    if meta.model != spec or meta.feature_names != feature_names:
+        raise TrainingError(
+            f"cannot warm-start from {meta.version}: its sensors or architecture differ "
+            "(train a fresh model instead)"
+        )
 
 
 def _make_candidate(registry: Path, version: str) -> None:

@@ -161,6 +161,10 @@ class ArtifactMetadata(BaseModel):
     validation: dict[str, float] = Field(default_factory=dict)
     # Absent in artifacts written before drift watch: the daemon then reports no drift.
     score_distribution: ScoreDistribution | None = None
+    # How it was trained: the trainer's settings (window, model, training, scaling, scoring,
+    # threshold; the data's columns and sensors, not its files), so a refit on newer data needs
+    # nothing else. Absent in artifacts written before it existed: those cannot be refitted.
+    training_config: dict[str, Any] | None = None
     torch_version: str
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str

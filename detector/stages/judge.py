@@ -41,6 +41,9 @@ def judge(lane: Lane, batch: ScoredBatch) -> list[Verdict]:
             if shadowing:
                 lane.sensor.shadow_alert("current", transition)
             verdicts.append(Verdict(row, transition, thresholds[row]))
+    lane.sensor.judged(
+        batch.device_ids, batch.spans, batch.scores, judged.thresholds, judged.firing, batch.live
+    )
     if shadowing:
         _judge_candidate(lane, batch)
     if lane.drift is not None:

@@ -1,0 +1,94 @@
+"""Scheduled refits for the backtest: the trainer's own fit, as the retrain CronJob runs it.
+
+``detector evaluate`` (:class:`detector.evaluate.Backtest`) hands a :class:`TrainerRefitter` the
+rows the detector has seen; it fits a candidate with the settings the current model recorded
+(:func:`~trainer.fit.refit_config`), leaving out what the current model flags and promoting only
+what the trainer's gate lets through, exactly as ``trainer fit --exclude-flagged --promote auto``
+does in deploy/k8s/trainer-cronjob.yaml, into a registry of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from detector.config import RetrainConfig
+from detector.core.artifact import Artifact, load_artifact, set_current
+from detector.core.datafiles import DataFileError
+from detector.evaluate import Refit
+from trainer.data import NormalData
+from trainer.fit import TrainingError, fit, refit_config
+from trainer.registry import read_current
+
+__all__ = ["RefitError", "TrainerRefitter"]
+
+log = logging.getLogger(__name__)
+
+
+class RefitError(Exception):
+    """A model that cannot be refitted (it does not record how it was trained)."""
+
+
+class TrainerRefitter:
+    """Fits refits into ``registry`` with the trainer, as the retrain schedule ``settings`` says."""
+
+    def __init__(self, registry: Path, settings: RetrainConfig) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    def __call__(
+        self, current: Artifact, rows: pd.DataFrame, at: float
+    ) -> tuple[Artifact | None, Refit]:
+        """Fit on ``rows`` (all seen before ``at``); the new model when it replaces ``current``.
+
+        A fit the trainer refuses (too few rows, say) keeps ``current``: the refit is reported
+        with its reason, and the backtest goes on.
+        """
+        recorded = current.metadata.training_config
+        if recorded is None:
+            raise RefitError(
+                f"model {current.version} does not record how it was trained (trained before "
+                "refits existed): retrain it with this trainer, or backtest it with --no-retrain"
+            )
+        self._make_current(current)
+        config = refit_config(recorded, self.registry)
+        digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy())
+        data = NormalData(rows, [f"seen before {at!r}"], digest.hexdigest())
+        warm = self.settings.warm_start
+        started = time.perf_counter()
+        try:
+            result = fit(
+                config,
+                show_progress=False,
+                data=data,
+                exclude_flagged=self.settings.exclude_flagged,
+                promote=self.settings.promote,
+                warm_start=current if warm else None,
+            )
+        except (TrainingError, DataFileError, ValueError) as exc:
+            seconds = time.perf_counter() - started
+            log.warning("refit at %s on %d rows failed: %s", at, len(rows), exc)
+            return None, Refit(at, len(rows), seconds, warm, None, False, str(exc))
+        seconds = time.perf_counter() - started
+        current_rate = result.current_holdout_flag_rate
+        detail = (
+            f"held-out normal windows flagged: new {result.holdout_flag_rate:.4f}, current "
+            f"{'-' if current_rate is None else f'{current_rate:.4f}'}"
+        )
+        refit = Refit(at, len(rows), seconds, warm, result.version, result.promoted, detail)
+        return (load_artifact(result.path) if result.promoted else None), refit
+
+    def _make_current(self, current: Artifact) -> None:
+        """Put ``current`` in the registry as its current model (what the fit compares with)."""
+        self.registry.mkdir(parents=True, exist_ok=True)
+        if read_current(self.registry) == current.version:
+            return
+        target = self.registry / current.version
+        if not target.exists():
+            shutil.copytree(current.path, target)
+        set_current(self.registry, current.version)
