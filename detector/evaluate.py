@@ -89,6 +89,7 @@ class Refit:
 
     at: float  # data time: it saw every row before this one, and none after
     rows: int  # rows it was given (the last span_s seconds seen)
+    trained_rows: int  # of those, what it trained on: complete and not excluded
     seconds: float  # wall-clock time the fit took
     warm: bool  # fine-tuned from the current model's weights
     version: str | None  # the new version (None: the fit failed)
@@ -109,9 +110,10 @@ class Refitter(Protocol):
     """Fits a candidate on the rows seen so far; returns it when it replaces ``current``."""
 
     def __call__(
-        self, current: Artifact, rows: pd.DataFrame, at: float
+        self, current: Artifact, rows: pd.DataFrame, fired: np.ndarray, at: float
     ) -> tuple[Artifact | None, Refit]:
-        """``rows``: ``ts``, ``device_id`` and ``current``'s sensors, all before ``at``."""
+        """``rows``: ``ts``, ``device_id`` and ``current``'s sensors, all before ``at``, in time
+        order (NaN: a missing sensor); ``fired``: the rows inside windows the detector fired on."""
         ...
 
 
@@ -143,6 +145,7 @@ class _JudgedWindows(Sensor):
 
     def __init__(self) -> None:
         self.device_ids: list[str] = []
+        self.starts: list[float] = []
         self.ends: list[float] = []
         self.scores: list[np.ndarray] = []
         self.thresholds: list[np.ndarray] = []
@@ -159,6 +162,7 @@ class _JudgedWindows(Sensor):
     ) -> None:
         rows = np.flatnonzero(live)
         self.device_ids.extend(device_ids[row] for row in rows.tolist())
+        self.starts.extend(spans[row][0] for row in rows.tolist())
         self.ends.extend(spans[row][1] for row in rows.tolist())
         self.scores.append(np.asarray(scores)[rows])
         self.thresholds.append(np.asarray(thresholds)[rows])
@@ -170,12 +174,33 @@ class _JudgedWindows(Sensor):
         return pd.DataFrame(
             {
                 "device_id": self.device_ids,
+                "start": np.asarray(self.starts, dtype=np.float64),
                 "end": np.asarray(self.ends, dtype=np.float64),
                 "score": join(self.scores),
                 "threshold": join(self.thresholds),
                 "firing": join(self.fires).astype(bool),
             }
         )
+
+    def fired(self, rows: pd.DataFrame) -> np.ndarray:
+        """Which of ``rows`` (``device_id``, ``ts`` in time order) lie in a window that fired."""
+        mask = np.zeros(len(rows), dtype=bool)
+        windows = self.frame()
+        windows = windows[windows["firing"]]
+        if windows.empty:
+            return mask
+        ts = rows["ts"].to_numpy()
+        positions = pd.Series(np.arange(len(rows))).groupby(rows["device_id"].to_numpy()).indices
+        for device, fired in windows.groupby("device_id", sort=False):
+            at = positions.get(device)
+            if at is None:
+                continue
+            device_ts = ts[at]
+            inside = np.zeros(len(at) + 1, dtype=np.int64)
+            np.add.at(inside, np.searchsorted(device_ts, fired["start"].to_numpy(), "left"), 1)
+            np.add.at(inside, np.searchsorted(device_ts, fired["end"].to_numpy(), "right"), -1)
+            mask[at[np.cumsum(inside)[:-1] > 0]] = True
+        return mask
 
 
 class _Fleet:
@@ -219,12 +244,12 @@ class _Fleet:
         return out
 
     def seen(self, stop: int, since: float) -> pd.DataFrame:
-        """The complete rows before position ``stop`` from time ``since`` on: what a refit reads."""
+        """The rows before position ``stop`` from time ``since`` on: what a refit reads."""
         start = int(np.searchsorted(self.ts[:stop], since, side="left"))
         frame = pd.DataFrame(self.values[start:stop], columns=self.features)
         frame.insert(0, "device_id", self.device_ids[start:stop])
         frame.insert(0, "ts", self.ts[start:stop])
-        return frame.dropna().reset_index(drop=True)
+        return frame
 
 
 class Backtest:
@@ -328,7 +353,7 @@ class Backtest:
                 outputs.append(pipeline.flush())
                 rows = fleet.seen(position, now - self.retrain.span_s)
                 started = time.perf_counter()
-                fitted, refit = refitter(current, rows, now)
+                fitted, refit = refitter(current, rows, judged.fired(rows), now)
                 log.info(
                     "refit at %s on %d rows: %s in %.1f s",
                     now,

@@ -18,6 +18,7 @@ from trainer.config import DataConfig, ScalingConfig
 __all__ = [
     "NormalData",
     "SplitData",
+    "drop_rows",
     "exclude_flagged",
     "fit_scaler",
     "load_normal_data",
@@ -142,28 +143,44 @@ def split_by_time(data: NormalData, validation_fraction: float) -> SplitData:
 def exclude_flagged(data: NormalData, artifact: Artifact) -> tuple[NormalData, int]:
     """Drop rows inside windows the current model flags, so retraining does not learn faults.
 
-    A device's rows are cut where rows were dropped: the pieces become separate series
-    (``<device>#<n>``) so no training window spans a removed stretch. Returns the data and the
+    What is left is cut where rows were dropped (:func:`drop_rows`). Returns the data and the
     number of rows dropped.
     """
     meta = artifact.metadata
     length = meta.window_length
     scorer = Scorer.from_artifact(artifact, "cpu", max_batch_size=4096)
-    pieces, dropped = [], 0
-    for device, rows in data.table.dropna().groupby("device_id", sort=True):
-        values = rows[meta.feature_names].to_numpy(dtype=np.float32)
-        flagged_rows = np.zeros(len(rows), dtype=bool)
-        if len(rows) >= length:
-            scores = scorer.window_scores(scorer.sensor_errors(sliding_windows(values, length)))
-            for end in window_end_indices(len(rows), length)[scores > meta.threshold.value]:
-                flagged_rows[end - length + 1 : end + 1] = True
-        dropped += int(flagged_rows.sum())
+    table = data.table.dropna().reset_index(drop=True)
+    flagged = np.zeros(len(table), dtype=bool)
+    for rows in table.groupby("device_id", sort=True).indices.values():
+        rows = rows[np.argsort(table["ts"].to_numpy()[rows], kind="stable")]
+        if len(rows) < length:
+            continue
+        values = table[meta.feature_names].to_numpy(dtype=np.float32)[rows]
+        scores = scorer.window_scores(scorer.sensor_errors(sliding_windows(values, length)))
+        device_flagged = np.zeros(len(rows), dtype=bool)
+        for end in window_end_indices(len(rows), length)[scores > meta.threshold.value]:
+            device_flagged[end - length + 1 : end + 1] = True
+        flagged[rows] = device_flagged
+    return drop_rows(NormalData(table, data.sources, data.sha256), flagged), int(flagged.sum())
+
+
+def drop_rows(data: NormalData, dropped: np.ndarray) -> NormalData:
+    """``data`` without the rows where ``dropped`` is set, each device cut where rows went.
+
+    The pieces become separate series (``<device>#<n>``), so no training window spans a removed
+    stretch. ``dropped`` is aligned with ``data.table``'s rows.
+    """
+    pieces = []
+    table = data.table.assign(_dropped=np.asarray(dropped, dtype=bool))
+    for device, rows in table.groupby("device_id", sort=True):
+        rows = rows.sort_values("ts", kind="stable")
+        flagged_rows = rows["_dropped"].to_numpy()
         run_id = np.cumsum(flagged_rows)  # rows between two dropped stretches share an id
-        kept = rows[~flagged_rows].assign(segment=run_id[~flagged_rows])
+        kept = rows[~flagged_rows].drop(columns="_dropped").assign(segment=run_id[~flagged_rows])
         for segment, part in kept.groupby("segment", sort=True):
             pieces.append(part.drop(columns="segment").assign(device_id=f"{device}#{segment}"))
-    table = pd.concat(pieces, ignore_index=True) if pieces else data.table.iloc[:0]
-    return NormalData(table, data.sources, data.sha256), dropped
+    out = pd.concat(pieces, ignore_index=True) if pieces else data.table.iloc[:0]
+    return NormalData(out, data.sources, data.sha256)
 
 
 def fit_scaler(split: SplitData, scaling: ScalingConfig | None = None) -> StandardScaler:

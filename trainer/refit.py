@@ -15,13 +15,14 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from detector.config import RetrainConfig
 from detector.core.artifact import Artifact, load_artifact, set_current
 from detector.core.datafiles import DataFileError
 from detector.evaluate import Refit
-from trainer.data import NormalData
+from trainer.data import NormalData, drop_rows
 from trainer.fit import TrainingError, fit, refit_config
 from trainer.registry import read_current
 
@@ -42,12 +43,14 @@ class TrainerRefitter:
         self.settings = settings
 
     def __call__(
-        self, current: Artifact, rows: pd.DataFrame, at: float
+        self, current: Artifact, rows: pd.DataFrame, fired: np.ndarray, at: float
     ) -> tuple[Artifact | None, Refit]:
         """Fit on ``rows`` (all seen before ``at``); the new model when it replaces ``current``.
 
-        A fit the trainer refuses (too few rows, say) keeps ``current``: the refit is reported
-        with its reason, and the backtest goes on.
+        ``fired`` marks the rows of windows the detector fired on, left out with
+        ``exclude: fired`` (the rest cut where they were, as ``trainer fit`` cuts). A fit the
+        trainer refuses (too few rows, say) keeps ``current``: the refit is reported with its
+        reason, and the backtest goes on.
         """
         recorded = current.metadata.training_config
         if recorded is None:
@@ -59,6 +62,11 @@ class TrainerRefitter:
         config = refit_config(recorded, self.registry)
         digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy())
         data = NormalData(rows, [f"seen before {at!r}"], digest.hexdigest())
+        exclude = self.settings.exclude
+        if exclude == "fired":
+            data = drop_rows(data, fired)
+        data = NormalData(data.table.dropna(), data.sources, data.sha256)
+        kept = len(data.table)
         warm = self.settings.warm_start
         started = time.perf_counter()
         try:
@@ -66,21 +74,21 @@ class TrainerRefitter:
                 config,
                 show_progress=False,
                 data=data,
-                exclude_flagged=self.settings.exclude_flagged,
+                exclude_flagged=exclude == "flagged",
                 promote=self.settings.promote,
                 warm_start=current if warm else None,
             )
         except (TrainingError, DataFileError, ValueError) as exc:
             seconds = time.perf_counter() - started
             log.warning("refit at %s on %d rows failed: %s", at, len(rows), exc)
-            return None, Refit(at, len(rows), seconds, warm, None, False, str(exc))
+            return None, Refit(at, len(rows), kept, seconds, warm, None, False, str(exc))
         seconds = time.perf_counter() - started
         current_rate = result.current_holdout_flag_rate
         detail = (
             f"held-out normal windows flagged: new {result.holdout_flag_rate:.4f}, current "
             f"{'-' if current_rate is None else f'{current_rate:.4f}'}"
         )
-        refit = Refit(at, len(rows), seconds, warm, result.version, result.promoted, detail)
+        refit = Refit(at, len(rows), kept, seconds, warm, result.version, result.promoted, detail)
         return (load_artifact(result.path) if result.promoted else None), refit
 
     def _make_current(self, current: Artifact) -> None:
