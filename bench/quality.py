@@ -63,12 +63,12 @@ from bench.datasets import (
     tep_fault_of,
 )
 from bench.report import plot_stream, revision
-from detector.config import DetectorConfig
+from detector.config import DetectorConfig, RetrainConfig
 from detector.core.artifact import load_artifact
 from detector.core.drift import DriftMonitor, reference_distribution
 from detector.core.quality import summarise
 from detector.core.scoring import Scorer
-from detector.evaluate import DeviceEvaluation, evaluate_device
+from detector.evaluate import Backtest, DeviceEvaluation, Refit
 from detector.settings import validate_settings
 from trainer.config import TrainerConfig
 from trainer.data import load_normal_files, split_by_time, windows_of
@@ -252,16 +252,12 @@ def _evaluate(
     artifact: Any,
     config: DetectorConfig,
     scorer: Scorer | MeanScorer,
-) -> DeviceEvaluation:
+) -> tuple[DeviceEvaluation, list[Refit]]:
+    """One stream through ``detector evaluate``'s backtest, with ``config``'s retrain schedule."""
     meta = artifact.metadata
-    return evaluate_device(
-        stream_id,
-        frame["ts"].to_numpy(dtype=np.float64),
-        frame[meta.feature_names].to_numpy(dtype=np.float32),
-        artifact,
-        config,
-        scorer,
-    )
+    table = frame[["ts", *meta.feature_names]].assign(device_id=stream_id)
+    result = Backtest(artifact, config, scorer).run(table)
+    return result.devices[0], result.refits
 
 
 def _stream_record(stream: Stream, flags: np.ndarray, nab_inputs: bool = False) -> dict[str, Any]:
@@ -363,6 +359,10 @@ def _level_ratio(stream: Stream, evaluation: DeviceEvaluation, artifact: Any) ->
 def _stream_spread(records: list[dict[str, Any]]) -> dict[str, float]:
     """Streams that never alarm, deaf streams and the level ratio's spread over streams."""
     silent = [not np.any(r["flags"]) for r in records]
+    normal_flagged = [
+        float(np.mean(r["flags"][r["labels"] == 0])) for r in records if np.any(r["labels"] == 0)
+    ]
+    refits = [r["refits"] for r in records if "refits" in r]
     with_episodes = [r for r in records if np.any(r["labels"])]
     deaf = [not np.any(r["flags"].astype(bool) & r["labels"].astype(bool)) for r in with_episodes]
     ratios = np.asarray([r.get("level_ratio", np.nan) for r in records], dtype=np.float64)
@@ -370,7 +370,18 @@ def _stream_spread(records: list[dict[str, Any]]) -> dict[str, float]:
     spread: dict[str, float] = {
         "silent_share": float(np.mean(silent)),
         "deaf_share": float(np.mean(deaf)) if deaf else 0.0,
+        # Labelled-normal rows a stream flags: no stream should page on most of its normal.
+        "normal_flagged_max": max(normal_flagged, default=0.0),
+        "normal_flagged_over_20_share": float(np.mean(np.asarray(normal_flagged) > 0.2))
+        if normal_flagged
+        else 0.0,
     }
+    if refits:
+        count = sum(r["count"] for r in refits)
+        spread["refits_per_stream"] = count / len(refits)
+        spread["refits_swapped_share"] = sum(r["swapped"] for r in refits) / max(count, 1)
+        spread["refit_seconds_mean"] = sum(r["seconds"] for r in refits) / max(count, 1)
+        spread["refit_failed"] = float(sum(r["failed"] for r in refits))
     if len(ratios):
         for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
             spread[f"level_ratio_{name}"] = float(np.quantile(ratios, q))
@@ -437,22 +448,31 @@ def run_job(job: Job) -> dict[str, Any]:
             records = []
             evaluations = []
             for i, stream in enumerate(task.streams):
-                evaluation = _evaluate(
+                evaluation, refits = _evaluate(
                     stream.device_id, stream.frame, model, detector, model_scorer
                 )
                 evaluations.append(evaluation)
                 record = _stream_record(stream, evaluation.firing, nab_inputs)
                 record["level_ratio"] = _level_ratio(stream, evaluation, model)
+                if detector.retrain.enabled:
+                    record["refits"] = {
+                        "count": len(refits),
+                        "swapped": sum(refit.promoted for refit in refits),
+                        "failed": sum(refit.version is None for refit in refits),
+                        "seconds": sum(refit.seconds for refit in refits),
+                    }
                 records.append(record)
                 if job.plot_dir is not None and name == "default" and i == _plot_stream(task):
                     _plot(job, task, stream, evaluation)
             methods[name] = records
             if name == "default":
                 out["normal_drift"] = _normal_drift(model, task.streams, evaluations)
+            # A model's own training rows, judged by it as trained: no refits there.
+            frozen = detector.model_copy(update={"retrain": RetrainConfig()})
             train_alarms[name] = [
                 device
                 for device, rows in _train_devices(task)
-                if _evaluate(device, rows, model, detector, model_scorer).firing.any()
+                if _evaluate(device, rows, model, frozen, model_scorer)[0].firing.any()
             ]
     sensors = list(dataset.sensors)
     baseline = PCABaseline.fit(task.train[sensors].to_numpy(dtype=np.float64))
@@ -671,6 +691,19 @@ def _table(datasets: dict[str, Any]) -> str:
                     out.append(line.format("", f"  {subset}"[:22], *cells, "", _nab_cell(metrics)))
         for method, block in summary.items():
             streams = block.get("streams") if method not in NOT_METHODS else None
+            if streams and "refits_per_stream" in streams:
+                out.append(
+                    f"|            | refits ({method}): {streams['refits_per_stream']:.1f} per "
+                    f"stream, {100 * streams['refits_swapped_share']:.0f} % swapped in, "
+                    f"{streams['refit_seconds_mean']:.1f} s each, "
+                    f"{streams['refit_failed']:.0f} failed"
+                )
+            if streams and "normal_flagged_max" in streams:
+                out.append(
+                    f"|            | labelled-normal rows flagged ({method}): worst stream "
+                    f"{100 * streams['normal_flagged_max']:.0f} %, "
+                    f"{100 * streams['normal_flagged_over_20_share']:.0f} % of streams over 20 %"
+                )
             if streams and "level_ratio_p50" in streams:
                 out.append(
                     f"|            | streams ({method}): {100 * streams['silent_share']:.0f} % "
