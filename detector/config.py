@@ -505,12 +505,12 @@ class RetrainConfig(_Section):
 
     Every ``every_s`` seconds of data (and at least ``min_new_rows`` new readings), a candidate
     is fitted by the trainer's own code, with the settings the current model recorded, on the
-    last ``span_s`` seconds the detector has seen, less the rows of the windows it fired on
-    (``exclude``); it replaces the current model only if it flags no more held-out normal
-    windows (``promote: auto``), the gate ``trainer fit --promote auto`` applies in
-    deploy/k8s/trainer-cronjob.yaml. ``exclude: fired`` leaves out what the detector paged on,
-    after adaptation and the alert rule; the CronJob's ``--exclude-flagged`` is ``flagged``, every
-    window over the model's own threshold, which also leaves out a normal that moved on for good.
+    last ``span_s`` seconds the detector has seen, less the readings inside its alert episodes
+    (``exclude: alerts``); it replaces the current model only if it flags no more held-out
+    normal windows (``promote: auto``). deploy/k8s/trainer-cronjob.yaml runs the same refit
+    (``trainer fit --since=-<span> --exclude-alerts TOPIC --promote auto``) on its own cron
+    schedule, which should match ``every_s``. ``flagged`` instead leaves out every window over
+    the model's own threshold, which also leaves out a normal that moved on for good.
     """
 
     every_s: float = Field(
@@ -525,11 +525,11 @@ class RetrainConfig(_Section):
     warm_start: bool = Field(
         False, description="fine-tune the current model's weights instead of a fresh fit"
     )
-    exclude: Literal["fired", "flagged", "none"] = Field(
-        "fired",
-        description="rows a refit leaves out: fired, those of windows the detector fired on "
-        "(its alert episodes); flagged, those of windows the current model scores over its "
-        "artifact threshold (trainer fit --exclude-flagged); none",
+    exclude: Literal["alerts", "flagged", "none"] = Field(
+        "alerts",
+        description="rows a refit leaves out: alerts, those inside the detector's alert "
+        "episodes (trainer fit --exclude-alerts TOPIC); flagged, those of windows the current "
+        "model scores over its artifact threshold (trainer fit --exclude-flagged); none",
     )
     promote: Literal["auto", "always"] = Field(
         "auto",

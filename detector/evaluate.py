@@ -11,7 +11,8 @@ dead-lettered, by reason.
 With ``retrain.every_s`` set (:class:`~detector.config.RetrainConfig`) the backtest also runs
 the retrain loop production runs: every ``every_s`` seconds of data (with ``min_new_rows`` new
 readings) a candidate is fitted by the trainer's own code (:func:`trainer.refit.refit`) on the
-last ``span_s`` seconds of rows the detector has already seen, never a row it has not, and,
+last ``span_s`` seconds of rows the detector has already seen, never a row it has not, less the
+rows inside its alert episodes so far, and,
 when the trainer's gate promotes it, swapped in as a hot reload swaps a model: pending windows
 are scored by the old model, alert state carries over. Models can also be swapped at given
 times (:meth:`Backtest.run`'s ``swaps``), as an operator's promotion would.
@@ -41,6 +42,7 @@ from kafka.structs import TopicPartition
 from detector.config import DetectorConfig, ModelConfig, ProfileConfig, RetrainConfig
 from detector.core.alerts import Alert
 from detector.core.artifact import Artifact
+from detector.core.episodes import Transition, episode_spans, rows_in_episodes
 from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer
 from detector.kafka_io import DLQ_HEADER_PREFIX
@@ -113,7 +115,8 @@ class Refitter(Protocol):
         self, current: Artifact, rows: pd.DataFrame, fired: np.ndarray, at: float
     ) -> tuple[Artifact | None, Refit]:
         """``rows``: ``ts``, ``device_id`` and ``current``'s sensors, all before ``at``, in time
-        order (NaN: a missing sensor); ``fired``: the rows inside windows the detector fired on."""
+        order (NaN: a missing sensor); ``fired``: the rows inside the detector's alert episodes
+        (:mod:`detector.core.episodes`, as ``trainer fit --exclude-alerts`` finds them)."""
         ...
 
 
@@ -145,7 +148,6 @@ class _JudgedWindows(Sensor):
 
     def __init__(self) -> None:
         self.device_ids: list[str] = []
-        self.starts: list[float] = []
         self.ends: list[float] = []
         self.scores: list[np.ndarray] = []
         self.thresholds: list[np.ndarray] = []
@@ -162,7 +164,6 @@ class _JudgedWindows(Sensor):
     ) -> None:
         rows = np.flatnonzero(live)
         self.device_ids.extend(device_ids[row] for row in rows.tolist())
-        self.starts.extend(spans[row][0] for row in rows.tolist())
         self.ends.extend(spans[row][1] for row in rows.tolist())
         self.scores.append(np.asarray(scores)[rows])
         self.thresholds.append(np.asarray(thresholds)[rows])
@@ -174,33 +175,12 @@ class _JudgedWindows(Sensor):
         return pd.DataFrame(
             {
                 "device_id": self.device_ids,
-                "start": np.asarray(self.starts, dtype=np.float64),
                 "end": np.asarray(self.ends, dtype=np.float64),
                 "score": join(self.scores),
                 "threshold": join(self.thresholds),
                 "firing": join(self.fires).astype(bool),
             }
         )
-
-    def fired(self, rows: pd.DataFrame) -> np.ndarray:
-        """Which of ``rows`` (``device_id``, ``ts`` in time order) lie in a window that fired."""
-        mask = np.zeros(len(rows), dtype=bool)
-        windows = self.frame()
-        windows = windows[windows["firing"]]
-        if windows.empty:
-            return mask
-        ts = rows["ts"].to_numpy()
-        positions = pd.Series(np.arange(len(rows))).groupby(rows["device_id"].to_numpy()).indices
-        for device, fired in windows.groupby("device_id", sort=False):
-            at = positions.get(device)
-            if at is None:
-                continue
-            device_ts = ts[at]
-            inside = np.zeros(len(at) + 1, dtype=np.int64)
-            np.add.at(inside, np.searchsorted(device_ts, fired["start"].to_numpy(), "left"), 1)
-            np.add.at(inside, np.searchsorted(device_ts, fired["end"].to_numpy(), "right"), -1)
-            mask[at[np.cumsum(inside)[:-1] > 0]] = True
-        return mask
 
 
 class _Fleet:
@@ -353,7 +333,11 @@ class Backtest:
                 outputs.append(pipeline.flush())
                 rows = fleet.seen(position, now - self.retrain.span_s)
                 started = time.perf_counter()
-                fitted, refit = refitter(current, rows, judged.fired(rows), now)
+                episodes = episode_spans(_transitions(outputs))
+                fired = rows_in_episodes(
+                    rows["device_id"].to_numpy(), rows["ts"].to_numpy(), episodes
+                )
+                fitted, refit = refitter(current, rows, fired, now)
                 log.info(
                     "refit at %s on %d rows: %s in %.1f s",
                     now,
@@ -410,6 +394,17 @@ class _RefitSchedule:
         """A refit ran before the row at ``position``: the next is counted from here."""
         self.last_position = position
         self.next_time = float(self.ts[position]) + self.settings.every_s
+
+
+def _transitions(outputs: list[Output]) -> list[Transition]:
+    """The alert transitions published so far."""
+    return [
+        Transition(alert.device_id, alert.state, alert.window_start, alert.window_end)
+        for output in outputs
+        for message in output.messages
+        if not message.dead_letter
+        for alert in (Alert.model_validate_json(message.value),)
+    ]
 
 
 def _position(ts: np.ndarray, at: float) -> int:

@@ -147,25 +147,28 @@ def test_a_refit_reads_only_rows_the_detector_has_already_seen(demo_data: DemoDa
     assert [refit.at for refit in result.refits] == [at for at, _ in recording.calls]
 
 
-def test_a_refit_is_told_which_rows_lie_in_windows_the_detector_fired_on(
+def test_a_refit_is_told_which_rows_lie_inside_the_detectors_alert_episodes(
     demo_data: DemoData,
 ) -> None:
     readings = interleave(demo_data.anomalous.readings)
     artifact = load_artifact(demo_data.model.path)
-    length = artifact.metadata.window_length
     recording = _Recording()
     config = _config(every_s=float(readings["ts"].iloc[-1] - readings["ts"].iloc[0]) - 1)
     result = Backtest(artifact, config, refitter=recording).run(readings)
     ((at, rows),), (fired,) = recording.calls, recording.fired
     expected = np.zeros(len(rows), dtype=bool)
     for device in result.devices:
-        # Every window that fired, as rows of the device (no gaps: a window is ``length`` rows).
-        ends = np.flatnonzero(~np.isnan(device.scores) & device.firing & (device.ts < at))
-        inside = np.zeros(len(device.ts), dtype=bool)
-        for end in ends:
-            inside[end - length + 1 : end + 1] = True
-        seen = rows["device_id"].to_numpy() == device.device_id
-        expected[seen] = inside[: seen.sum()]
+        # From each firing alert's window start to the next resolved alert's window end, of the
+        # alerts published before the refit.
+        alerts = sorted((a for a in device.alerts if a.window_end < at), key=lambda a: a.window_end)
+        mine = (rows["device_id"] == device.device_id).to_numpy()
+        stamps = rows["ts"].to_numpy()
+        for i, alert in enumerate(alerts):
+            if alert.state != "firing":
+                continue
+            closing = next((a for a in alerts[i + 1 :] if a.state == "resolved"), None)
+            end = np.inf if closing is None else closing.window_end
+            expected |= mine & (stamps >= alert.window_start) & (stamps <= end)
     assert fired.sum() > 0
     np.testing.assert_array_equal(fired, expected)
 

@@ -1,4 +1,5 @@
-"""Retraining from a Kafka topic over a time range, excluding flagged windows, promoting on merit."""
+"""Retraining from a Kafka topic over a time range, excluding flagged windows or alert episodes,
+promoting on merit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from detector.config import load_config
 from detector.core.artifact import CURRENT_POINTER, load_artifact
+from detector.core.episodes import Transition, episode_spans, rows_in_episodes
+from detector.evaluate import evaluate_table
 from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import ROOT, DemoData, Topics, produce
 
@@ -124,3 +128,45 @@ def test_retrain_from_kafka_with_a_detector_config_for_the_cluster(
     assert result.returncode == 0, result.stderr
     meta = load_artifact(registry).metadata
     assert meta.training_data.files == [f"kafka://{topics.readings}?since={since}&until={until}"]
+
+
+def test_retrain_leaves_out_the_readings_inside_the_alerts_topics_episodes(
+    tmp_path: Path, topics: Topics, demo_data: DemoData
+) -> None:
+    readings = interleave(demo_data.anomalous.readings)
+    produce(topics.bootstrap, topics.readings, encode_messages(readings))
+    # The alerts the backtest (the daemon's twin) raises on this stream, on the alerts topic, and
+    # one record that is not an alert, which the trainer skips.
+    alerts = evaluate_table(
+        readings, load_artifact(demo_data.model.path), load_config(ROOT / "configs/detector.yaml")
+    )
+    published = [a for device in alerts for a in device.alerts]
+    assert any(a.state == "firing" for a in published)
+    messages = [(a.device_id.encode(), a.model_dump_json().encode()) for a in published]
+    produce(topics.bootstrap, topics.alerts, [*messages, (None, b"not an alert")])
+    spans = episode_spans(
+        Transition(a.device_id, a.state, a.window_start, a.window_end) for a in published
+    )
+    inside = int(
+        rows_in_episodes(readings["device_id"].to_numpy(), readings["ts"].to_numpy(), spans).sum()
+    )
+    stamps = readings["ts"].drop_duplicates().sort_values().to_numpy()
+    since, until = stamps[0], stamps[-1] + 1
+    registry = tmp_path / "models"
+    result = _fit(
+        _trainer_config(tmp_path, registry),
+        *("--from-kafka", topics.readings, "--since", str(since), "--until", str(until)),
+        *("--bootstrap-servers", topics.bootstrap, "--exclude-alerts", topics.alerts),
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"excluded {inside} rows inside {sum(map(len, spans.values()))} alert episodes" in (
+        result.stderr
+    )
+    meta = load_artifact(registry).metadata
+    assert meta.training_data.rows == len(readings) - inside
+
+
+def test_exclude_alerts_needs_a_broker_to_read_them_from(tmp_path: Path) -> None:
+    result = _fit(_trainer_config(tmp_path, tmp_path / "models"), "--exclude-alerts", "alerts")
+    assert result.returncode == 2
+    assert "--exclude-alerts needs --bootstrap-servers or --kafka-config" in result.stderr

@@ -41,11 +41,12 @@ def _fit(args: argparse.Namespace) -> int:
 
     from detector.core.artifact import ArtifactError, load_artifact
     from detector.core.datafiles import DataFileError
+    from detector.core.episodes import episode_spans
     from detector.logs import setup_logging
     from trainer.config import load_config, profile_registry
     from trainer.data import load_normal_files
     from trainer.fit import TrainingError, fit
-    from trainer.kafka_source import parse_time, read_normal_from_kafka
+    from trainer.kafka_source import parse_time, read_alert_transitions, read_normal_from_kafka
 
     setup_logging("INFO")
     try:
@@ -78,17 +79,27 @@ def _fit(args: argparse.Namespace) -> int:
             )
         elif args.profile is not None:
             data = load_normal_files(config.data, args.profile)
+        episodes = None
+        if args.exclude_alerts:
+            if not (args.bootstrap_servers or args.kafka_config):
+                raise DataFileError("--exclude-alerts needs --bootstrap-servers or --kafka-config")
+            kafka = _kafka_settings(args.kafka_config, args.bootstrap_servers)
+            episodes = episode_spans(
+                read_alert_transitions(kafka, args.exclude_alerts, profile=args.profile)
+            )
         result = fit(
             config,
             show_progress=not args.no_progress,
             data=data,
             exclude_flagged=args.exclude_flagged,
             promote=args.promote,
+            exclude_episodes=episodes,
         )
     except KafkaError as exc:
         # Only the --from-kafka read talks to Kafka, before anything is trained or written: a
         # broker that does not answer is an outage the Job's retry can outlast, not a mistake.
-        problem = f"cannot read {args.from_kafka!r} from Kafka: {exc}"
+        topics = " and ".join(repr(t) for t in (args.from_kafka, args.exclude_alerts) if t)
+        problem = f"cannot read {topics} from Kafka: {exc}"
         return error_exit("trainer", problem, code=EXIT_UNAVAILABLE)
     except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
         return error_exit("trainer", exc)
@@ -414,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-flagged",
         action="store_true",
         help="drop what the current model flags before training",
+    )
+    fit.add_argument(
+        "--exclude-alerts",
+        metavar="TOPIC",
+        help="drop the readings inside the alert episodes on this alerts topic (what the "
+        "detector paged on; its kafka settings as for --from-kafka) before training",
     )
     fit.add_argument(
         "--promote",

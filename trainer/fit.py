@@ -29,6 +29,7 @@ from detector.core.artifact import (
     set_candidate,
 )
 from detector.core.drift import reference_distribution
+from detector.core.episodes import rows_in_episodes
 from detector.core.model import LSTMAutoencoder, ModelSpec, ScoreSpec
 from detector.core.scaling import StandardScaler
 from detector.core.scoring import Scorer, fit_mahalanobis, resolve_device
@@ -36,6 +37,7 @@ from detector.core.thresholds import MIN_POT_PEAKS, fit_threshold_with, summariz
 from trainer.config import ThresholdConfig, TrainerConfig
 from trainer.data import (
     NormalData,
+    drop_rows,
     fit_scaler,
     load_normal_files,
     split_by_time,
@@ -207,6 +209,7 @@ def fit(
     exclude_flagged: bool = False,
     promote: Promotion = "always",
     warm_start: Artifact | None = None,
+    exclude_episodes: Mapping[str, list[tuple[float, float]]] | None = None,
 ) -> FitResult:
     """Train on normal data and write a new artifact version into ``config.output.dir``.
 
@@ -218,7 +221,8 @@ def fit(
     daemon then scores in shadow, unless there is no current model yet: then the new version
     becomes current, as there is nothing to compare it with. ``warm_start``: start from that
     model's weights (same sensors and architecture) instead of fresh ones, and let early stopping
-    end the fine-tune before ``training.min_steps``.
+    end the fine-tune before ``training.min_steps``. ``exclude_episodes``: each device's alert
+    episodes (:func:`~detector.core.episodes.episode_spans`), whose rows are left out first.
     """
     started = time.monotonic()
     require_writable(config.output.dir)
@@ -227,6 +231,17 @@ def fit(
     device = resolve_device(config.training.device)
     data = data if data is not None else load_normal_files(config.data)
     current = _current_model(config.output.dir)
+    if exclude_episodes is not None:
+        table = data.table
+        inside = rows_in_episodes(
+            table["device_id"].astype(str).to_numpy(), table["ts"].to_numpy(), exclude_episodes
+        )
+        data = drop_rows(data, inside)
+        log.info(
+            "excluded %d rows inside %d alert episodes",
+            int(inside.sum()),
+            sum(len(spans) for spans in exclude_episodes.values()),
+        )
     if exclude_flagged:
         if current is None:
             raise TrainingError(f"--exclude-flagged needs a current model in {config.output.dir}")

@@ -21,11 +21,12 @@ from pydantic import ValidationError
 
 from detector.config import KafkaConfig
 from detector.core.datafiles import DataFileError
+from detector.core.episodes import Transition
 from detector.core.readings import Reading
 from detector.kafka_io import security_kwargs
 from trainer.data import NormalData
 
-__all__ = ["parse_time", "read_normal_from_kafka"]
+__all__ = ["parse_time", "read_alert_transitions", "read_normal_from_kafka"]
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,12 @@ def read_normal_from_kafka(
         skipped = other_profile = 0
         deadline = time.monotonic() + timeout_s
         remaining = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
+        # Records past the end offset that arrive in a fetch are kept (their time decides):
+        # some brokers (Tansu) report the last batch's first offset + 1 as the end, so the rest
+        # of that batch lies past it.
         while remaining and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
+            for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
-                    if record.offset >= ends[tp]:
-                        break
                     readings = _readings(record.value)
                     skipped += not readings
                     for reading in readings:
@@ -157,3 +159,59 @@ def read_normal_from_kafka(
         source += f"&profile={profile}"
     sorted_table = table.sort_values(["device_id", "ts"], kind="stable").reset_index(drop=True)
     return NormalData(sorted_table, [source], digest.hexdigest())
+
+
+def _transition(value: bytes | None, profile: str | None) -> Transition | None:
+    """The alert in a record of the alerts topic (``None``: not one, or another profile's)."""
+    try:
+        alert = json.loads(value or b"")
+        transition = Transition(
+            str(alert["device_id"]),
+            str(alert["state"]),
+            float(alert["window_start"]),
+            float(alert["window_end"]),
+        )
+    except (ValueError, RecursionError, KeyError, TypeError):  # not JSON, or not an alert
+        return None
+    if transition.state not in ("firing", "resolved"):
+        return None
+    if profile is not None and alert.get("profile", profile) != profile:
+        return None
+    return transition
+
+
+def read_alert_transitions(
+    kafka: KafkaConfig, topic: str, timeout_s: float = 60.0, profile: str | None = None
+) -> list[Transition]:
+    """Every alert on the alerts ``topic`` (all it retains), as episode transitions.
+
+    The whole topic is read: an episode that opened long ago may still be open. With
+    ``profile``, only that profile's alerts. Records that are not alerts are skipped.
+    """
+    consumer = KafkaConsumer(enable_auto_commit=False, **security_kwargs(kafka))
+    transitions: list[Transition] = []
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        if not partitions:
+            raise DataFileError(f"alerts topic {topic!r} does not exist or has no partitions")
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        remaining = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
+        # As for readings: what a fetch returns past the reported end is read too.
+        while remaining and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    transition = _transition(record.value, profile)
+                    if transition is not None:
+                        transitions.append(transition)
+            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
+        if remaining:
+            raise DataFileError(f"timed out reading alerts topic {topic!r} after {timeout_s} s")
+    finally:
+        consumer.close()
+    log.info("read %d alerts from %s", len(transitions), topic)
+    return transitions

@@ -47,8 +47,8 @@ class TrainerRefitter:
     ) -> tuple[Artifact | None, Refit]:
         """Fit on ``rows`` (all seen before ``at``); the new model when it replaces ``current``.
 
-        ``fired`` marks the rows of windows the detector fired on, left out with
-        ``exclude: fired`` (the rest cut where they were, as ``trainer fit`` cuts). A fit the
+        ``fired`` marks the rows inside the detector's alert episodes, left out with
+        ``exclude: alerts`` (the rest cut where they were, as ``trainer fit`` cuts). A fit the
         trainer refuses (too few rows, say) keeps ``current``: the refit is reported with its
         reason, and the backtest goes on.
         """
@@ -63,7 +63,7 @@ class TrainerRefitter:
         digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy())
         data = NormalData(rows, [f"seen before {at!r}"], digest.hexdigest())
         exclude = self.settings.exclude
-        if exclude == "fired":
+        if exclude == "alerts":
             data = drop_rows(data, fired)
         data = NormalData(data.table.dropna(), data.sources, data.sha256)
         kept = len(data.table)
