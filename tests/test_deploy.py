@@ -417,7 +417,13 @@ def test_k8s_trainer_trains_a_profile_the_detector_loads(kind: str, tmp_path: Pa
     if args.from_kafka:
         # The topic is one the detector reads and routes to this profile; the password comes
         # from the Secret the example creates.
-        assert args.kafka_config is not None and args.exclude_flagged
+        assert args.kafka_config is not None and not args.exclude_flagged
+        # The refit the detector config's retrain section describes, which `detector evaluate`
+        # replays: its span, the alert episodes left out, the same gate.
+        retrain = detector.retrain
+        assert args.since == f"-{retrain.span_s / 86400:g}d"
+        assert retrain.exclude == "alerts" and args.exclude_alerts == detector.kafka.alerts_topic
+        assert args.promote == retrain.promote
         assert args.from_kafka in detector.kafka.readings_topics
         router = detector.model.router()
         assert router is not None
