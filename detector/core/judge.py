@@ -85,12 +85,23 @@ def _learners(chain: Sequence[LevelRule[Any]]) -> tuple[int, ...]:
     return tuple(at for at, rule in enumerate(chain) if rule.learns_judged)
 
 
+def _through(
+    steps: Sequence[tuple[LevelRule[Any], Any]], windows: Windows, base: float
+) -> list[float]:
+    """The levels ``windows`` are judged by: ``base`` through each rule of the chain in turn
+    (``steps``: the rules with the device's states). The one place a chain is applied."""
+    levels = [base] * len(windows.scores)
+    for rule, state in steps:
+        levels = rule.levels(state, windows, levels)
+    return levels
+
+
 class Judge:
     """Per-device levels and alert-rule state for a fleet scored by one model.
 
     Holds the model's chain of level rules (:attr:`chain`) and the alert rule; both
-    :meth:`judge` and :meth:`judge_many` go through :meth:`_levels` and
-    :meth:`DeviceAlertState.advance`, the one copy of each.
+    :meth:`judge` and :meth:`judge_many` go through :func:`_through` (the chain) and
+    :meth:`DeviceAlertState.advance` (the alert rule), the one copy of each.
     """
 
     def __init__(
@@ -194,14 +205,16 @@ class Judge:
             transitions.sort()
             return Judgements(np.array(levels), transitions, np.array(firing, dtype=bool))
         judged = [(self._device(device_id), rows) for device_id, rows in rows_of.items()]
+        base = self.levels.threshold
         if self.chain:
             for (device, rows), device_id in zip(judged, rows_of, strict=True):
                 windows = Windows(device_id, [values[r] for r in rows], rows, spans, inputs)
-                for row, level in zip(rows, self._levels(device, windows), strict=True):
+                run = _through(self._steps(device), windows, base)
+                for row, level in zip(rows, run, strict=True):
                     levels[row] = level
             thresholds = np.array(levels)
         else:  # no level rule: every window is judged by the artifact's threshold
-            thresholds = np.full(count, self.levels.threshold, dtype=np.float64)
+            thresholds = np.full(count, base, dtype=np.float64)
         over = (judged_scores > thresholds).tolist()
         clear = (judged_scores <= self.alert_rule.resolve_ratio * thresholds).tolist()
         rule = self.alert_rule
@@ -225,12 +238,9 @@ class Judge:
             states = device.states = tuple([rule.new_state(levels) for rule in self.chain])
         return states
 
-    def _levels(self, device: DeviceJudgement, windows: Windows) -> list[float]:
-        """The levels a run of one device's windows is judged by: the chain, applied in order."""
-        levels = [self.levels.threshold] * len(windows.scores)
-        for rule, state in zip(self.chain, self._states(device), strict=True):
-            levels = rule.levels(state, windows, levels)
-        return levels
+    def _steps(self, device: DeviceJudgement) -> tuple[tuple[LevelRule[Any], Any], ...]:
+        """Each rule of the chain with the device's state under it, in order."""
+        return tuple(zip(self.chain, self._states(device), strict=True))
 
     def _judge_stepwise(
         self,
@@ -247,9 +257,8 @@ class Judge:
         """Judge a device's windows (``rows`` of ``values``) one at a time: each one's level
         (to ``levels[row]``), the alert rule (its verdicts to ``verdicts``), then what the
         rules learn from them."""
-        states = self._states(device)
-        steps = tuple(zip(self.chain, states, strict=True))
-        learners = [(self.chain[at], states[at]) for at in self._learners]
+        steps = self._steps(device)
+        learners = [steps[at] for at in self._learners]
         base = self.levels.threshold
         alert_rule = self.alert_rule
         ratio = alert_rule.resolve_ratio
@@ -258,9 +267,7 @@ class Judge:
         for row in rows:
             score = values[row]
             window = Windows(device_id, [score], [row], spans, inputs)
-            level_of = [base]
-            for rule, state in steps:
-                level_of = rule.levels(state, window, level_of)
+            level_of = _through(steps, window, base)
             level = levels[row] = level_of[0]
             is_over = over[row] = score > level
             clear[row] = score <= ratio * level
