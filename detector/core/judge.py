@@ -240,7 +240,9 @@ class Judge:
 
     def _steps(self, device: DeviceJudgement) -> tuple[tuple[LevelRule[Any], Any], ...]:
         """Each rule of the chain with the device's state under it, in order."""
-        return tuple(zip(self.chain, self._states(device), strict=True))
+        if not self.chain:
+            return ()
+        return tuple(zip(self.chain, device.states or self._states(device), strict=True))
 
     def _judge_stepwise(
         self,
@@ -258,22 +260,28 @@ class Judge:
         (to ``levels[row]``), the alert rule (its verdicts to ``verdicts``), then what the
         rules learn from them."""
         steps = self._steps(device)
-        learners = [steps[at] for at in self._learners]
+        learners = [steps[at] for at in self._learners] if self._learners else ()
         base = self.levels.threshold
         alert_rule = self.alert_rule
         ratio = alert_rule.resolve_ratio
         advance = device.alert.advance
         over, clear, firing = verdicts
+        # One view, its one-element lists refilled per window: a rule reads the window during
+        # the call only, and the loop builds no objects per window.
+        score_of, row_of = [0.0], [0]
+        level_of, over_of, firing_of = [0.0], [False], [False]
+        window = Windows(device_id, score_of, row_of, spans, inputs)
         for row in rows:
-            score = values[row]
-            window = Windows(device_id, [score], [row], spans, inputs)
-            level_of = _through(steps, window, base)
-            level = levels[row] = level_of[0]
+            score = score_of[0] = values[row]
+            row_of[0] = row
+            level = levels[row] = _through(steps, window, base)[0]
             is_over = over[row] = score > level
             clear[row] = score <= ratio * level
             advance(alert_rule, (row,), over, clear, firing, transitions)
-            for rule, state in learners:
-                rule.learn_judged(state, window, level_of, [is_over], [firing[row]])
+            if learners:
+                level_of[0], over_of[0], firing_of[0] = level, is_over, firing[row]
+                for rule, state in learners:
+                    rule.learn_judged(state, window, level_of, over_of, firing_of)
 
     def firing(self, device_id: str) -> bool:
         """Whether the device is in a firing episode."""

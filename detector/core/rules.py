@@ -50,6 +50,7 @@ class Windows(NamedTuple):
     ``rows`` are the windows' rows in the call; ``batch_spans`` and ``batch_inputs`` are the
     whole call's (read through :attr:`spans` and :attr:`inputs`), so building the view copies
     nothing a rule does not ask for. A tuple: one is built per device and call, on the hot path.
+    A rule reads it during the call only: the judge refills one view window by window.
     """
 
     device_id: str
