@@ -130,7 +130,9 @@ class DeviceAlertState:
         hysteresis).
         """
         transitions: list[tuple[int, AlertState]] = []
-        clear = not over if clear is None else clear
+        # Plain bools: a numpy bool would turn the recent flags into a numpy integer.
+        over = bool(over)
+        clear = not over if clear is None else bool(clear)
         self.advance(rule, _ONE_ROW, (over,), (clear,), [False], transitions)
         return transitions[0][1] if transitions else None
 

@@ -148,7 +148,13 @@ class Judge:
         transitions: list[tuple[int, AlertState]] = []
         verdicts = _Verdicts([False], [False], [False])
         self._judge_stepwise(
-            self._device(device_id), device_id, _FIRST, [score], levels, verdicts, transitions
+            self._device(device_id),
+            device_id,
+            _FIRST,
+            [float(score)],  # a numpy score would give numpy verdicts
+            levels,
+            verdicts,
+            transitions,
         )
         return levels[0], transitions[0][1] if transitions else None
 
