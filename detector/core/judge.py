@@ -86,11 +86,11 @@ def _learners(chain: Sequence[LevelRule[Any]]) -> tuple[int, ...]:
 
 
 def _through(
-    steps: Sequence[tuple[LevelRule[Any], Any]], windows: Windows, base: float
+    steps: Sequence[tuple[LevelRule[Any], Any]], windows: Windows, levels: list[float]
 ) -> list[float]:
-    """The levels ``windows`` are judged by: ``base`` through each rule of the chain in turn
-    (``steps``: the rules with the device's states). The one place a chain is applied."""
-    levels = [base] * len(windows.scores)
+    """The levels ``windows`` are judged by: ``levels`` (the artifact's threshold, per window)
+    through each rule of the chain in turn (``steps``: the rules with the device's states).
+    The one place a chain is applied. Rules return new lists: ``levels`` is not changed."""
     for rule, state in steps:
         levels = rule.levels(state, windows, levels)
     return levels
@@ -215,7 +215,7 @@ class Judge:
         if self.chain:
             for (device, rows), device_id in zip(judged, rows_of, strict=True):
                 windows = Windows(device_id, [values[r] for r in rows], rows, spans, inputs)
-                run = _through(self._steps(device), windows, base)
+                run = _through(self._steps(device), windows, [base] * len(rows))
                 for row, level in zip(rows, run, strict=True):
                     levels[row] = level
             thresholds = np.array(levels)
@@ -267,7 +267,7 @@ class Judge:
         rules learn from them."""
         steps = self._steps(device)
         learners = [steps[at] for at in self._learners] if self._learners else ()
-        base = self.levels.threshold
+        base = [self.levels.threshold]
         alert_rule = self.alert_rule
         ratio = alert_rule.resolve_ratio
         advance = device.alert.advance
@@ -275,8 +275,8 @@ class Judge:
         # One view, its one-element lists refilled per window: a rule reads the window during
         # the call only, and the loop builds no objects per window.
         score_of, row_of = [0.0], [0]
-        level_of, over_of, firing_of = [0.0], [False], [False]
         window = Windows(device_id, score_of, row_of, spans, inputs)
+        level_of, over_of, firing_of = [0.0], [False], [False]
         for row in rows:
             score = score_of[0] = values[row]
             row_of[0] = row
