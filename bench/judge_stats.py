@@ -44,8 +44,9 @@ RESULT = ROOT / "bench" / "results" / "judge_stats.json"
 BEFORE = "a7a5c112cfd0592e454e945e1eb6a0065abfe1ae"
 _MODULES = ("recent", "adaptation", "likelihood", "judge")
 _OLD_PACKAGE = "judge_before"
-# "none": the judge with neither, the per-call floor the statistics add to.
-CONFIGS = ("none", "adaptation", "likelihood", "both")
+# "none": the judge with neither, the per-call floor the statistics add to. "calm": the
+# likelihood learning only calm windows, judged window by window even in judge_many.
+CONFIGS = ("none", "adaptation", "likelihood", "both", "calm")
 
 
 def load_before(revision: str, into: Path) -> ModuleType:
@@ -69,15 +70,23 @@ def load_before(revision: str, into: Path) -> ModuleType:
 
 
 def make_judge(module: ModuleType, config: str, windows: int) -> Any:
-    """A judge of ``module`` with adaptation, the likelihood, both or neither (``config``)."""
+    """A judge of ``module`` with adaptation, the likelihood (learning every window or only
+    calm ones), both or neither (``config``)."""
     adaptation = None
     if config in ("adaptation", "both"):
         adaptation = module.AdaptationRule(windows=windows)
     likelihood = None
-    if config in ("likelihood", "both"):
-        likelihood = module.LikelihoodRule(windows=windows, tail=1e-3, combine="max")
+    if config in ("likelihood", "both", "calm"):
+        # Every model: the artifact's error share is not recorded here.
+        likelihood = module.LikelihoodRule(
+            windows=windows,
+            tail=1e-3,
+            combine="max",
+            min_error_share=0.0,
+            learn="calm" if config == "calm" else "all",
+        )
     return module.Judge(
-        AlertRule(),
+        AlertRule(resolve_after=1, resolve_ratio=1.0),  # the rule these figures were taken with
         threshold=3.0,
         adaptation=adaptation,
         reference_score=1.0,

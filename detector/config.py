@@ -5,6 +5,7 @@ Example override: ``DETECTOR_KAFKA__BOOTSTRAP_SERVERS=broker:9092``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -349,18 +350,56 @@ class ScoringConfig(_Section):
     )
 
 
+def _rule_default(rule: type, name: str) -> Any:
+    """The default of field ``name`` of the level or alert rule dataclass ``rule``.
+
+    The alert sections read their defaults from the rules, so the two never disagree: a rule
+    built from a default section is the rule built with its own defaults.
+    """
+    for each in dataclasses.fields(rule):
+        if each.name == name:
+            if each.default is dataclasses.MISSING:
+                raise TypeError(f"{rule.__name__}.{name} has no default")
+            return each.default
+    raise AttributeError(f"{rule.__name__} has no field {name!r}")
+
+
 class CalibrationConfig(_Section):
-    """Per-device thresholds fitted on each device's first windows (off while ``windows`` is 0)."""
+    """Per-device thresholds fitted on each device's first windows (off while ``windows`` is 0).
+
+    Defaults: :class:`~detector.core.calibration.CalibrationRule`'s.
+    """
 
     windows: int = Field(0, ge=0, description="first N windows of a device to calibrate on")
-    method: ThresholdMethod = "quantile"
-    quantile: float = Field(0.99, gt=0, lt=1)
-    k: float = Field(3.0, gt=0, description="mean_std: mean + k * std")
-    margin: float = Field(1.0, gt=0)
-    risk: float = Field(1e-3, gt=0, lt=1, description="pot: tail probability of the threshold")
-    init_quantile: float = Field(0.9, gt=0, lt=1, description="pot: where the tail starts")
-    min_ratio: float = Field(0.5, gt=0, le=1, description="floor, x the artifact threshold")
-    max_ratio: float = Field(4.0, ge=1, description="cap, x the artifact threshold")
+    method: ThresholdMethod = _rule_default(CalibrationRule, "method")
+    quantile: float = Field(_rule_default(CalibrationRule, "quantile"), gt=0, lt=1)
+    k: float = Field(
+        _rule_default(CalibrationRule, "k"), gt=0, description="mean_std: mean + k * std"
+    )
+    margin: float = Field(_rule_default(CalibrationRule, "margin"), gt=0)
+    risk: float = Field(
+        _rule_default(CalibrationRule, "risk"),
+        gt=0,
+        lt=1,
+        description="pot: tail probability of the threshold",
+    )
+    init_quantile: float = Field(
+        _rule_default(CalibrationRule, "init_quantile"),
+        gt=0,
+        lt=1,
+        description="pot: where the tail starts",
+    )
+    min_ratio: float = Field(
+        _rule_default(CalibrationRule, "min_ratio"),
+        gt=0,
+        le=1,
+        description="floor, x the artifact threshold",
+    )
+    max_ratio: float = Field(
+        _rule_default(CalibrationRule, "max_ratio"),
+        ge=1,
+        description="cap, x the artifact threshold",
+    )
 
     def rule(self) -> CalibrationRule | None:
         """The pure rule, or ``None`` when calibration is off."""
@@ -376,20 +415,27 @@ class CalibrationConfig(_Section):
 
 
 class AdaptationConfig(_Section):
-    """A device's threshold follows the median of its recent scores (off while ``windows`` is 0)."""
+    """A device's threshold follows the median of its recent scores (off while ``windows`` is 0).
+
+    Defaults: :class:`~detector.core.adaptation.AdaptationRule`'s.
+    """
 
     windows: int = Field(
-        1000,
+        _rule_default(AdaptationRule, "windows"),
         ge=0,
         description="recent scores per device whose median scales its threshold (0: off)",
     )
-    max_ratio: float = Field(10.0, ge=1, description="the threshold is raised at most this much")
+    max_ratio: float = Field(
+        _rule_default(AdaptationRule, "max_ratio"),
+        ge=1,
+        description="the threshold is raised at most this much",
+    )
 
     def rule(self) -> AdaptationRule | None:
         """The pure rule, or ``None`` when adaptation is off."""
         if self.windows == 0:
             return None
-        return AdaptationRule(self.windows, self.max_ratio)
+        return AdaptationRule(**self.model_dump())
 
     @model_validator(mode="after")
     def _valid_rule(self) -> AdaptationConfig:
@@ -399,40 +445,51 @@ class AdaptationConfig(_Section):
 
 
 class LikelihoodConfig(_Section):
-    """Each device judged against its own recent scores (off while ``windows`` is 0)."""
+    """Each device judged against its own recent scores (off while ``windows`` is 0).
+
+    Defaults: :class:`~detector.core.likelihood.LikelihoodRule`'s.
+    """
 
     windows: int = Field(
-        1000,
+        _rule_default(LikelihoodRule, "windows"),
         ge=0,
         description="recent scores per device whose distribution sets its level (0: off)",
     )
     tail: float = Field(
-        1e-3, gt=0, lt=0.5, description="a window is over when its tail probability is below this"
+        _rule_default(LikelihoodRule, "tail"),
+        gt=0,
+        lt=0.5,
+        description="a window is over when its tail probability is below this",
     )
     prior_windows: int = Field(
-        100, ge=1, description="the model's validation scores count as this many windows"
+        _rule_default(LikelihoodRule, "prior_windows"),
+        ge=1,
+        description="the model's validation scores count as this many windows",
     )
     min_scale: float = Field(
-        0.05, gt=0, description="least spread of a device's log-scores (ln units)"
+        _rule_default(LikelihoodRule, "min_scale"),
+        gt=0,
+        description="least spread of a device's log-scores (ln units)",
     )
     learn: LearnPolicy = Field(
-        "all", description="windows that join the history: all | calm (not over, not firing)"
+        _rule_default(LikelihoodRule, "learn"),
+        description="windows that join the history: all | calm (not over, not firing)",
     )
     spread_quantile: float = Field(
-        0.16,
+        _rule_default(LikelihoodRule, "spread_quantile"),
         gt=0,
         lt=1,
         description="the log-score quantile whose distance from the median gives the spread "
         "(0.16: the lower half, untouched by anomalies; 0.9: the upper half, heavy tails)",
     )
     min_error_share: float = Field(
-        1.0,
+        _rule_default(LikelihoodRule, "min_error_share"),
         ge=0,
         description="judge with the likelihood only models whose validation error is at least "
         "this share of the data's variance (1: they reconstruct nothing; 0: every model)",
     )
     combine: CombinePolicy = Field(
-        "max",
+        _rule_default(LikelihoodRule, "combine"),
         description="replace: the device's level alone; max: the higher of it and the "
         "model's threshold",
     )
@@ -441,16 +498,7 @@ class LikelihoodConfig(_Section):
         """The pure rule, or ``None`` when the likelihood is off."""
         if self.windows == 0:
             return None
-        return LikelihoodRule(
-            self.windows,
-            self.tail,
-            self.prior_windows,
-            self.min_scale,
-            self.learn,
-            self.combine,
-            self.spread_quantile,
-            self.min_error_share,
-        )
+        return LikelihoodRule(**self.model_dump())
 
     @model_validator(mode="after")
     def _valid_rule(self) -> LikelihoodConfig:
@@ -460,15 +508,33 @@ class LikelihoodConfig(_Section):
 
 
 class AlertConfig(_Section):
-    """When a device starts and stops firing."""
+    """When a device starts and stops firing, and the level rules its windows are judged by.
 
-    fire_k: int = Field(1, ge=1, description="fire when k of the last n windows are over threshold")
-    fire_n: int = Field(1, ge=1, le=62)
-    resolve_after: int = Field(10, ge=1, description="resolve after N consecutive clear windows")
-    resolve_ratio: float = Field(
-        0.7, gt=0, le=1, description="a window is clear when score <= ratio x threshold"
+    Defaults: :class:`~detector.core.alerts.AlertRule`'s.
+    """
+
+    fire_k: int = Field(
+        _rule_default(AlertRule, "fire_k"),
+        ge=1,
+        description="fire when k of the last n windows are over threshold",
     )
-    cooldown: int = Field(0, ge=0, description="windows after a resolve with no new firing")
+    fire_n: int = Field(_rule_default(AlertRule, "fire_n"), ge=1, le=62)
+    resolve_after: int = Field(
+        _rule_default(AlertRule, "resolve_after"),
+        ge=1,
+        description="resolve after N consecutive clear windows",
+    )
+    resolve_ratio: float = Field(
+        _rule_default(AlertRule, "resolve_ratio"),
+        gt=0,
+        le=1,
+        description="a window is clear when score <= ratio x threshold",
+    )
+    cooldown: int = Field(
+        _rule_default(AlertRule, "cooldown"),
+        ge=0,
+        description="windows after a resolve with no new firing",
+    )
     top_sensors: int = Field(3, ge=1)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)

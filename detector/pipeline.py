@@ -269,12 +269,7 @@ class Pipeline:
         """
         if not self.offsets.take_partial(tp):
             return
-        lanes = [
-            lane
-            for lane in self.lanes
-            if lane.registry.judge.adaptation is not None
-            or lane.registry.judge.likelihood is not None
-        ]
+        lanes = [lane for lane in self.lanes if lane.registry.judge.remembers_history]
         if not lanes:
             return
         self._score_all()  # the replay's last windows are judged before counting

@@ -26,7 +26,10 @@ def test_levels() -> None:
     assert rule.levels(0.8, 1.0) == (False, False)  # between the levels: neither
     assert rule.levels(0.4, 1.0) == (False, True)
     assert rule.levels(0.5, 1.0) == (False, True)
-    assert AlertRule().levels(1.0, 1.0) == (False, True)  # no gap without hysteresis
+    assert AlertRule(resolve_ratio=1.0).levels(1.0, 1.0) == (
+        False,
+        True,
+    )  # no gap without hysteresis
 
 
 def test_scores_between_the_levels_keep_the_episode_open() -> None:
@@ -34,7 +37,8 @@ def test_scores_between_the_levels_keep_the_episode_open() -> None:
     scores = [2.0, 0.8, 0.9, 0.7, 0.8, 0.4, 0.4]
     assert _transitions(rule, scores) == [(0, "firing"), (6, "resolved")]
     # Without hysteresis the same scores resolve at the second window under the threshold.
-    assert _transitions(AlertRule(resolve_after=2), scores) == [(0, "firing"), (2, "resolved")]
+    plain = AlertRule(resolve_after=2, resolve_ratio=1.0)
+    assert _transitions(plain, scores) == [(0, "firing"), (2, "resolved")]
 
 
 def test_a_window_between_the_levels_restarts_the_resolve_count() -> None:
@@ -119,7 +123,7 @@ def test_rule_invariants(rule: AlertRule, scores: list[float]) -> None:
 def test_ratio_one_and_no_cooldown_is_the_plain_rule(
     k_n: tuple[int, int], resolve_after: int, scores: list[float]
 ) -> None:
-    rule = AlertRule(k_n[0], k_n[1], resolve_after)
+    rule = AlertRule(k_n[0], k_n[1], resolve_after, resolve_ratio=1.0)
     plain, observed = DeviceAlertState(), DeviceAlertState()
     for score in scores:
         assert plain.update(rule, score > 1.0) == observed.observe(rule, score, 1.0)

@@ -105,6 +105,7 @@ def _judges(draw: st.DrawFn) -> tuple[Judge, Judge]:
             prior_windows=st.integers(1, 5),
             learn=st.sampled_from(["all", "calm"]),
             combine=st.sampled_from(["replace", "max"]),
+            min_error_share=st.just(0.0),  # applies to every model (error share NaN here)
         )
     )
     calibration = draw(
@@ -128,18 +129,17 @@ def _judges(draw: st.DrawFn) -> tuple[Judge, Judge]:
 def _state(judge: Judge) -> dict[str, tuple[object, ...]]:
     """Every piece of each device's state, histories as their bytes."""
 
-    def recent(holder: object) -> object:
-        if holder is None:
-            return None
-        scores = holder._recent  # type: ignore[attr-defined]
+    def content(state: object) -> object:
+        scores = getattr(state, "_recent", None)
+        if scores is None:
+            return state  # calibration: its scores and threshold
         return bytes(scores._ring), bytes(scores._sorted), scores._count, scores._nans
 
     return {
         device_id: (
             device.alert,
-            device.calibration,
-            recent(device.adaptation),
-            recent(device.likelihood),
+            # None: no rule state yet (a judge without level rules never makes any).
+            tuple(content(state) for state in device.states or ()),
         )
         for device_id, device in judge.devices.items()
     }

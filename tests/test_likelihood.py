@@ -50,7 +50,7 @@ def test_a_stream_the_artifact_threshold_would_blind_still_alarms_on_a_spike() -
     judge = Judge(
         AlertRule(resolve_after=5),
         threshold=1e5,
-        likelihood=LikelihoodRule(windows=200),
+        likelihood=LikelihoodRule(windows=200, tail=1e-4, combine="replace", min_error_share=0),
         prior=ScorePrior.from_validation({"p50": 1.0, "p90": 3.0}),
     )
     rng = np.random.default_rng(1)
@@ -193,7 +193,7 @@ def test_prior_from_an_artifacts_validation_summary() -> None:
 
 
 def test_the_likelihood_can_be_kept_for_models_that_learned_little() -> None:
-    rule = LikelihoodRule(windows=50, min_error_share=1.0)
+    rule = LikelihoodRule(windows=50, combine="replace", min_error_share=1.0)
     learned = JudgeLevels(1e5, 1.0, ScorePrior(0.0, 0.2), error_share=0.4)
     barely = JudgeLevels(1e5, 1.0, ScorePrior(0.0, 0.2), error_share=1.2)
     judge = Judge(AlertRule(), 1e5, likelihood=rule, prior=learned.prior, error_share=0.4)
@@ -202,6 +202,6 @@ def test_the_likelihood_can_be_kept_for_models_that_learned_little() -> None:
     level, transition = judge.judge("d", 50.0)
     assert level < 10.0 and transition == "firing"
     judge.install(learned)
-    assert judge.likelihood is None
+    assert judge.chain == ()
     assert not LikelihoodRule(windows=50, min_error_share=1.0).applies_to(math.nan)
-    assert LikelihoodRule(windows=50).applies_to(math.nan)
+    assert LikelihoodRule(windows=50, min_error_share=0.0).applies_to(math.nan)

@@ -20,17 +20,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from detector.core.recent import RecentScores
+
+if TYPE_CHECKING:
+    from detector.core.rules import JudgeLevels, Windows
 
 __all__ = ["AdaptationRule", "DeviceAdaptation"]
 
 
 @dataclass(frozen=True)
 class AdaptationRule:
-    """How many recent scores a device remembers and how far its threshold may be raised."""
+    """How many recent scores a device remembers and how far its threshold may be raised.
 
-    windows: int
+    A level rule (:class:`~detector.core.rules.LevelRule`) that multiplies the previous level.
+    Its defaults are the configuration's (:class:`~detector.config.AdaptationConfig` reads them).
+    """
+
+    # The factor is a function of the device's last ``windows`` scores: a replay restores it.
+    remembers_history: ClassVar[bool] = True
+    # It learns every score, whatever the verdict.
+    learns_judged: ClassVar[bool] = False
+
+    windows: int = 1000
     max_ratio: float = 10.0
 
     def __post_init__(self) -> None:
@@ -38,6 +51,34 @@ class AdaptationRule:
             raise ValueError("adaptation windows must be >= 2")
         if self.max_ratio < 1.0:
             raise ValueError("adaptation max_ratio must be >= 1")
+
+    def new_state(self, levels: JudgeLevels) -> DeviceAdaptation:
+        """A new device's recent scores (none), against the model's validation median."""
+        return DeviceAdaptation(self, levels.reference_score)
+
+    def levels(
+        self, state: DeviceAdaptation, windows: Windows, previous: list[float]
+    ) -> list[float]:
+        """``previous`` times each window's factor; each score joins the recent ones after."""
+        scores = windows.scores
+        if len(scores) == 1:  # one window (judge, or a rule learning from verdicts): no run
+            return [previous[0] * state.observe(scores[0])]
+        factors = state.observe_many(scores)
+        return [level * factor for level, factor in zip(previous, factors, strict=True)]
+
+    def learn_judged(
+        self,
+        state: DeviceAdaptation,
+        windows: Windows,
+        levels: list[float],
+        over: list[bool],
+        firing: list[bool],
+    ) -> None:
+        """Nothing: the scores were learned as the levels were set."""
+
+    def complete(self, state: DeviceAdaptation) -> bool:
+        """Whether ``windows`` scores are in, so that the factor is the device's own."""
+        return state.complete
 
 
 @dataclass

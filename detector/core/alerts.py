@@ -11,7 +11,7 @@ threshold keep an episode open instead of flapping). After a resolve, no new epi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,12 +30,17 @@ _ALERT_NAMESPACE = uuid.UUID("6f1c1c39-8d43-4f57-9a0e-1d7f5f0b7a11")
 
 @dataclass(frozen=True)
 class AlertRule:
-    """k-of-n firing, consecutive-clear resolving with a hysteresis level, and a cooldown."""
+    """k-of-n firing, consecutive-clear resolving with a hysteresis level, and a cooldown.
+
+    Its defaults are the configuration's (:class:`~detector.config.AlertConfig` reads them from
+    here): re-fires within 10 windows and scores between 0.7 and 1 x the threshold stay one
+    episode (docs/quality.md, round 4).
+    """
 
     fire_k: int = 1
     fire_n: int = 1
-    resolve_after: int = 1
-    resolve_ratio: float = 1.0
+    resolve_after: int = 10
+    resolve_ratio: float = 0.7
     cooldown: int = 0
 
     def __post_init__(self) -> None:
@@ -58,59 +63,31 @@ class AlertRule:
         return score > threshold, score <= self.resolve_ratio * threshold
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceAlertState:
-    """One device's position in the rule: recent over/under flags and whether it is firing."""
+    """One device's position in the rule: recent over/under flags and whether it is firing.
+
+    :meth:`advance` is the rule's one implementation; :meth:`update` and :meth:`observe` feed it
+    a single window.
+    """
 
     recent: int = 0  # bit i set = the window i steps ago was over the threshold
     firing: bool = False
     below_streak: int = 0
     cooldown_left: int = 0
 
-    def update(self, rule: AlertRule, over: bool, clear: bool | None = None) -> AlertState | None:
-        """Feed one window's verdicts; returns the transition it caused, if any.
-
-        ``clear`` says the window is below the resolve level; ``None`` means ``not over`` (no
-        hysteresis).
-        """
-        if clear is None:
-            clear = not over
-        self.recent = ((self.recent << 1) | int(over)) & ((1 << rule.fire_n) - 1)
-        if not self.firing:
-            if self.cooldown_left > 0:
-                # Overs seen during the cooldown still count once it ends.
-                self.cooldown_left -= 1
-                return None
-            # Only an over window starts an episode, also when overs from the cooldown complete
-            # the k of n.
-            if over and self.recent.bit_count() >= rule.fire_k:
-                self.firing = True
-                self.below_streak = 0
-                return "firing"
-            return None
-        if not clear:
-            self.below_streak = 0
-            return None
-        self.below_streak += 1
-        if self.below_streak >= rule.resolve_after:
-            self.firing = False
-            self.recent = 0
-            self.below_streak = 0
-            self.cooldown_left = rule.cooldown
-            return "resolved"
-        return None
-
-    def update_rows(
+    def advance(
         self,
         rule: AlertRule,
         rows: Iterable[int],
-        over: list[bool],
-        clear: list[bool],
-        firing: list[bool],
+        over: Sequence[bool],
+        clear: Sequence[bool],
+        firing: MutableSequence[bool],
         transitions: list[tuple[int, AlertState]],
     ) -> None:
-        """:meth:`update` with ``over[row]`` and ``clear[row]`` for each of ``rows`` in turn.
+        """Feed the windows ``over[row]`` and ``clear[row]`` for each of ``rows`` in turn.
 
+        ``over``: the window scored over the threshold; ``clear``: at or below the resolve level.
         Whether the device fires after each row goes to ``firing[row]``, each transition to
         ``transitions`` as ``(row, state)``. The state is kept in locals over the rows: a batch
         with several windows of a device pays the attribute reads and writes once.
@@ -124,7 +101,10 @@ class DeviceAlertState:
             recent = ((recent << 1) | is_over) & mask
             if not firing_now:
                 if cooldown_left > 0:
+                    # Overs seen during the cooldown still count once it ends.
                     cooldown_left -= 1
+                # Only an over window starts an episode, also when overs from the cooldown
+                # complete the k of n.
                 elif is_over and recent.bit_count() >= fire_k:
                     firing_now = True
                     streak = 0
@@ -143,9 +123,26 @@ class DeviceAlertState:
         self.recent, self.firing = recent, firing_now
         self.below_streak, self.cooldown_left = streak, cooldown_left
 
+    def update(self, rule: AlertRule, over: bool, clear: bool | None = None) -> AlertState | None:
+        """Feed one window's verdicts (:meth:`advance`); returns the transition it caused, if any.
+
+        ``clear`` says the window is below the resolve level; ``None`` means ``not over`` (no
+        hysteresis).
+        """
+        transitions: list[tuple[int, AlertState]] = []
+        # Plain bools: a numpy bool would turn the recent flags into a numpy integer.
+        over = bool(over)
+        clear = not over if clear is None else bool(clear)
+        self.advance(rule, _ONE_ROW, (over,), (clear,), [False], transitions)
+        return transitions[0][1] if transitions else None
+
     def observe(self, rule: AlertRule, score: float, threshold: float) -> AlertState | None:
         """Feed one window's score against ``threshold``; returns the transition, if any."""
         return self.update(rule, *rule.levels(score, threshold))
+
+
+# The rows of a single window fed to DeviceAlertState.advance.
+_ONE_ROW = (0,)
 
 
 class TopSensor(BaseModel):

@@ -12,17 +12,33 @@ in memory: a restarted daemon calibrates again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from detector.core.thresholds import MIN_POT_PEAKS, ThresholdMethod, fit_threshold_with
+
+if TYPE_CHECKING:
+    from detector.core.rules import JudgeLevels, Windows
 
 __all__ = ["CalibrationRule", "DeviceCalibration"]
 
 
 @dataclass(frozen=True)
 class CalibrationRule:
-    """How many first windows to collect per device and how to turn them into its threshold."""
+    """How many first windows to collect per device and how to turn them into its threshold.
+
+    A level rule (:class:`~detector.core.rules.LevelRule`): a device's first ``windows`` are
+    judged by the previous level, later ones by the threshold fitted on them. Its defaults are
+    the configuration's (:class:`~detector.config.CalibrationConfig` reads them from here),
+    except ``windows``, which the configuration sets to 0 to leave calibration off.
+    """
+
+    # Fitted once on the device's first windows, kept in memory only: a replay does not
+    # restore it (a restarted daemon calibrates again).
+    remembers_history: ClassVar[bool] = False
+    # It collects every score, whatever the verdict.
+    learns_judged: ClassVar[bool] = False
 
     windows: int
     method: ThresholdMethod = "quantile"
@@ -49,6 +65,34 @@ class CalibrationRule:
                 )
         elif self.method == "quantile" and not 0.0 < self.quantile < 1.0:
             raise ValueError("quantile must be in (0, 1)")
+
+    def new_state(self, levels: JudgeLevels) -> DeviceCalibration:
+        """A new device's calibration: nothing collected yet."""
+        return DeviceCalibration()
+
+    def levels(
+        self, state: DeviceCalibration, windows: Windows, previous: list[float]
+    ) -> list[float]:
+        """The calibrated threshold, or ``previous`` while the device still calibrates."""
+        threshold_for = state.threshold_for
+        return [
+            threshold_for(self, before, score)
+            for score, before in zip(windows.scores, previous, strict=True)
+        ]
+
+    def learn_judged(
+        self,
+        state: DeviceCalibration,
+        windows: Windows,
+        levels: list[float],
+        over: list[bool],
+        firing: list[bool],
+    ) -> None:
+        """Nothing: the scores were collected as the levels were set."""
+
+    def complete(self, state: DeviceCalibration) -> bool:
+        """Whether the device's threshold is fitted."""
+        return state.threshold is not None
 
     def fit(self, scores: np.ndarray, base: float) -> float:
         """The device threshold from its calibration ``scores``, given the artifact's ``base``."""

@@ -1,12 +1,13 @@
-"""Scores to alert transitions: each device's threshold, then the alert rule (pure, no I/O).
+"""Scores to alert transitions: each device's level, then the alert rule (pure, no I/O).
 
-A window's score is judged against the device's threshold: the artifact's, or the one its first
-windows calibrated (:mod:`detector.core.calibration`); when the likelihood applies to the model
-(:mod:`detector.core.likelihood`), the level the device's own recent scores set instead
-(``combine: replace``) or the higher of the two (``max``); all times the factor its recent
-scores give it (:mod:`detector.core.adaptation`, when on). The alert rule (:mod:`detector.core.alerts`) turns the verdicts into
-``firing`` and ``resolved`` transitions. The daemon and ``detector evaluate`` both judge through
-a :class:`Judge`, so the offline backtest gives the alerts the daemon would publish.
+A window is judged against a level: the artifact's threshold, passed down the model's chain of
+level rules (:mod:`detector.core.rules`, composed in :meth:`LevelRules.chain`): calibration
+(:mod:`detector.core.calibration`) or, when it applies to the model, the likelihood
+(:mod:`detector.core.likelihood`) set the device's own level, adaptation
+(:mod:`detector.core.adaptation`) multiplies it. The alert rule (:mod:`detector.core.alerts`)
+turns the verdicts into ``firing`` and ``resolved`` transitions. The daemon and ``detector
+evaluate`` both judge through a :class:`Judge`, so the offline backtest gives the alerts the
+daemon would publish.
 
 All per-device decision state lives in one :class:`DeviceJudgement`, so forgetting a device is
 one call.
@@ -17,27 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from detector.core.adaptation import AdaptationRule, DeviceAdaptation
+from detector.core.adaptation import AdaptationRule
 from detector.core.alerts import AlertRule, AlertState, DeviceAlertState
 from detector.core.artifact import ArtifactMetadata
-from detector.core.calibration import CalibrationRule, DeviceCalibration
-from detector.core.likelihood import DeviceLikelihood, LikelihoodRule, ScorePrior
+from detector.core.calibration import CalibrationRule
+from detector.core.likelihood import LikelihoodRule, ScorePrior
+from detector.core.rules import JudgeLevels, LevelRule, LevelRules, Windows
 
 __all__ = ["DeviceJudgement", "Judge", "JudgeLevels", "Judgements", "judge_levels"]
-
-
-@dataclass(frozen=True)
-class JudgeLevels:
-    """What judging a model's scores needs from its artifact."""
-
-    threshold: float  # the artifact's threshold
-    reference_score: float  # the validation windows' median score
-    prior: ScorePrior  # the validation log-scores' location and scale
-    error_share: float = math.nan  # validation error / the data's variance (NaN: not recorded)
 
 
 def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
@@ -53,24 +45,19 @@ def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
     )
 
 
-def _applicable(rule: LikelihoodRule | None, error_share: float) -> LikelihoodRule | None:
-    """``rule`` when it judges a model with this ``error_share``, else ``None``."""
-    return rule if rule is not None and rule.applies_to(error_share) else None
-
-
 def _flat_prior(reference_score: float) -> ScorePrior:
     """A prior with only a location (the likelihood's ``min_scale`` then sets the scale)."""
     return ScorePrior.from_validation({"p50": reference_score})
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceJudgement:
-    """One device's decision state: alert rule position, likelihood, calibration, adaptation."""
+    """One device's decision state: its alert-rule position and each level rule's state."""
 
     alert: DeviceAlertState = field(default_factory=DeviceAlertState)
-    calibration: DeviceCalibration | None = None
-    adaptation: DeviceAdaptation | None = None
-    likelihood: DeviceLikelihood | None = None
+    # One per rule of the judge's chain, in order; None until the device is judged under the
+    # current model (a new model's chain starts every device afresh).
+    states: tuple[Any, ...] | None = None
 
 
 class Judgements(NamedTuple):
@@ -81,8 +68,41 @@ class Judgements(NamedTuple):
     firing: np.ndarray  # bool: whether the window's device fires once it is judged
 
 
+# The one row of a window judged on its own, in DeviceAlertState.advance's lists.
+_FIRST = (0,)
+
+
+class _Verdicts(NamedTuple):
+    """Per row of a call: over the level, clear of the resolve level, firing once judged."""
+
+    over: list[bool]
+    clear: list[bool]
+    firing: list[bool]
+
+
+def _learners(chain: Sequence[LevelRule[Any]]) -> tuple[int, ...]:
+    """Where in ``chain`` the rules that learn from verdicts are."""
+    return tuple(at for at, rule in enumerate(chain) if rule.learns_judged)
+
+
+def _through(
+    steps: Sequence[tuple[LevelRule[Any], Any]], windows: Windows, levels: list[float]
+) -> list[float]:
+    """The levels ``windows`` are judged by: ``levels`` (the artifact's threshold, per window)
+    through each rule of the chain in turn (``steps``: the rules with the device's states).
+    The one place a chain is applied. Rules return new lists: ``levels`` is not changed."""
+    for rule, state in steps:
+        levels = rule.levels(state, windows, levels)
+    return levels
+
+
 class Judge:
-    """Per-device thresholds and alert-rule state for a fleet scored by one model."""
+    """Per-device levels and alert-rule state for a fleet scored by one model.
+
+    Holds the model's chain of level rules (:attr:`chain`) and the alert rule; both
+    :meth:`judge` and :meth:`judge_many` go through :func:`_through` (the chain) and
+    :meth:`DeviceAlertState.advance` (the alert rule), the one copy of each.
+    """
 
     def __init__(
         self,
@@ -95,85 +115,74 @@ class Judge:
         prior: ScorePrior | None = None,
         error_share: float = math.nan,
     ) -> None:
-        """``threshold`` is the artifact's; ``reference_score`` its validation median score;
-        ``prior`` its validation log-scores, what a new device's likelihood starts from;
-        ``error_share`` its validation error over the data's variance (whether the likelihood
-        applies, :meth:`LikelihoodRule.applies_to`)."""
-        self.rule = rule
-        self.calibration = calibration
-        self.adaptation = adaptation
-        self.likelihood_rule = likelihood
-        self.likelihood = _applicable(likelihood, error_share)
-        self.threshold = threshold
-        self.reference_score = reference_score
-        self.prior = prior or _flat_prior(reference_score)
+        """``rule`` is the alert rule; the level rules are those configured (each ``None`` when
+        off), :meth:`LevelRules.chain` picks those the model uses. ``threshold`` is the
+        artifact's; ``reference_score`` its validation median score; ``prior`` its validation
+        log-scores, what a new device's likelihood starts from; ``error_share`` its validation
+        error over the data's variance (whether the likelihood applies)."""
+        self.alert_rule = rule
+        self.rules = LevelRules(calibration, likelihood, adaptation)
         self.devices: dict[str, DeviceJudgement] = {}
+        self.levels = JudgeLevels(
+            threshold, reference_score, prior or _flat_prior(reference_score), error_share
+        )
+        self.chain: tuple[LevelRule[Any], ...] = self.rules.chain(self.levels)
+        self._learners = _learners(self.chain)
+
+    @property
+    def remembers_history(self) -> bool:
+        """Whether a device's levels follow its recent scores, so a replay must rebuild them."""
+        return any(rule.remembers_history for rule in self.chain)
 
     def install(self, levels: JudgeLevels) -> None:
-        """A new model scores from now on: thresholds calibrate and adapt again, alerts go on."""
-        self.threshold = levels.threshold
-        self.reference_score = levels.reference_score
-        self.prior = levels.prior
-        self.likelihood = _applicable(self.likelihood_rule, levels.error_share)
+        """A new model scores from now on: every level rule starts again, alerts go on."""
+        self.levels = levels
+        self.chain = self.rules.chain(levels)
+        self._learners = _learners(self.chain)
         for device in self.devices.values():
-            device.calibration = None
-            device.adaptation = None
-            device.likelihood = None
+            device.states = None
 
     def judge(self, device_id: str, score: float) -> tuple[float, AlertState | None]:
-        """The threshold ``device_id``'s window with ``score`` is judged by, and any transition."""
-        device = self.devices.get(device_id)
-        if device is None:
-            device = self.devices[device_id] = DeviceJudgement()
-        threshold = self.threshold
-        likelihood = None
-        if self.likelihood is not None:
-            likelihood = device.likelihood
-            if likelihood is None:
-                likelihood = device.likelihood = DeviceLikelihood(self.likelihood, self.prior)
-            level = likelihood.level()
-            threshold = level if self.likelihood.combine == "replace" else max(level, threshold)
-        elif self.calibration is not None:
-            if device.calibration is None:
-                device.calibration = DeviceCalibration()
-            threshold = device.calibration.threshold_for(self.calibration, threshold, score)
-        if self.adaptation is not None:
-            if device.adaptation is None:
-                device.adaptation = DeviceAdaptation(self.adaptation, self.reference_score)
-            threshold *= device.adaptation.observe(score)
-        transition = device.alert.observe(self.rule, score, threshold)
-        if likelihood is not None and (
-            likelihood.rule.learn == "all" or not (device.alert.firing or score > threshold)
-        ):
-            likelihood.remember(score)
-        return threshold, transition
+        """The level ``device_id``'s window with ``score`` is judged by, and any transition."""
+        levels = [0.0]
+        transitions: list[tuple[int, AlertState]] = []
+        verdicts = _Verdicts([False], [False], [False])
+        self._judge_stepwise(
+            self._device(device_id),
+            device_id,
+            _FIRST,
+            [float(score)],  # a numpy score would give numpy verdicts
+            levels,
+            verdicts,
+            transitions,
+        )
+        return levels[0], transitions[0][1] if transitions else None
 
-    def judge_many(self, device_ids: Sequence[str], scores: np.ndarray) -> Judgements:
+    def judge_many(
+        self,
+        device_ids: Sequence[str],
+        scores: np.ndarray,
+        *,
+        spans: Sequence[tuple[float, float]] | None = None,
+        inputs: np.ndarray | None = None,
+    ) -> Judgements:
         """:meth:`judge` for each window in turn (``device_ids[i]``, ``scores[i]``), in one call.
+
+        ``spans`` (each window's first and last reading's event time) and ``inputs`` (the
+        windows' values, shape (windows, length, features)) are there for rules that read them.
 
         Exactly the thresholds, transitions and state that calling :meth:`judge` per window
         gives. A device's windows depend on each other but not on other devices', so the batch
-        is judged a device at a time; and unless the likelihood learns only calm windows, a
-        window's threshold does not depend on the alert rule's state, so every threshold is
-        set first and the over and clear verdicts of the whole batch are one array comparison.
+        is judged a device at a time; and unless a rule learns from the verdicts
+        (:attr:`LevelRule.learns_judged`), a window's level does not depend on the alert rule's
+        state, so every level is set first and the over and clear verdicts of the whole batch
+        are one array comparison.
         """
         count = len(device_ids)
         judged_scores = np.asarray(scores, dtype=np.float64)
         values = judged_scores.tolist()
         if len(values) != count:
             raise ValueError(f"{count} device ids for {len(values)} scores")
-        levels: list[float] = [0.0] * count
-        firing: list[bool] = [False] * count
-        transitions: list[tuple[int, AlertState]] = []
-        if self.likelihood is not None and self.likelihood.learn == "calm":
-            # Which windows the likelihood learns depends on the alert state: window by window.
-            devices = self.devices
-            for row, (device_id, score) in enumerate(zip(device_ids, values, strict=True)):
-                levels[row], transition = self.judge(device_id, score)
-                firing[row] = devices[device_id].alert.firing
-                if transition is not None:
-                    transitions.append((row, transition))
-            return Judgements(np.array(levels), transitions, np.array(firing, dtype=bool))
         rows_of: dict[str, list[int]] = {}
         for row, device_id in enumerate(device_ids):
             rows = rows_of.get(device_id)
@@ -181,16 +190,42 @@ class Judge:
                 rows_of[device_id] = [row]
             else:
                 rows.append(row)
+        firing: list[bool] = [False] * count
+        transitions: list[tuple[int, AlertState]] = []
+        levels: list[float] = [0.0] * count
+        if self._learners:
+            # The next window's level depends on this one's verdict: window by window.
+            verdicts = _Verdicts([False] * count, [False] * count, firing)
+            for device_id, rows in rows_of.items():
+                self._judge_stepwise(
+                    self._device(device_id),
+                    device_id,
+                    rows,
+                    values,
+                    levels,
+                    verdicts,
+                    transitions,
+                    spans,
+                    inputs,
+                )
+            transitions.sort()
+            return Judgements(np.array(levels), transitions, np.array(firing, dtype=bool))
         judged = [(self._device(device_id), rows) for device_id, rows in rows_of.items()]
-        for device, rows in judged:
-            run = [values[row] for row in rows]
-            for row, level in zip(rows, self._levels(device, run), strict=True):
-                levels[row] = level
-        thresholds = np.array(levels)
+        base = self.levels.threshold
+        if self.chain:
+            for (device, rows), device_id in zip(judged, rows_of, strict=True):
+                windows = Windows(device_id, [values[r] for r in rows], rows, spans, inputs)
+                run = _through(self._steps(device), windows, [base] * len(rows))
+                for row, level in zip(rows, run, strict=True):
+                    levels[row] = level
+            thresholds = np.array(levels)
+        else:  # no level rule: every window is judged by the artifact's threshold
+            thresholds = np.full(count, base, dtype=np.float64)
         over = (judged_scores > thresholds).tolist()
-        clear = (judged_scores <= self.rule.resolve_ratio * thresholds).tolist()
+        clear = (judged_scores <= self.alert_rule.resolve_ratio * thresholds).tolist()
+        rule = self.alert_rule
         for device, rows in judged:
-            device.alert.update_rows(self.rule, rows, over, clear, firing, transitions)
+            device.alert.advance(rule, rows, over, clear, firing, transitions)
         transitions.sort()
         return Judgements(thresholds, transitions, np.array(firing, dtype=bool))
 
@@ -201,34 +236,58 @@ class Judge:
             device = self.devices[device_id] = DeviceJudgement()
         return device
 
-    def _levels(self, device: DeviceJudgement, run: list[float]) -> list[float]:
-        """The thresholds a run of one device's windows is judged by, in order, as :meth:`judge`
-        sets them, each score remembered after its window (a likelihood learning every window)."""
-        base = self.threshold
-        rule = self.likelihood
-        if rule is not None:
-            likelihood = device.likelihood
-            if likelihood is None:
-                likelihood = device.likelihood = DeviceLikelihood(rule, self.prior)
-            replace = rule.combine == "replace"
-            levels = []
-            for score in run:
-                level = likelihood.level()
-                levels.append(level if replace else max(level, base))
-                likelihood.remember(score)
-        elif self.calibration is not None:
-            if device.calibration is None:
-                device.calibration = DeviceCalibration()
-            calibrate, calibration = device.calibration.threshold_for, self.calibration
-            levels = [calibrate(calibration, base, score) for score in run]
-        else:
-            levels = [base] * len(run)
-        if self.adaptation is not None:
-            if device.adaptation is None:
-                device.adaptation = DeviceAdaptation(self.adaptation, self.reference_score)
-            factors = device.adaptation.observe_many(run)
-            levels = [level * factor for level, factor in zip(levels, factors, strict=True)]
-        return levels
+    def _states(self, device: DeviceJudgement) -> tuple[Any, ...]:
+        """The device's state under each rule of the chain, new if it has none."""
+        states = device.states
+        if states is None:
+            levels = self.levels
+            states = device.states = tuple([rule.new_state(levels) for rule in self.chain])
+        return states
+
+    def _steps(self, device: DeviceJudgement) -> tuple[tuple[LevelRule[Any], Any], ...]:
+        """Each rule of the chain with the device's state under it, in order."""
+        if not self.chain:
+            return ()
+        return tuple(zip(self.chain, device.states or self._states(device), strict=True))
+
+    def _judge_stepwise(
+        self,
+        device: DeviceJudgement,
+        device_id: str,
+        rows: Sequence[int],
+        values: list[float],
+        levels: list[float],
+        verdicts: _Verdicts,
+        transitions: list[tuple[int, AlertState]],
+        spans: Sequence[tuple[float, float]] | None = None,
+        inputs: np.ndarray | None = None,
+    ) -> None:
+        """Judge a device's windows (``rows`` of ``values``) one at a time: each one's level
+        (to ``levels[row]``), the alert rule (its verdicts to ``verdicts``), then what the
+        rules learn from them."""
+        steps = self._steps(device)
+        learners = [steps[at] for at in self._learners] if self._learners else ()
+        base = [self.levels.threshold]
+        alert_rule = self.alert_rule
+        ratio = alert_rule.resolve_ratio
+        advance = device.alert.advance
+        over, clear, firing = verdicts
+        # One view, its one-element lists refilled per window: a rule reads the window during
+        # the call only, and the loop builds no objects per window.
+        score_of, row_of = [0.0], [0]
+        window = Windows(device_id, score_of, row_of, spans, inputs)
+        level_of, over_of, firing_of = [0.0], [False], [False]
+        for row in rows:
+            score = score_of[0] = values[row]
+            row_of[0] = row
+            level = levels[row] = _through(steps, window, base)[0]
+            is_over = over[row] = score > level
+            clear[row] = score <= ratio * level
+            advance(alert_rule, (row,), over, clear, firing, transitions)
+            if learners:
+                level_of[0], over_of[0], firing_of[0] = level, is_over, firing[row]
+                for rule, state in learners:
+                    rule.learn_judged(state, window, level_of, over_of, firing_of)
 
     def firing(self, device_id: str) -> bool:
         """Whether the device is in a firing episode."""
@@ -236,13 +295,11 @@ class Judge:
         return device is not None and device.alert.firing
 
     def adapting(self, device_id: str) -> bool:
-        """Whether the device has fewer scores than its likelihood or adaptation needs."""
+        """Whether the device has fewer scores than a rule that follows its history needs."""
         device = self.devices.get(device_id)
-        for rule, name in ((self.likelihood, "likelihood"), (self.adaptation, "adaptation")):
-            if rule is None:
-                continue
-            state = None if device is None else getattr(device, name)
-            if state is None or not state.complete:
+        states = None if device is None else device.states
+        for at, rule in enumerate(self.chain):
+            if rule.remembers_history and (states is None or not rule.complete(states[at])):
                 return True
         return False
 

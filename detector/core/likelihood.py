@@ -43,9 +43,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from detector.core.recent import RecentScores
+
+if TYPE_CHECKING:
+    from detector.core.rules import JudgeLevels, Windows
 
 __all__ = ["CombinePolicy", "DeviceLikelihood", "LearnPolicy", "LikelihoodRule", "ScorePrior"]
 
@@ -58,8 +61,6 @@ CombinePolicy = Literal["replace", "max"]
 
 # ln of the smallest score taken as is: a perfect reconstruction (score 0) is not -inf.
 _LOG_FLOOR = math.log(1e-30)
-# The 16th percentile of a normal distribution is one standard deviation below its median.
-_LOWER_QUANTILE = NormalDist().cdf(-1.0)
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,25 @@ class ScorePrior:
 
 @dataclass(frozen=True)
 class LikelihoodRule:
-    """How much history a device keeps and how small a tail probability raises an alarm."""
+    """How much history a device keeps and how small a tail probability raises an alarm.
+
+    A level rule (:class:`~detector.core.rules.LevelRule`): the device's level replaces the
+    previous one or is combined with it (``combine``). Its defaults are the configuration's
+    (:class:`~detector.config.LikelihoodConfig` reads them from here).
+    """
+
+    # Rebuilt from the device's last ``windows`` scores: a replay restores it.
+    remembers_history: ClassVar[bool] = True
 
     windows: int = 1000
-    tail: float = 1e-4
+    tail: float = 1e-3
     prior_windows: int = 100
     min_scale: float = 0.05
     learn: LearnPolicy = "all"
-    combine: CombinePolicy = "replace"
-    spread_quantile: float = _LOWER_QUANTILE
-    min_error_share: float = 0.0
+    combine: CombinePolicy = "max"
+    # About one standard deviation below the median (the normal's 16th percentile).
+    spread_quantile: float = 0.16
+    min_error_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.learn not in ("all", "calm"):
@@ -133,6 +143,63 @@ class LikelihoodRule:
     def z(self) -> float:
         """Standard deviations above the median where the tail probability is ``tail``."""
         return NormalDist().inv_cdf(1.0 - self.tail)
+
+    @property
+    def learns_judged(self) -> bool:
+        """``learn: calm`` learns a window only once the alert rule has judged it."""
+        return self.learn == "calm"
+
+    def new_state(self, levels: JudgeLevels) -> DeviceLikelihood:
+        """A new device's history: empty, the model's validation scores as its prior."""
+        return DeviceLikelihood(self, levels.prior)
+
+    def levels(
+        self, state: DeviceLikelihood, windows: Windows, previous: list[float]
+    ) -> list[float]:
+        """The device's level per window, or the higher of it and ``previous`` (``max``).
+
+        With ``learn: all`` each score joins the history right after its window's level is set.
+        """
+        replace = self.combine == "replace"
+        learn_all = self.learn == "all"
+        scores = windows.scores
+        if len(scores) == 1:  # one window (judge, or learning calm windows): no run to set up
+            level = state.level()
+            if learn_all:
+                state.remember(scores[0])
+            return [level if replace else max(level, previous[0])]
+        level_of, remember = state.level, state.remember
+        levels = []
+        for score, before in zip(scores, previous, strict=True):
+            level = level_of()
+            levels.append(level if replace else max(level, before))
+            if learn_all:
+                remember(score)
+        return levels
+
+    def learn_judged(
+        self,
+        state: DeviceLikelihood,
+        windows: Windows,
+        levels: list[float],
+        over: list[bool],
+        firing: list[bool],
+    ) -> None:
+        """``learn: calm``: remember the windows under the level while the device is not firing."""
+        if self.learn != "calm":
+            return
+        scores = windows.scores
+        if len(scores) == 1:  # the judge hands a rule learning from verdicts one window
+            if not (firing[0] or over[0]):
+                state.remember(scores[0])
+            return
+        for score, is_over, is_firing in zip(scores, over, firing, strict=True):
+            if not (is_firing or is_over):
+                state.remember(score)
+
+    def complete(self, state: DeviceLikelihood) -> bool:
+        """Whether the device's history is full (its own, the prior faded)."""
+        return state.complete
 
 
 @dataclass

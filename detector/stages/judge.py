@@ -1,6 +1,6 @@
 """Judge: each scored window against its device's threshold and alert state.
 
-The profile's :class:`~detector.core.judge.Judge` (threshold, adaptation, likelihood, alert rule)
+The profile's :class:`~detector.core.judge.Judge` (its chain of level rules, then the alert rule)
 decides per window whether its device starts or stops firing; the shadow candidate's judge does
 the same with its own state, counted and never published. Calm windows (device not firing) feed
 the drift watch.
@@ -30,7 +30,7 @@ def judge(lane: Lane, batch: ScoredBatch) -> list[Verdict]:
     """Judge the batch's windows in order; returns the transitions of new windows."""
     judge_ = lane.registry.judge
     shadowing = batch.candidate_scores is not None
-    judged = judge_.judge_many(batch.device_ids, batch.scores)
+    judged = judge_.judge_many(batch.device_ids, batch.scores, spans=batch.spans)
     verdicts: list[Verdict] = []
     if judged.transitions:
         live = batch.live.tolist()
@@ -59,6 +59,7 @@ def _judge_candidate(lane: Lane, batch: ScoredBatch) -> None:
     if shadow is None or scores is None:
         return
     live = batch.live.tolist()
-    for row, transition in shadow.judge_many(batch.device_ids, scores).transitions:
+    judged = shadow.judge_many(batch.device_ids, scores, spans=batch.spans)
+    for row, transition in judged.transitions:
         if live[row]:
             lane.sensor.shadow_alert("candidate", transition)
