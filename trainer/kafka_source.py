@@ -12,11 +12,13 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
 from detector.config import KafkaConfig
@@ -66,6 +68,36 @@ def parse_time(text: str, now: float | None = None) -> float:
     return seconds
 
 
+def _assign_all(consumer: KafkaConsumer, topic: str, what: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` (a :class:`DataFileError` naming ``what`` if none)."""
+    partitions = [
+        TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+    if not partitions:
+        raise DataFileError(f"{what} {topic!r} does not exist or has no partitions")
+    consumer.assign(partitions)
+    return partitions
+
+
+def _records_to_end(
+    consumer: KafkaConsumer, ends: dict[TopicPartition, int], what: str, timeout_s: float
+) -> Iterator[ConsumerRecord]:
+    """Every record from each partition's position up to its end offset in ``ends``.
+
+    Records past the end that arrive in a fetch are yielded too (the caller's filters decide):
+    some brokers (Tansu) report the last batch's first offset + 1 as the end, so the rest of
+    that batch lies past it. A :class:`DataFileError` when ``timeout_s`` passes first.
+    """
+    deadline = time.monotonic() + timeout_s
+    remaining = {tp for tp, end in ends.items() if consumer.position(tp) < end}
+    while remaining and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            yield from records
+        remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
+    if remaining:
+        raise DataFileError(f"timed out reading {what} after {timeout_s} s")
+
+
 def _readings(value: bytes | None) -> list[Reading]:
     try:
         document = json.loads(value or b"")
@@ -99,12 +131,7 @@ def read_normal_from_kafka(
     """
     consumer = KafkaConsumer(enable_auto_commit=False, **security_kwargs(kafka))
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        if not partitions:
-            raise DataFileError(f"topic {topic!r} does not exist or has no partitions")
-        consumer.assign(partitions)
+        partitions = _assign_all(consumer, topic, "topic")
         ends = consumer.end_offsets(partitions)
         starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
         for tp in partitions:
@@ -113,28 +140,18 @@ def read_normal_from_kafka(
         rows: list[dict[str, object]] = []
         digest = hashlib.sha256()
         skipped = other_profile = 0
-        deadline = time.monotonic() + timeout_s
-        remaining = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
-        # Records past the end offset that arrive in a fetch are kept (their time decides):
-        # some brokers (Tansu) report the last batch's first offset + 1 as the end, so the rest
-        # of that batch lies past it.
-        while remaining and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    readings = _readings(record.value)
-                    skipped += not readings
-                    for reading in readings:
-                        ts = reading.epoch_seconds()
-                        if not since <= ts < until:
-                            continue
-                        if profile is not None and reading.profile not in (None, profile):
-                            other_profile += 1
-                            continue
-                        digest.update(record.value or b"")
-                        rows.append({"ts": ts, "device_id": reading.device_id, **reading.sensors})
-            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
-        if remaining:
-            raise DataFileError(f"timed out reading {topic!r} after {timeout_s} s")
+        for record in _records_to_end(consumer, ends, f"{topic!r}", timeout_s):
+            readings = _readings(record.value)
+            skipped += not readings
+            for reading in readings:
+                ts = reading.epoch_seconds()
+                if not since <= ts < until:
+                    continue
+                if profile is not None and reading.profile not in (None, profile):
+                    other_profile += 1
+                    continue
+                digest.update(record.value or b"")
+                rows.append({"ts": ts, "device_id": reading.device_id, **reading.sensors})
     finally:
         consumer.close()
     if not rows:
@@ -191,26 +208,13 @@ def read_alert_transitions(
     consumer = KafkaConsumer(enable_auto_commit=False, **security_kwargs(kafka))
     transitions: list[Transition] = []
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        if not partitions:
-            raise DataFileError(f"alerts topic {topic!r} does not exist or has no partitions")
-        consumer.assign(partitions)
+        partitions = _assign_all(consumer, topic, "alerts topic")
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout_s
-        remaining = {tp for tp in partitions if consumer.position(tp) < ends[tp]}
-        # As for readings: what a fetch returns past the reported end is read too.
-        while remaining and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    transition = _transition(record.value, profile)
-                    if transition is not None:
-                        transitions.append(transition)
-            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
-        if remaining:
-            raise DataFileError(f"timed out reading alerts topic {topic!r} after {timeout_s} s")
+        for record in _records_to_end(consumer, ends, f"alerts topic {topic!r}", timeout_s):
+            transition = _transition(record.value, profile)
+            if transition is not None:
+                transitions.append(transition)
     finally:
         consumer.close()
     log.info("read %d alerts from %s", len(transitions), topic)
