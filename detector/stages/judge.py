@@ -30,7 +30,9 @@ def judge(lane: Lane, batch: ScoredBatch) -> list[Verdict]:
     """Judge the batch's windows in order; returns the transitions of new windows."""
     judge_ = lane.registry.judge
     shadowing = batch.candidate_scores is not None
-    judged = judge_.judge_many(batch.device_ids, batch.scores, spans=batch.spans)
+    judged = judge_.judge_many(
+        batch.device_ids, batch.scores, spans=batch.spans, inputs=batch.windows
+    )
     verdicts: list[Verdict] = []
     if judged.transitions:
         live = batch.live.tolist()
@@ -59,7 +61,7 @@ def _judge_candidate(lane: Lane, batch: ScoredBatch) -> None:
     if shadow is None or scores is None:
         return
     live = batch.live.tolist()
-    judged = shadow.judge_many(batch.device_ids, scores, spans=batch.spans)
+    judged = shadow.judge_many(batch.device_ids, scores, spans=batch.spans, inputs=batch.windows)
     for row, transition in judged.transitions:
         if live[row]:
             lane.sensor.shadow_alert("candidate", transition)

@@ -23,6 +23,9 @@ class ScoredBatch:
 
     device_ids: list[str]
     spans: list[tuple[float, float]]  # event time of each window's first and last reading
+    # The windows' readings (n, length, sensors), unscaled, in the model's feature order: a view
+    # of the pending buffer, valid until the next window is added (the batch is judged first).
+    windows: np.ndarray
     live: np.ndarray  # bool: new windows (False: replayed to rebuild state, nothing published)
     errors: np.ndarray  # (n, sensors) reconstruction errors
     scores: np.ndarray  # (n,) window scores
@@ -62,5 +65,13 @@ def score(lane: Lane) -> ScoredBatch:
         seconds += shadow_seconds
     lane.pending.scored(count, seconds)
     return ScoredBatch(
-        device_ids, spans, live, errors, scores, candidate_scores, time.time(), lane.model.version
+        device_ids,
+        spans,
+        windows,
+        live,
+        errors,
+        scores,
+        candidate_scores,
+        time.time(),
+        lane.model.version,
     )
