@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detector.cli import main
 from detector.exits import EXIT_CONFIG
-from detector.plot import file_names
+from detector.plot import file_names, plot_device
 from tests.conftest import DemoData
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +92,27 @@ def test_only_drawing_imports_matplotlib() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_each_model_swap_is_marked_where_the_new_model_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keep the figure to look at it
+    rows = 50
+    x = np.arange(rows, dtype=np.float64)
+    scores = np.linspace(1.0, 2.0, rows)
+    plot_device(
+        tmp_path / "d.png", "d", x, None, ["s"], scores, np.full(rows, 1.5),
+        scores > 1.5, swap_rows=[20, 35, rows + 5],
+    )  # fmt: skip
+    (figure,) = drawn
+    score_axis = figure.axes[0]
+    swaps = [line for line in score_axis.get_lines() if line.get_linestyle() == ":"]
+    # Rows past the end are not drawn; each swap is a vertical line at its row.
+    assert sorted(line.get_xdata()[0] for line in swaps) == [20.0, 35.0]
+    labels = [text.get_text() for text in score_axis.get_legend().get_texts()]
+    assert "model swap (2)" in labels
+    plt.close(figure)
