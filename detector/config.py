@@ -25,6 +25,7 @@ from detector.core.adaptation import AdaptationRule
 from detector.core.admission import AdmissionPolicy
 from detector.core.alerts import AlertRule
 from detector.core.calibration import CalibrationRule
+from detector.core.extremes import ExtremeRule
 from detector.core.judge import Judge, JudgeLevels
 from detector.core.likelihood import CombinePolicy, LearnPolicy, LikelihoodRule
 from detector.core.routing import DEFAULT_PROFILE, Router, RouteRule
@@ -507,6 +508,31 @@ class LikelihoodConfig(_Section):
         return self
 
 
+class ExtremesConfig(_Section):
+    """A window whose newest reading is a new extreme of its device's range pages (off while
+    ``windows`` is 0; :mod:`detector.core.extremes`).
+
+    Defaults: :class:`~detector.core.extremes.ExtremeRule`'s, but off.
+    """
+
+    windows: int = Field(
+        0,
+        ge=0,
+        description="windows that build a device's range before it judges (0: off)",
+    )
+    margin: float = Field(
+        _rule_default(ExtremeRule, "margin"),
+        ge=0,
+        description="a reading beyond the range by more than this share of it is an extreme",
+    )
+
+    def rule(self) -> ExtremeRule | None:
+        """The pure rule, or ``None`` when it is off."""
+        if self.windows == 0:
+            return None
+        return ExtremeRule(**self.model_dump())
+
+
 class AlertConfig(_Section):
     """When a device starts and stops firing, and the level rules its windows are judged by.
 
@@ -539,6 +565,7 @@ class AlertConfig(_Section):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     likelihood: LikelihoodConfig = Field(default_factory=LikelihoodConfig)
+    extremes: ExtremesConfig = Field(default_factory=ExtremesConfig)
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -563,6 +590,7 @@ class AlertConfig(_Section):
             self.likelihood.rule(),
             levels.prior,
             levels.error_share,
+            self.extremes.rule(),
         )
 
 

@@ -26,6 +26,7 @@ from detector.core.adaptation import AdaptationRule
 from detector.core.alerts import AlertRule, AlertState, DeviceAlertState
 from detector.core.artifact import ArtifactMetadata
 from detector.core.calibration import CalibrationRule
+from detector.core.extremes import ExtremeRule
 from detector.core.likelihood import LikelihoodRule, ScorePrior
 from detector.core.rules import JudgeLevels, LevelRule, LevelRules, Windows
 
@@ -114,6 +115,7 @@ class Judge:
         likelihood: LikelihoodRule | None = None,
         prior: ScorePrior | None = None,
         error_share: float = math.nan,
+        extremes: ExtremeRule | None = None,
     ) -> None:
         """``rule`` is the alert rule; the level rules are those configured (each ``None`` when
         off), :meth:`LevelRules.chain` picks those the model uses. ``threshold`` is the
@@ -121,7 +123,7 @@ class Judge:
         log-scores, what a new device's likelihood starts from; ``error_share`` its validation
         error over the data's variance (whether the likelihood applies)."""
         self.alert_rule = rule
-        self.rules = LevelRules(calibration, likelihood, adaptation)
+        self.rules = LevelRules(calibration, likelihood, adaptation, extremes)
         self.devices: dict[str, DeviceJudgement] = {}
         self.levels = JudgeLevels(
             threshold, reference_score, prior or _flat_prior(reference_score), error_share

@@ -27,6 +27,7 @@ from detector.core.likelihood import ScorePrior
 if TYPE_CHECKING:
     from detector.core.adaptation import AdaptationRule
     from detector.core.calibration import CalibrationRule
+    from detector.core.extremes import ExtremeRule
     from detector.core.likelihood import LikelihoodRule
 
 __all__ = ["JudgeLevels", "LevelRule", "LevelRules", "Windows"]
@@ -125,17 +126,21 @@ class LevelRules:
     calibration: CalibrationRule | None = None
     likelihood: LikelihoodRule | None = None
     adaptation: AdaptationRule | None = None
+    extremes: ExtremeRule | None = None
 
     def chain(self, levels: JudgeLevels) -> tuple[LevelRule[Any], ...]:
         """The rules a model's windows go through, in order: the one place the chain is written.
 
         The likelihood, when it applies to the model (:meth:`LikelihoodRule.applies_to`), sets
         the device's level (instead of the artifact's threshold, or the higher of the two);
-        otherwise calibration does, when on. Adaptation then multiplies either.
+        otherwise calibration does, when on. Adaptation then multiplies either. Last, a window
+        whose newest reading is a new extreme of its device's range is over whatever its level
+        (:mod:`detector.core.extremes`).
         """
         likelihood = self.likelihood
         if likelihood is not None and likelihood.applies_to(levels.error_share):
             own_level: LevelRule[Any] | None = likelihood
         else:
             own_level = self.calibration
-        return tuple(rule for rule in (own_level, self.adaptation) if rule is not None)
+        rules = (own_level, self.adaptation, self.extremes)
+        return tuple(rule for rule in rules if rule is not None)
