@@ -22,6 +22,15 @@ def test_base_threshold_until_calibrated_then_fitted_value() -> None:
     assert device.scores == []  # nothing more is collected once calibrated
 
 
+def test_a_nan_or_inf_score_is_judged_by_the_base_and_left_out_of_the_fit() -> None:
+    rule = CalibrationRule(windows=3, method="quantile", quantile=0.5, margin=1.0)
+    device = DeviceCalibration()
+    scores = [1.0, float("nan"), 2.0, float("inf"), 3.0]
+    assert [device.threshold_for(rule, 3.0, s) for s in scores] == [3.0] * 5
+    # Calibrated on the three finite scores: an overflowing reading cannot crash the judge.
+    assert device.threshold == pytest.approx(np.quantile([1.0, 2.0, 3.0], 0.5))
+
+
 @pytest.mark.parametrize(("scores", "expected"), [([0.01] * 5, 5.0), ([900.0] * 5, 40.0)])
 def test_calibrated_threshold_is_clamped_around_the_base(
     scores: list[float], expected: float

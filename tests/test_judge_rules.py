@@ -301,10 +301,14 @@ def test_the_judge_equals_the_pre_refactor_judge(
         for one_by_one, segment in segments:
             got = _outcome(new, one_by_one, segment, spans=len(segment) % 2 == 0)
             expected = _outcome(oracle, one_by_one, segment, spans=False)
-            assert got == expected
             if expected[0] == "raised":
-                event("both raised")
-                return  # both refuse the same stream (calibrating on a NaN or inf score)
+                # The one deliberate difference: the old judge raised when a device calibrated
+                # on a NaN or inf score (a crash in the daemon); the new one leaves such a score
+                # out of the calibration sample and judges on.
+                event("oracle raised")
+                assert got[0] == "judged"
+                return
+            assert got == expected
             assert new.firing_count() == oracle.firing_count()
             for device_id in "abcde":
                 assert new.firing(device_id) == oracle.firing(device_id)

@@ -11,6 +11,7 @@ in memory: a restarted daemon calibrates again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -115,6 +116,10 @@ class DeviceCalibration:
         """
         if self.threshold is not None:
             return self.threshold
+        if not math.isfinite(score):
+            # Judged by ``base``, never fitted on: a threshold cannot be fitted through a NaN,
+            # and one inf (a reading the model overflows on) would move a quantile to inf.
+            return base
         self.scores.append(score)
         if len(self.scores) >= rule.windows:
             self.threshold = rule.fit(np.asarray(self.scores), base)
