@@ -4,8 +4,9 @@ Both the detector and the trainer load their configuration through :func:`load_s
 override rules are the same everywhere: ``<PREFIX><SECTION>__<FIELD>`` (upper case, ``__`` between
 nesting levels) replaces the value from the file. A variable whose first level names no setting
 (Kubernetes injects ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT``, ... into every pod) is ignored
-with a warning. Values of list, mapping and section settings are JSON; every other value is taken
-literally, so a password may start with ``[`` or ``{``.
+with a warning. Values of list, mapping and section settings are JSON; a list may also be given as
+every Kafka tool takes one, comma-separated (``kafka:9092,kafka-2:9092``); every other value is
+taken literally, so a password may start with ``[`` or ``{``.
 
 Error messages never quote the configuration's content (a syntax error may be on a password's
 line): they name the file, line and column, or the field and the variable it came from.
@@ -71,6 +72,12 @@ def _takes_json(annotation: Any) -> bool:
     )
 
 
+def _is_plain_list(annotation: Any) -> bool:
+    """Whether the setting is a list (or ``list | None``) of plain values, not of sections."""
+    lists = [arg for arg in _members(annotation) if get_origin(arg) is list or arg is list]
+    return len(lists) == 1 and not any(_is_model(arg) for arg in get_args(lists[0]))
+
+
 def _env_overrides(
     model: type[BaseModel], prefix: str, environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -87,7 +94,10 @@ def _env_overrides(
             continue
         used.append(key)
         value: Any = raw
-        if _takes_json(_field_type(model, path)):
+        annotation = _field_type(model, path)
+        if _is_plain_list(annotation) and not raw.lstrip().startswith("["):
+            value = [item.strip() for item in raw.split(",") if item.strip()]
+        elif _takes_json(annotation):
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:

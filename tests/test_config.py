@@ -70,6 +70,21 @@ def test_env_overrides_list_as_json() -> None:
     assert config.kafka.bootstrap_servers == ["b1:9092", "b2:9092"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("kafka:9092", ["kafka:9092"]),
+        ("b1:9092,b2:9092", ["b1:9092", "b2:9092"]),
+        (" b1:9092 , b2:9092 ,", ["b1:9092", "b2:9092"]),
+    ],
+)
+def test_env_overrides_a_list_as_kafka_tools_take_it(raw: str, expected: list[str]) -> None:
+    config = _detector(DETECTOR_KAFKA__BOOTSTRAP_SERVERS=raw)
+    assert config.kafka.bootstrap_servers == expected
+    topics = _detector(DETECTOR_KAFKA__READINGS_TOPICS="pumps,fans").kafka.readings_topics
+    assert topics == ["pumps", "fans"]
+
+
 def test_env_overrides_nested_mapping_as_json() -> None:
     config = _detector(DETECTOR_ALERTS='{"fire_k": 2, "fire_n": 3}')
     assert (config.alerts.fire_k, config.alerts.fire_n) == (2, 3)
