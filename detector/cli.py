@@ -232,8 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from detector.core.artifact import ArtifactError, load_artifact
     from detector.core.datafiles import DataFileError, load_table
     from detector.core.quality import summarise
-    from detector.evaluate import Backtest, row_frame
-    from trainer.refit import RefitError
+    from detector.evaluate import Backtest, RefitError, row_frame
 
     try:
         config = load_config(args.config) if args.config else None

@@ -10,7 +10,8 @@ dead-lettered, by reason.
 
 With ``retrain.every_s`` set (:class:`~detector.config.RetrainConfig`) the backtest also runs
 the retrain loop production runs: every ``every_s`` seconds of data (with ``min_new_rows`` new
-readings) a candidate is fitted by the trainer's own code (:func:`trainer.refit.refit`) on the
+readings) a candidate is fitted by the trainer's own code
+(:class:`trainer.refit.TrainerRefitter`, with the settings the current model recorded) on the
 last ``span_s`` seconds of rows the detector has already seen, never a row it has not, less the
 rows inside its alert episodes so far, and,
 when the trainer's gate promotes it, swapped in as a hot reload swaps a model: pending windows
@@ -18,16 +19,15 @@ are scored by the old model, alert state carries over. Models can also be swappe
 times (:meth:`Backtest.run`'s ``swaps``), as an operator's promotion would.
 
 What differs from a live daemon, by design: ``detected_at`` is the window's end (a backtest has
-no wall clock to report); the clock is the data's own (no reading is in the future); fleet-wide
-limits that depend on wall-clock time (idle forgetting, replacing idle devices at
-``max_devices``) do not apply.
+no wall clock to report); the clock is the data's own (no reading is in the future); devices are
+never forgotten for being idle, so past ``max_devices`` a new device is refused
+(``too_many_devices``) rather than taking an idle one's place.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "DeviceEvaluation",
     "ModelSwap",
     "Refit",
+    "RefitError",
     "Refitter",
     "evaluate_device",
     "evaluate_table",
@@ -68,8 +69,13 @@ log = logging.getLogger(__name__)
 _TOPIC = TopicPartition("evaluate", 0)
 _DEAD_LETTERS = "evaluate.dead-letters"
 _REASON_HEADER = DLQ_HEADER_PREFIX + "reason"
+_OFFSET_HEADER = DLQ_HEADER_PREFIX + "offset"
 # Records handed to the pipeline at a time, as one poll.
 _POLL_RECORDS = 2048
+
+
+class RefitError(Exception):
+    """A model the retrain schedule cannot refit (it does not record how it was trained)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class Refit:
 
     at: float  # data time: it saw every row before this one, and none after
     rows: int  # rows it was given (the last span_s seconds seen)
-    trained_rows: int  # of those, what it trained on: complete and not excluded
+    trained_rows: int  # of those, what it trained on: complete and not left out
     seconds: float  # wall-clock time the fit took
     warm: bool  # fine-tuned from the current model's weights
     version: str | None  # the new version (None: the fit failed)
@@ -112,11 +118,12 @@ class Refitter(Protocol):
     """Fits a candidate on the rows seen so far; returns it when it replaces ``current``."""
 
     def __call__(
-        self, current: Artifact, rows: pd.DataFrame, fired: np.ndarray, at: float
+        self, current: Artifact, rows: pd.DataFrame, in_episodes: np.ndarray, at: float
     ) -> tuple[Artifact | None, Refit]:
         """``rows``: ``ts``, ``device_id`` and ``current``'s sensors, all before ``at``, in time
-        order (NaN: a missing sensor); ``fired``: the rows inside the detector's alert episodes
-        (:mod:`detector.core.episodes`, as ``trainer fit --exclude-alerts`` finds them)."""
+        order (NaN: a missing sensor); ``in_episodes``: the rows inside the detector's alert
+        episodes (:mod:`detector.core.episodes`, as ``trainer fit --exclude-alerts`` finds them).
+        A fit that fails is a :class:`Refit` without a version, never an exception."""
         ...
 
 
@@ -171,14 +178,13 @@ class _JudgedWindows(Sensor):
 
     def frame(self) -> pd.DataFrame:
         """One row per judged window: device, window end, score, threshold, firing."""
-        join = (lambda parts: np.concatenate(parts)) if self.scores else (lambda _: np.empty(0))
         return pd.DataFrame(
             {
                 "device_id": self.device_ids,
                 "end": np.asarray(self.ends, dtype=np.float64),
-                "score": join(self.scores),
-                "threshold": join(self.thresholds),
-                "firing": join(self.fires).astype(bool),
+                "score": np.concatenate([np.empty(0), *self.scores]),
+                "threshold": np.concatenate([np.empty(0), *self.thresholds]),
+                "firing": np.concatenate([np.empty(0, dtype=bool), *self.fires]),
             }
         )
 
@@ -195,7 +201,8 @@ class _Fleet:
         self.device_ids = ordered["device_id"].astype(str).to_numpy()
         self.ts = ordered["ts"].to_numpy(dtype=np.float64)
         self.values = ordered[features].to_numpy(dtype=np.float64)
-        # Devices in order of first appearance in the file, as before.
+        # Results come back device by device in order of first appearance in the file, which
+        # the CLI relies on to line its label column up with the rows.
         self.devices = list(dict.fromkeys(table["device_id"].astype(str)))
 
     def __len__(self) -> int:
@@ -273,7 +280,9 @@ class Backtest:
     def _model(self, artifact: Artifact, scorer: Scorer | None = None) -> Model:
         scoring = self.config.scoring
         if scorer is None:
-            scorer = Scorer.from_artifact(artifact, scoring.device, scoring.max_batch_size)
+            scorer = Scorer.from_artifact(
+                artifact, scoring.device, scoring.max_batch_size, scoring.threads
+            )
         return Model(artifact, scorer)
 
     def run(
@@ -286,8 +295,11 @@ class Backtest:
 
         ``swaps``: ``(time, artifact)`` pairs, each artifact scoring from the first reading at or
         after its time, as a hot reload would swap it in. ``progress`` hears how many readings
-        each poll replayed.
+        each poll replayed. Raises :class:`RefitError` before replaying anything when refits are
+        scheduled for a model that does not record how it was trained.
         """
+        if self.retrain.enabled and self.refitter is None:
+            _require_refittable(self.artifact)
         if self.retrain.enabled and self.refitter is None and self.registry is None:
             with tempfile.TemporaryDirectory(prefix="refits-") as directory:
                 return self._run(table, swaps, progress, self._refitter(Path(directory)))
@@ -332,18 +344,17 @@ class Backtest:
                 # Everything seen so far is scored and judged by the model that saw it.
                 outputs.append(pipeline.flush())
                 rows = fleet.seen(position, now - self.retrain.span_s)
-                started = time.perf_counter()
                 episodes = episode_spans(_transitions(outputs))
-                fired = rows_in_episodes(
+                in_episodes = rows_in_episodes(
                     rows["device_id"].to_numpy(), rows["ts"].to_numpy(), episodes
                 )
-                fitted, refit = refitter(current, rows, fired, now)
+                fitted, refit = refitter(current, rows, in_episodes, now)
                 log.info(
-                    "refit at %s on %d rows: %s in %.1f s",
+                    "refit at %s on %d rows in %.1f s: %s",
                     now,
                     len(rows),
+                    refit.seconds,
                     refit.version if refit.promoted else f"not swapped in ({refit.detail})",
-                    time.perf_counter() - started,
                 )
                 refits.append(refit)
                 schedule.refitted(position)
@@ -382,9 +393,16 @@ class _RefitSchedule:
         self.next_time = (float(ts[0]) if len(ts) else 0.0) + settings.every_s
 
     def next_position(self) -> int:
-        """The first row position at which a refit is due (past the end: none is)."""
+        """The first row position at which a refit is due (past the end: none is).
+
+        Always the first row of a time: rows stamped alike are seen together, so a refit never
+        reads a row of its own time, and a swap never splits one.
+        """
         by_time = _position(self.ts, self.next_time)
-        return max(by_time, self.last_position + self.settings.min_new_rows)
+        by_rows = self.last_position + self.settings.min_new_rows
+        if by_rows <= by_time or by_rows >= len(self.ts):
+            return max(by_time, by_rows)
+        return int(np.searchsorted(self.ts, self.ts[by_rows - 1], side="right"))
 
     def due(self, position: int) -> bool:
         """Whether a refit is due before the row at ``position``."""
@@ -407,6 +425,15 @@ def _transitions(outputs: list[Output]) -> list[Transition]:
     ]
 
 
+def _require_refittable(artifact: Artifact) -> None:
+    """Raise :class:`RefitError` unless ``artifact`` records the settings a refit needs."""
+    if artifact.metadata.training_config is None:
+        raise RefitError(
+            f"model {artifact.version} does not record how it was trained (trained before "
+            "refits existed): retrain it with this trainer, or backtest it with --no-retrain"
+        )
+
+
 def _position(ts: np.ndarray, at: float) -> int:
     """The first row at or after time ``at`` (rows in time order)."""
     return int(np.searchsorted(ts, at, side="left"))
@@ -418,11 +445,15 @@ def _device_evaluations(
     """Each device's rows with their windows' verdicts, alerts and rejections."""
     alerts_of: dict[str, list[Alert]] = {}
     rejected_of: dict[str, dict[str, int]] = {}
+    rejected_rows = np.zeros(len(fleet), dtype=bool)
     for output in outputs:
         for message in output.messages:
             device = (message.key or b"").decode()
             if message.dead_letter:
-                reason = dict(message.headers)[_REASON_HEADER].decode()
+                # One reading a record: the record's offset is the row's position.
+                headers = dict(message.headers)
+                rejected_rows[int(headers[_OFFSET_HEADER])] = True
+                reason = headers[_REASON_HEADER].decode()
                 counts = rejected_of.setdefault(device, {})
                 counts[reason] = counts.get(reason, 0) + 1
                 continue
@@ -442,9 +473,10 @@ def _device_evaluations(
         firing = np.zeros(len(ts), dtype=bool)
         judged = windows_of.get(device)
         if judged is not None:
-            # A window ends at the reading that completed it (the first one with that time: a
-            # second one is a rejected duplicate).
-            at = np.searchsorted(ts, judged["end"].to_numpy(), side="left")
+            # A window ends at the reading that completed it: the device's accepted row with
+            # that time (a second one would have been rejected as a duplicate).
+            accepted = np.flatnonzero(~rejected_rows[rows])
+            at = accepted[np.searchsorted(ts[accepted], judged["end"].to_numpy(), side="left")]
             scores[at] = judged["score"].to_numpy()
             thresholds[at] = judged["threshold"].to_numpy()
             firing[at] = judged["firing"].to_numpy()
@@ -493,10 +525,16 @@ def evaluate_device(
     """One device's rows (``values``: ``(rows, features)`` in the artifact's feature order, NaN
     a missing sensor) through the backtest, as a fleet of one."""
     names = artifact.metadata.feature_names
-    table = pd.DataFrame(np.asarray(values, dtype=np.float64), columns=names)
+    table = pd.DataFrame(
+        np.asarray(values, dtype=np.float64).reshape(-1, len(names)), columns=names
+    )
     table.insert(0, "device_id", device_id)
     table.insert(0, "ts", np.asarray(ts, dtype=np.float64))
-    return Backtest(artifact, config, scorer, profile).run(table).devices[0]
+    devices = Backtest(artifact, config, scorer, profile).run(table).devices
+    if devices:
+        return devices[0]
+    empty = np.empty(0)
+    return DeviceEvaluation(device_id, empty, empty, empty, np.zeros(0, dtype=bool))
 
 
 def row_frame(result: DeviceEvaluation) -> pd.DataFrame:

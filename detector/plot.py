@@ -189,6 +189,12 @@ def plot_device(
             xs[onsets], 0, 1, transform=mid.get_xaxis_transform(), colors=_FIRING_COLOUR,
             lw=0.9, label=f"alarm onset ({len(onsets)})",
         )  # fmt: skip
+    swaps = [row for row in swap_rows if 0 <= row < len(xs)]
+    for number, row in enumerate(swaps):
+        mid.axvline(
+            xs[row], color="tab:green", ls=":", lw=1.2,
+            label=f"model swap ({len(swaps)})" if number == 0 else None,
+        )  # fmt: skip
     if scored.any() or judged.any():
         mid.set_yscale("log")
     mid.set_ylabel("score")
@@ -210,14 +216,6 @@ def plot_device(
         boundary = (xs[split_row - 1] + xs[split_row]) / 2
         for axis in ax.values():
             axis.axvline(boundary, color="gray", ls="--", lw=1)
-    swaps = [row for row in swap_rows if 0 <= row < len(xs)]
-    for number, row in enumerate(swaps):
-        mid.axvline(
-            xs[row], color="tab:green", ls=":", lw=1.2,
-            label=f"model swap ({len(swaps)})" if number == 0 else None,
-        )  # fmt: skip
-    if swaps:
-        mid.legend(**legend)
     if len(xs):
         left, right = float(np.nanmin(xs)), float(np.nanmax(xs))
         if right > left:

@@ -18,7 +18,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from detector.config import DetectorConfig, ModelConfig, RetrainConfig, load_config
+from detector.config import (
+    DetectorConfig,
+    ExtremesConfig,
+    ModelConfig,
+    RetrainConfig,
+    load_config,
+)
 from detector.core.artifact import METADATA_FILE, Artifact, load_artifact, set_current
 from detector.evaluate import Backtest, Refit
 from detector_devtools.replay import encode_messages, interleave
@@ -97,18 +103,26 @@ def test_the_daemon_publishes_the_backtests_alerts_across_a_hot_reload(
         assert alert["threshold"] == pytest.approx(twin.threshold, rel=1e-5)
 
 
-def test_the_backtest_judges_a_fleet_in_time_order_whatever_the_files_order(
-    demo_data: DemoData,
+def test_a_swapped_model_judges_every_window_from_its_time_on(
+    tmp_path: Path, demo_data: DemoData
 ) -> None:
-    readings = demo_data.anomalous.readings
-    artifact = load_artifact(demo_data.model.path)
-    config = _config()
-    by_device = Backtest(artifact, config).run(readings.sort_values(["device_id", "ts"]))
-    by_time = Backtest(artifact, config).run(interleave(readings))
-    assert by_device.alerts and by_device.alerts == by_time.alerts
-    for a, b in zip(by_device.devices, by_time.devices, strict=True):
-        np.testing.assert_array_equal(a.scores, b.scores)
-        np.testing.assert_array_equal(a.firing, b.firing)
+    registry = tmp_path / "models"
+    copy_version(registry, demo_data.model.path, "v1", 1.0)
+    copy_version(registry, demo_data.model.path, "v2", 0.6)
+    readings = interleave(demo_data.anomalous.readings)
+    swap_at = float(readings["ts"].iloc[len(readings) // 2])
+    v1, v2 = load_artifact(registry / "v1"), load_artifact(registry / "v2")
+    result = Backtest(v1, _config()).run(readings, swaps=[(swap_at, v2)])
+    assert {a.model_version for a in result.alerts if a.window_end < swap_at} == {"v1"}
+    assert {a.model_version for a in result.alerts if a.window_end >= swap_at} == {"v2"}
+    frozen = Backtest(v1, _config()).run(readings)
+    for swapped, unswapped in zip(result.devices, frozen.devices, strict=True):
+        before = swapped.ts < swap_at
+        # The same windows, scored alike; judged alike before the swap, by v2's level after.
+        np.testing.assert_array_equal(swapped.scores, unswapped.scores)
+        np.testing.assert_array_equal(swapped.thresholds[before], unswapped.thresholds[before])
+        after = ~before & ~np.isnan(swapped.thresholds)
+        assert (swapped.thresholds[after] < unswapped.thresholds[after]).all()
 
 
 class _Recording:
@@ -116,13 +130,13 @@ class _Recording:
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, pd.DataFrame]] = []
-        self.fired: list[np.ndarray] = []
+        self.in_episodes: list[np.ndarray] = []
 
     def __call__(
-        self, current: Artifact, rows: pd.DataFrame, fired: np.ndarray, at: float
+        self, current: Artifact, rows: pd.DataFrame, in_episodes: np.ndarray, at: float
     ) -> tuple[Artifact | None, Refit]:
         self.calls.append((at, rows))
-        self.fired.append(fired)
+        self.in_episodes.append(in_episodes)
         return None, Refit(at, len(rows), 0, 0.0, False, None, False, "recorded only")
 
 
@@ -155,7 +169,7 @@ def test_a_refit_is_told_which_rows_lie_inside_the_detectors_alert_episodes(
     recording = _Recording()
     config = _config(every_s=float(readings["ts"].iloc[-1] - readings["ts"].iloc[0]) - 1)
     result = Backtest(artifact, config, refitter=recording).run(readings)
-    ((at, rows),), (fired,) = recording.calls, recording.fired
+    ((at, rows),), (fired,) = recording.calls, recording.in_episodes
     expected = np.zeros(len(rows), dtype=bool)
     for device in result.devices:
         # From each firing alert's window start to the next resolved alert's window end, of the
@@ -173,16 +187,35 @@ def test_a_refit_is_told_which_rows_lie_inside_the_detectors_alert_episodes(
     np.testing.assert_array_equal(fired, expected)
 
 
-def test_min_new_rows_holds_a_refit_back(demo_data: DemoData) -> None:
+def test_min_new_rows_holds_a_refit_back_and_never_splits_a_time(demo_data: DemoData) -> None:
     readings = interleave(demo_data.anomalous.readings)
     recording = _Recording()
-    config = _config(every_s=1.0, span_s=1e9, min_new_rows=len(readings) // 3)
+    # One row past a third: the three devices report at the same times, so the refit waits for
+    # the other two rows of that time.
+    third = len(readings) // 3 + 1
+    config = _config(every_s=1.0, span_s=1e9, min_new_rows=third)
     Backtest(load_artifact(demo_data.model.path), config, refitter=recording).run(readings)
-    # A refit is due after every second of data, but only once a third of the rows are new.
-    assert [len(rows) for _, rows in recording.calls] == [
-        len(readings) // 3,
-        2 * (len(readings) // 3),
-    ]
+    assert [len(rows) for _, rows in recording.calls] == [third + 2, 2 * third + 4]
+    for at, rows in recording.calls:
+        assert rows["ts"].max() < at
+        assert len(rows) == int((readings["ts"] < at).sum())
+
+
+def test_a_refit_the_trainer_refuses_is_reported_and_the_backtest_goes_on(
+    tmp_path: Path, demo_data: DemoData
+) -> None:
+    readings = interleave(demo_data.anomalous.readings)
+    # Five seconds of rows hold no training window: the trainer refuses each refit.
+    config = _config(every_s=200.0, span_s=5.0, min_new_rows=10)
+    result = Backtest(
+        load_artifact(demo_data.model.path), config, registry=tmp_path / "refits"
+    ).run(readings)
+    assert len(result.refits) >= 3
+    for refit in result.refits:
+        assert refit.version is None and not refit.promoted
+        assert "not enough rows" in refit.detail
+    assert result.swaps == [] and result.alerts
+    assert sum(len(d.ts) for d in result.devices) == len(readings)
 
 
 @pytest.fixture(scope="module")
@@ -230,13 +263,20 @@ def test_a_warm_start_fine_tunes_the_current_weights(
     assert refit.warm and refit.version is not None
     refitted = load_artifact(tmp_path / "refits" / refit.version)
     assert refitted.metadata.model == artifact.metadata.model
-    # Fine-tuned, not copied: the weights moved from where they started.
-    start = artifact.model.state_dict()
-    moved = any(
-        not np.array_equal(start[name].numpy(), weights.numpy())
-        for name, weights in refitted.model.state_dict().items()
+    fresh_config = config.model_copy(
+        update={"retrain": config.retrain.model_copy(update={"warm_start": False})}
     )
-    assert moved
+    fresh = Backtest(artifact, fresh_config, registry=tmp_path / "fresh").run(drifting)
+    fresh_model = load_artifact(tmp_path / "fresh" / fresh.refits[0].version)
+    # Fine-tuned from the current weights: they moved, and far less than a fresh fit's.
+    assert _distance(refitted, artifact) > 0
+    assert _distance(refitted, artifact) < _distance(fresh_model, artifact) / 2
+
+
+def _distance(a: Artifact, b: Artifact) -> float:
+    """The Euclidean distance between two models' weights."""
+    mine, theirs = a.model.state_dict(), b.model.state_dict()
+    return float(sum(((mine[k] - theirs[k]) ** 2).sum() for k in mine) ** 0.5)
 
 
 def _evaluate_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -293,6 +333,42 @@ def test_a_model_that_does_not_record_its_training_cannot_be_refitted(
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not record how it was trained" in lines[0]
     assert "--no-retrain" in lines[0]
+
+
+def test_flagged_exclusion_trains_on_fewer_rows_than_it_was_given(
+    tmp_path: Path, demo_data: DemoData
+) -> None:
+    readings = interleave(demo_data.anomalous.readings)
+    every = float(readings["ts"].iloc[-1] - readings["ts"].iloc[0]) - 1
+    config = _config(every_s=every, span_s=1e9, min_new_rows=100, exclude="flagged")
+    result = Backtest(
+        load_artifact(demo_data.model.path), config, registry=tmp_path / "refits"
+    ).run(readings)
+    (refit,) = result.refits
+    # The injected anomalies are over the model's threshold and left out of the training rows.
+    assert refit.version is not None
+    assert 0 < refit.rows - refit.trained_rows < 0.2 * refit.rows
+
+
+def test_extremes_from_the_config_judge_the_windows_readings_in_the_backtest(
+    demo_data: DemoData,
+) -> None:
+    readings = interleave(demo_data.normal.readings).reset_index(drop=True)
+    sensor = load_artifact(demo_data.model.path).metadata.feature_names[0]
+    device = readings["device_id"].iloc[0]
+    mine = readings.index[readings["device_id"] == device]
+    row = mine[len(mine) // 2]
+    span = readings.loc[mine, sensor].max() - readings.loc[mine, sensor].min()
+    readings.loc[row, sensor] = readings.loc[mine, sensor].max() + 0.5 * span
+    config = _config()
+    config = config.model_copy(
+        update={"alerts": config.alerts.model_copy(update={"extremes": ExtremesConfig(windows=50)})}
+    )
+    result = Backtest(load_artifact(demo_data.model.path), config).run(readings)
+    (evaluation,) = [d for d in result.devices if d.device_id == device]
+    at = int(np.searchsorted(evaluation.ts, readings.loc[row, "ts"]))
+    assert evaluation.thresholds[at] == evaluation.scores[at] / 2
+    assert evaluation.firing[at]
 
 
 def test_retrain_is_off_by_default() -> None:

@@ -16,6 +16,7 @@ from detector.settings import ConfigError
 
 if TYPE_CHECKING:
     from detector.config import KafkaConfig
+    from detector.core.artifact import Artifact
 
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +35,17 @@ def _kafka_settings(config: Path | None, bootstrap_servers: str | None) -> Kafka
     if bootstrap_servers:
         settings["bootstrap_servers"] = bootstrap_servers.split(",")
     return validate_settings(KafkaConfig, settings)
+
+
+def _warm_start(registry: Path) -> Artifact:
+    """The registry's current model, to fine-tune (``--warm-start``)."""
+    from detector.core.artifact import ArtifactError, load_artifact
+    from trainer.fit import TrainingError
+
+    try:
+        return load_artifact(registry)
+    except ArtifactError as exc:
+        raise TrainingError(f"--warm-start needs a current model in {registry}: {exc}") from None
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -94,10 +106,12 @@ def _fit(args: argparse.Namespace) -> int:
             exclude_flagged=args.exclude_flagged,
             promote=args.promote,
             exclude_episodes=episodes,
+            warm_start=_warm_start(config.output.dir) if args.warm_start else None,
         )
     except KafkaError as exc:
-        # Only the --from-kafka read talks to Kafka, before anything is trained or written: a
-        # broker that does not answer is an outage the Job's retry can outlast, not a mistake.
+        # Only the --from-kafka and --exclude-alerts reads talk to Kafka, before anything is
+        # trained or written: a broker that does not answer is an outage the Job's retry can
+        # outlast, not a mistake.
         topics = " and ".join(repr(t) for t in (args.from_kafka, args.exclude_alerts) if t)
         problem = f"cannot read {topics} from Kafka: {exc}"
         return error_exit("trainer", problem, code=EXIT_UNAVAILABLE)
@@ -425,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-flagged",
         action="store_true",
         help="drop what the current model flags before training",
+    )
+    fit.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="fine-tune the registry's current model (same sensors and architecture) instead of "
+        "a fresh fit; early stopping may end it before training.min_steps",
     )
     fit.add_argument(
         "--exclude-alerts",

@@ -151,11 +151,13 @@ def exclude_flagged(data: NormalData, artifact: Artifact) -> tuple[NormalData, i
     scorer = Scorer.from_artifact(artifact, "cpu", max_batch_size=4096)
     table = data.table.dropna().reset_index(drop=True)
     flagged = np.zeros(len(table), dtype=bool)
+    all_values = table[meta.feature_names].to_numpy(dtype=np.float32)
+    stamps = table["ts"].to_numpy()
     for rows in table.groupby("device_id", sort=True).indices.values():
-        rows = rows[np.argsort(table["ts"].to_numpy()[rows], kind="stable")]
+        rows = rows[np.argsort(stamps[rows], kind="stable")]
         if len(rows) < length:
             continue
-        values = table[meta.feature_names].to_numpy(dtype=np.float32)[rows]
+        values = all_values[rows]
         scores = scorer.window_scores(scorer.sensor_errors(sliding_windows(values, length)))
         device_flagged = np.zeros(len(rows), dtype=bool)
         for end in window_end_indices(len(rows), length)[scores > meta.threshold.value]:

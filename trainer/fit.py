@@ -398,17 +398,20 @@ def fit(
 
 
 def recorded_config(config: TrainerConfig) -> dict[str, Any]:
-    """What an artifact records of how it was trained: every setting but the data files and the
-    registry, which a refit on newer data replaces (:func:`refit_config`)."""
+    """What an artifact records of how it was trained: every setting but the training files and
+    the registry, which a refit on newer data replaces (:func:`refit_config`). A scaling
+    reference (``scaling.reference_paths``) is recorded as it was named: a refit reads it there."""
     return config.model_dump(mode="json", exclude={"data": {"paths"}, "output": True})
 
 
 def refit_config(recorded: Mapping[str, Any], registry: Path) -> TrainerConfig:
     """The trainer settings an artifact recorded (:func:`recorded_config`), writing to ``registry``.
 
-    The data is handed to :func:`fit` directly, so the files are a placeholder that is never read.
+    The data is handed to :func:`fit` directly, so the files are a placeholder that is never read;
+    the device is ``auto``, since the machine that refits may lack the one the model trained on.
     """
     settings = dict(recorded)
+    settings["training"] = {**settings.get("training", {}), "device": "auto"}
     settings["data"] = {**settings.get("data", {}), "paths": ["<refit: data given in memory>"]}
     settings["output"] = {"dir": str(registry)}
     return TrainerConfig.model_validate(settings)

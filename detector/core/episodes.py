@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["Transition", "episode_spans", "rows_in_episodes"]
 
@@ -60,14 +61,12 @@ def rows_in_episodes(
     """Which rows (``device_ids[i]`` at ``ts[i]``) lie inside one of their device's episodes."""
     inside = np.zeros(len(ts), dtype=bool)
     ts = np.asarray(ts, dtype=np.float64)
-    device_ids = np.asarray(device_ids)
+    rows_of = pd.Series(np.arange(len(ts))).groupby(np.asarray(device_ids), sort=False).indices
     for device, device_spans in spans.items():
-        mine = device_ids == device
-        if not device_spans or not mine.any():
+        rows = rows_of.get(device)
+        if rows is None:
             continue
-        stamps = ts[mine]
-        hit = np.zeros(len(stamps), dtype=bool)
+        stamps = ts[rows]
         for start, end in device_spans:
-            hit |= (stamps >= start) & (stamps <= end)
-        inside[mine] = hit
+            inside[rows[(stamps >= start) & (stamps <= end)]] = True
     return inside

@@ -7,8 +7,8 @@ never reached when it resembles a spike it has seen; the range catches it at the
 
 The range is each sensor's minimum and maximum over the newest reading of every window the
 device has had judged (the first ``windows`` only build it). A window whose newest reading lies
-outside it by more than the margin on any sensor is judged at half its own score: over by
-construction (an alert's severity then reads 2). Its reading then widens the range, so a new
+outside it by more than the margin on any sensor is judged at half its own score at most: over
+by construction (an alert's severity then reads at least 2). Its reading then widens the range, so a new
 level pages once, not for as long as it lasts. Windows judged without their readings (a caller
 that has none) pass through unchanged.
 """
@@ -53,7 +53,8 @@ class ExtremeRule:
         return DeviceRange()
 
     def levels(self, state: DeviceRange, windows: Windows, previous: list[float]) -> list[float]:
-        """``previous``, but half the score for a window whose newest reading is a new extreme."""
+        """``previous``, but at most half the score for a window whose newest reading is a new
+        extreme (a level already lower stays: such a window was over anyway)."""
         inputs = windows.inputs
         if inputs is None or not len(inputs):
             return previous
@@ -61,7 +62,7 @@ class ExtremeRule:
         extreme = state.judge(newest, self.windows, self.margin)
         scores = windows.scores
         return [
-            scores[i] / 2.0 if extreme[i] and scores[i] > 0.0 else level
+            min(level, scores[i] / 2.0) if extreme[i] and scores[i] > 0.0 else level
             for i, level in enumerate(previous)
         ]
 
