@@ -253,9 +253,15 @@ def _evaluate(
     config: DetectorConfig,
     scorer: Scorer | MeanScorer,
 ) -> tuple[DeviceEvaluation, list[Refit]]:
-    """One stream through ``detector evaluate``'s backtest, with ``config``'s retrain schedule."""
+    """One stream through ``detector evaluate``'s backtest, with ``config``'s retrain schedule.
+
+    Refitted models score on the CPU with one thread, like ``scorer``: two workers share the two
+    cores (``scoring`` settings change speed, never scores' meaning).
+    """
     meta = artifact.metadata
     table = frame[["ts", *meta.feature_names]].assign(device_id=stream_id)
+    scoring = config.scoring.model_copy(update={"device": "cpu", "threads": 1})
+    config = config.model_copy(update={"scoring": scoring})
     result = Backtest(artifact, config, scorer).run(table)
     return result.devices[0], result.refits
 
