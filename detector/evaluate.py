@@ -328,7 +328,7 @@ class Backtest:
         )
         current = self.artifact
         pending_swaps = sorted(swaps, key=lambda swap: swap[0])
-        outputs: list[Output] = []
+        published = _Published(len(fleet))
         refits: list[Refit] = []
         model_swaps: list[ModelSwap] = []
         schedule = _RefitSchedule(self.retrain, fleet.ts) if refitter is not None else None
@@ -337,14 +337,14 @@ class Backtest:
             now = float(fleet.ts[position])
             if pending_swaps and pending_swaps[0][0] <= now:
                 _, artifact = pending_swaps.pop(0)
-                current = self._install(pipeline, outputs, artifact)
+                current = self._install(pipeline, published, artifact)
                 model_swaps.append(ModelSwap(now, artifact.version, "swap"))
                 continue
             if schedule is not None and refitter is not None and schedule.due(position):
                 # Everything seen so far is scored and judged by the model that saw it.
-                outputs.append(pipeline.flush())
+                published.append(pipeline.flush())
                 rows = fleet.seen(position, now - self.retrain.span_s)
-                episodes = episode_spans(_transitions(outputs))
+                episodes = episode_spans(published.transitions)
                 in_episodes = rows_in_episodes(
                     rows["device_id"].to_numpy(), rows["ts"].to_numpy(), episodes
                 )
@@ -359,7 +359,7 @@ class Backtest:
                 refits.append(refit)
                 schedule.refitted(position)
                 if fitted is not None:
-                    current = self._install(pipeline, outputs, fitted)
+                    current = self._install(pipeline, published, fitted)
                     model_swaps.append(ModelSwap(now, fitted.version, "refit"))
             stop = min(position + _POLL_RECORDS, total)
             if pending_swaps:
@@ -367,19 +367,19 @@ class Backtest:
             if schedule is not None:
                 stop = min(stop, max(schedule.next_position(), position + 1))
             records = fleet.records(position, stop)
-            outputs.append(pipeline.process({_TOPIC: records}, now=float(fleet.ts[stop - 1])))
+            published.append(pipeline.process({_TOPIC: records}, now=float(fleet.ts[stop - 1])))
             if progress is not None:
                 progress(stop - position)
             position = stop
-        outputs.append(pipeline.flush())
+        published.append(pipeline.flush())
         return BacktestResult(
-            _device_evaluations(fleet, judged.frame(), outputs), refits, model_swaps
+            _device_evaluations(fleet, judged.frame(), published), refits, model_swaps
         )
 
-    def _install(self, pipeline: Pipeline, outputs: list[Output], artifact: Artifact) -> Artifact:
+    def _install(self, pipeline: Pipeline, published: _Published, artifact: Artifact) -> Artifact:
         """Swap ``artifact`` in as a hot reload does: pending windows scored by the old model."""
         pipeline.install(self.profile, self._model(artifact))
-        outputs.append(pipeline.flush())
+        published.append(pipeline.flush())
         return artifact
 
 
@@ -414,15 +414,35 @@ class _RefitSchedule:
         self.next_time = float(self.ts[position]) + self.settings.every_s
 
 
-def _transitions(outputs: list[Output]) -> list[Transition]:
-    """The alert transitions published so far."""
-    return [
-        Transition(alert.device_id, alert.state, alert.window_start, alert.window_end)
-        for output in outputs
-        for message in output.messages
-        if not message.dead_letter
-        for alert in (Alert.model_validate_json(message.value),)
-    ]
+class _Published:
+    """What the pipeline published, read once as it comes: alerts, rejections, and transitions."""
+
+    def __init__(self, rows: int) -> None:
+        self.alerts_of: dict[str, list[Alert]] = {}
+        self.rejected_of: dict[str, dict[str, int]] = {}
+        self.rejected_rows = np.zeros(rows, dtype=bool)
+        self.transitions: list[Transition] = []  # every alert so far, as episode transitions
+
+    def append(self, output: Output) -> None:
+        """Take a step's messages: dead letters counted by device and reason, alerts kept."""
+        for message in output.messages:
+            device = (message.key or b"").decode()
+            if message.dead_letter:
+                # One reading a record: the record's offset is the row's position.
+                headers = dict(message.headers)
+                self.rejected_rows[int(headers[_OFFSET_HEADER])] = True
+                reason = headers[_REASON_HEADER].decode()
+                counts = self.rejected_of.setdefault(device, {})
+                counts[reason] = counts.get(reason, 0) + 1
+                continue
+            alert = Alert.model_validate_json(message.value)
+            # A backtest has no wall clock: an alert is detected when its window ends.
+            self.alerts_of.setdefault(device, []).append(
+                alert.model_copy(update={"detected_at": alert.window_end})
+            )
+            self.transitions.append(
+                Transition(alert.device_id, alert.state, alert.window_start, alert.window_end)
+            )
 
 
 def _require_refittable(artifact: Artifact) -> None:
@@ -440,28 +460,10 @@ def _position(ts: np.ndarray, at: float) -> int:
 
 
 def _device_evaluations(
-    fleet: _Fleet, windows: pd.DataFrame, outputs: list[Output]
+    fleet: _Fleet, windows: pd.DataFrame, published: _Published
 ) -> list[DeviceEvaluation]:
     """Each device's rows with their windows' verdicts, alerts and rejections."""
-    alerts_of: dict[str, list[Alert]] = {}
-    rejected_of: dict[str, dict[str, int]] = {}
-    rejected_rows = np.zeros(len(fleet), dtype=bool)
-    for output in outputs:
-        for message in output.messages:
-            device = (message.key or b"").decode()
-            if message.dead_letter:
-                # One reading a record: the record's offset is the row's position.
-                headers = dict(message.headers)
-                rejected_rows[int(headers[_OFFSET_HEADER])] = True
-                reason = headers[_REASON_HEADER].decode()
-                counts = rejected_of.setdefault(device, {})
-                counts[reason] = counts.get(reason, 0) + 1
-                continue
-            alert = Alert.model_validate_json(message.value)
-            # A backtest has no wall clock: an alert is detected when its window ends.
-            alerts_of.setdefault(device, []).append(
-                alert.model_copy(update={"detected_at": alert.window_end})
-            )
+    rejected_rows = published.rejected_rows
     windows_of = dict(tuple(windows.groupby("device_id", sort=False)))
     rows_of = pd.Series(np.arange(len(fleet))).groupby(fleet.device_ids, sort=False).indices
     results = []
@@ -491,8 +493,8 @@ def _device_evaluations(
                 scores,
                 thresholds,
                 firing,
-                rejected_of.get(device, {}),
-                alerts_of.get(device, []),
+                published.rejected_of.get(device, {}),
+                published.alerts_of.get(device, []),
             )
         )
     return results
