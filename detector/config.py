@@ -591,6 +591,7 @@ class AlertConfig(_Section):
             levels.prior,
             levels.error_share,
             self.extremes.rule(),
+            levels.input_range,
         )
 
 

@@ -396,6 +396,22 @@ def test_numbers_that_make_scoring_blind_are_refused(
         load_artifact(registry)
 
 
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        ([0.0, 1.0], [1.0, 2.0]),
+        ([0.0, NAN, 1.0], [1.0, 2.0, 3.0]),
+        ([0.0, 3.0, 1.0], [1.0, 2.0, 3.0]),
+    ],
+)
+def test_a_training_range_that_does_not_fit_the_sensors_is_refused(
+    registry: Path, low: list[float], high: list[float]
+) -> None:
+    _edit_metadata(registry / "v1", input_range={"low": low, "high": high})
+    with pytest.raises(ArtifactError, match="input_range"):
+        load_artifact(registry)
+
+
 def test_weights_with_non_finite_values_are_refused(tmp_path: Path) -> None:
     model = _model()
     with torch.no_grad():

@@ -93,3 +93,27 @@ def test_the_judge_pages_once_on_a_new_level_through_its_inputs() -> None:
     judged = judge.judge_many(["d"] * len(newest), scores, inputs=inputs)
     assert judged.transitions == [(5, "firing"), (6, "resolved")]
     assert judged.thresholds[5] == 0.15
+
+
+def test_a_training_range_judges_from_the_first_window() -> None:
+    rule = ExtremeRule(windows=100, margin=0.1)
+    trained = JudgeLevels(1.0, 0.5, ScorePrior(0.0, 1.0), input_range=((0.0,), (10.0,)))
+    state = rule.new_state(trained)
+    assert rule.complete(state)
+    newest = np.array([[-0.5], [11.5], [11.6], [5.0]])
+    # Range 0..10 from training: -0.5 is within 10 % of it; 11.5 beyond 10 + 1, and then widens
+    # the range so 11.6 is not news.
+    assert rule.levels(state, _windows(newest, [0.4] * 4), [1.0] * 4) == [1.0, 0.2, 1.0, 1.0]
+
+
+def test_the_judge_takes_the_range_its_model_was_trained_on() -> None:
+    judge = Judge(
+        AlertRule(resolve_after=1, resolve_ratio=1.0),
+        1.0,
+        extremes=ExtremeRule(50),
+        input_range=((0.0,), (2.0,)),
+    )
+    newest = np.array([[1.0], [9.0], [1.0]])
+    inputs = np.stack([np.zeros_like(newest), newest], axis=1)
+    judged = judge.judge_many(["d"] * 3, np.full(3, 0.3), inputs=inputs)
+    assert judged.transitions == [(1, "firing"), (2, "resolved")]

@@ -171,6 +171,11 @@ def test_a_fit_on_little_data_records_its_quality_and_warns(
     assert params["train_score_factor"] >= 1.0
     assert meta.threshold.error_summary["count"] == 50
     assert (result.validation_windows, result.threshold_train_windows) == (9, 41)
+    # Every row is in some window: the range the extremes rule starts from is the data's.
+    data = pd.read_csv(tmp_path / "small.csv")[meta.feature_names]
+    assert meta.input_range is not None
+    assert meta.input_range.low == pytest.approx(data.min().tolist())
+    assert meta.input_range.high == pytest.approx(data.max().tolist())
     assert result.train_score_factor == params["train_score_factor"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from detector.core.artifact import (
     Artifact,
     ArtifactError,
+    InputRange,
     ScoreDistribution,
     ThresholdInfo,
     load_artifact,
@@ -257,6 +258,7 @@ def fit(
             f"not enough rows for windows of {length}: {len(train_raw)} training and "
             f"{len(val_raw)} validation windows; add data or shorten window.length"
         )
+    input_range = _input_range(train_raw, val_raw)
     if config.training.max_train_windows and len(train_raw) > config.training.max_train_windows:
         keep = np.random.default_rng(config.training.seed).choice(
             len(train_raw), config.training.max_train_windows, replace=False
@@ -323,6 +325,7 @@ def fit(
         "threshold": threshold_info,
         "training_data": split.summary,
         "score_distribution": _score_distribution(val_scores),
+        "input_range": input_range,
         "validation": {
             "train_loss": train_loss,
             "validation_loss": val_loss,
@@ -436,6 +439,12 @@ def _make_candidate(registry: Path, version: str) -> None:
             f"saved {version} in {registry} but cannot write its candidate pointer "
             f"({exc.strerror or exc}): `trainer shadow {version} --models {registry}` retries"
         ) from None
+
+
+def _input_range(*windows: np.ndarray) -> InputRange:
+    """Each sensor's least and greatest reading over every window the fit sees."""
+    rows = np.concatenate([w.reshape(-1, w.shape[-1]) for w in windows]).astype(np.float64)
+    return InputRange(low=rows.min(axis=0).tolist(), high=rows.max(axis=0).tolist())
 
 
 def _score_distribution(scores: np.ndarray) -> ScoreDistribution:

@@ -45,6 +45,7 @@ __all__ = [
     "ArtifactError",
     "ArtifactMetadata",
     "DataSummary",
+    "InputRange",
     "ScoreDistribution",
     "ThresholdInfo",
     "check_weights_header",
@@ -142,6 +143,30 @@ class ScoreDistribution(BaseModel):
         return self
 
 
+class InputRange(BaseModel):
+    """Each sensor's least and greatest reading in the training data, in feature order.
+
+    Where a device's range starts (:mod:`detector.core.extremes`): a reading well outside what
+    the model was trained on is news from the first window, not only after the device has shown
+    its own range.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: list[float] = Field(min_length=1)
+    high: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputRange:
+        if len(self.low) != len(self.high):
+            raise ValueError("low and high must have one value per sensor")
+        if not all(math.isfinite(v) for v in (*self.low, *self.high)):
+            raise ValueError("low and high must be finite")
+        if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
+            raise ValueError("low must not exceed high")
+        return self
+
+
 class ArtifactMetadata(BaseModel):
     """Contents of ``metadata.json``."""
 
@@ -161,6 +186,9 @@ class ArtifactMetadata(BaseModel):
     validation: dict[str, float] = Field(default_factory=dict)
     # Absent in artifacts written before drift watch: the daemon then reports no drift.
     score_distribution: ScoreDistribution | None = None
+    # Absent in artifacts written before it existed: the extremes rule then builds each
+    # device's range from its own first windows.
+    input_range: InputRange | None = None
     # How it was trained: the trainer's settings (window, model, training, scaling, scoring,
     # threshold; the data's columns and sensors, not its files), so a refit on newer data needs
     # nothing else. Absent in artifacts written before it existed: those cannot be refitted.
@@ -185,6 +213,8 @@ class ArtifactMetadata(BaseModel):
             raise ValueError("scaler.mean must be finite float32 values")
         if not all(_positive_float32(v) for v in self.scaler["scale"]):
             raise ValueError(f"scaler.scale must be finite float32 values >= {_FLOAT32_TINY:.3g}")
+        if self.input_range is not None and len(self.input_range.low) != n:
+            raise ValueError(f"input_range must have {n} values per bound")
         divisors = self.scoring.sensor_scale
         if divisors is not None and (
             len(divisors) != n or not all(_positive_float32(v) for v in divisors)

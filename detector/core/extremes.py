@@ -5,8 +5,9 @@ than ``margin`` x that range is anomalous, whatever the model makes of it. A rec
 model that learned little (its score close to the input's energy) misses a level the device has
 never reached when it resembles a spike it has seen; the range catches it at the first reading.
 
-The range is each sensor's minimum and maximum over the newest reading of every window the
-device has had judged (the first ``windows`` only build it). A window whose newest reading lies
+The range is each sensor's minimum and maximum over the model's training data (when the
+artifact records it) and the newest reading of every window the device has had judged; without
+a training range, the device's first ``windows`` only build it. A window whose newest reading lies
 outside it by more than the margin on any sensor is judged at half its own score at most: over
 by construction (an alert's severity then reads at least 2). Its reading then widens the range, so a new
 level pages once, not for as long as it lasts. Windows judged without their readings (a caller
@@ -49,8 +50,14 @@ class ExtremeRule:
             raise ValueError("extremes margin must be >= 0")
 
     def new_state(self, levels: JudgeLevels) -> DeviceRange:
-        """A new device's range: empty."""
-        return DeviceRange()
+        """A new device's range: the model's training range, already built, when the artifact
+        records one; else empty, built by the device's first ``windows``."""
+        if levels.input_range is None:
+            return DeviceRange()
+        low, high = levels.input_range
+        return DeviceRange(
+            self.windows, np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
+        )
 
     def levels(self, state: DeviceRange, windows: Windows, previous: list[float]) -> list[float]:
         """``previous``, but at most half the score for a window whose newest reading is a new

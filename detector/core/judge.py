@@ -43,7 +43,13 @@ def judge_levels(metadata: ArtifactMetadata) -> JudgeLevels:
         threshold.error_summary.get("p50", 0.0),
         ScorePrior.from_validation(threshold.error_summary, edges),
         metadata.validation.get("validation_error_share", math.nan),
+        _input_range(metadata),
     )
+
+
+def _input_range(metadata: ArtifactMetadata) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    recorded = metadata.input_range
+    return None if recorded is None else (tuple(recorded.low), tuple(recorded.high))
 
 
 def _flat_prior(reference_score: float) -> ScorePrior:
@@ -116,17 +122,23 @@ class Judge:
         prior: ScorePrior | None = None,
         error_share: float = math.nan,
         extremes: ExtremeRule | None = None,
+        input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> None:
         """``rule`` is the alert rule; the level rules are those configured (each ``None`` when
         off), :meth:`LevelRules.chain` picks those the model uses. ``threshold`` is the
         artifact's; ``reference_score`` its validation median score; ``prior`` its validation
         log-scores, what a new device's likelihood starts from; ``error_share`` its validation
-        error over the data's variance (whether the likelihood applies)."""
+        error over the data's variance (whether the likelihood applies); ``input_range`` each
+        sensor's least and greatest training reading, where a device's range starts."""
         self.alert_rule = rule
         self.rules = LevelRules(calibration, likelihood, adaptation, extremes)
         self.devices: dict[str, DeviceJudgement] = {}
         self.levels = JudgeLevels(
-            threshold, reference_score, prior or _flat_prior(reference_score), error_share
+            threshold,
+            reference_score,
+            prior or _flat_prior(reference_score),
+            error_share,
+            input_range,
         )
         self.chain: tuple[LevelRule[Any], ...] = self.rules.chain(self.levels)
         self._learners = _learners(self.chain)

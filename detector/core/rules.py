@@ -43,6 +43,8 @@ class JudgeLevels:
     reference_score: float  # the validation windows' median score
     prior: ScorePrior  # the validation log-scores' location and scale
     error_share: float = math.nan  # validation error / the data's variance (NaN: not recorded)
+    # Each sensor's least and greatest training reading (None: not recorded).
+    input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 class Windows(NamedTuple):
