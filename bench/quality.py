@@ -77,7 +77,7 @@ from trainer.fit import TrainingError, calibrate, fit
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("skab", "tep", "smd", "synthetic", "nab-dev")
 METRICS = ("f1", "far", "mar", "event_precision", "event_recall", "event_f1", "alarms_per_device")
-# The ModelDrift alert's level on detector_score_drift (deploy/prometheus/rules.yml).
+# The opt-in ModelDrift warning's level on detector_score_drift (deploy/prometheus/rules-drift.yml).
 MODEL_DRIFT_LEVEL = 0.25
 # Keys of a dataset's summary that are not methods.
 NOT_METHODS = ("fit", "normal_drift", "drift_false_share")

@@ -32,6 +32,7 @@ from tests.conftest import ROOT, DemoData, Topics, copy_version, produce, wait_u
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yml"
+DRIFT_RULES = PROMETHEUS_DIR / "rules-drift.yml"  # opt-in, checked here like the rest
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "detector.json"
 # What Grafana would put in for the dashboard's variables: a test run is shorter than any real
 # $__rate_interval, and 1m still covers every scrape of it (1 s interval).
@@ -91,8 +92,10 @@ def dashboard_queries(panels: list[dict[str, Any]]) -> list[tuple[str, str, str]
 
 
 def alerting_rules() -> list[dict[str, Any]]:
-    """Every rule of rules.yml."""
-    groups = yaml.safe_load(RULES.read_text())["groups"]
+    """Every rule of rules.yml and the opt-in rules-drift.yml."""
+    groups = [
+        g for path in (RULES, DRIFT_RULES) for g in yaml.safe_load(path.read_text())["groups"]
+    ]
     return [rule for group in groups for rule in group["rules"]]
 
 
@@ -124,9 +127,10 @@ def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_accepts_rules_and_config(promtool: str) -> None:
-    rules = run_promtool(promtool, "check", "rules", "rules.yml")
+    rules = run_promtool(promtool, "check", "rules", RULES.name, DRIFT_RULES.name)
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert f"SUCCESS: {len(alerting_rules())} rules found" in rules.stdout
+    found = [int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", rules.stdout)]
+    assert sum(found) == len(alerting_rules()) and len(found) == 2, rules.stdout
     config = run_promtool(promtool, "check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 
@@ -215,7 +219,7 @@ def scrape_config(template: Path, target: str, out: Path) -> Path:
     """deploy/prometheus/prometheus.yml with the daemon as target and 1 s intervals."""
     config = yaml.safe_load(template.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(RULES)]
+    config["rule_files"] = [str(RULES), str(DRIFT_RULES)]
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [target]}]
     out.write_text(yaml.safe_dump(config))

@@ -295,7 +295,7 @@ def test_drift_rises_on_a_drifted_stream_and_stays_flat_on_a_normal_one(
     expected = len(readings) - readings["device_id"].nunique() * (WINDOW - 1)
     wait_until(lambda: daemon.metric("detector_windows_scored_total") == expected, 60, "scored")
     drift = daemon.metric('detector_score_drift{profile="default"}')
-    # ModelDrift's level (deploy/prometheus/rules.yml): a significant shift.
+    # ModelDrift's level (deploy/prometheus/rules-drift.yml): a significant shift.
     if stream == "normal":
         assert drift < 0.25
     else:
