@@ -66,10 +66,10 @@ def test_overs_during_cooldown_count_once_it_ends() -> None:
 
 def test_config_defaults_hold_episodes_with_hysteresis() -> None:
     # docs/quality.md, round 4: re-fires within 10 windows and scores hovering between 0.7 and 1
-    # x the threshold stay one episode.
+    # x the threshold stay one episode; round 5: no new episode for 100 windows after a resolve.
     config = AlertConfig()
-    assert (config.resolve_after, config.resolve_ratio, config.cooldown) == (10, 0.7, 0)
-    assert config.rule() == AlertRule(config.fire_k, config.fire_n, 10, 0.7, 0)
+    assert (config.resolve_after, config.resolve_ratio, config.cooldown) == (10, 0.7, 100)
+    assert config.rule() == AlertRule(config.fire_k, config.fire_n, 10, 0.7, 100)
 
 
 @pytest.mark.parametrize(

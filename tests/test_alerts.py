@@ -49,7 +49,7 @@ def test_brief_dip_shorter_than_resolve_after_does_not_resolve() -> None:
 
 def test_can_fire_again_after_resolving() -> None:
     """After a resolve the k-of-n history starts afresh: old overs do not count again."""
-    rule = AlertRule(fire_k=2, fire_n=4, resolve_after=1)
+    rule = AlertRule(fire_k=2, fire_n=4, resolve_after=1, cooldown=0)
     # Without the reset, index 3 would see over,over,under,over (3 of 4) and fire at once.
     verdicts = [True, True, False, True, True]
     assert _transitions(rule, verdicts) == [(1, "firing"), (2, "resolved"), (4, "firing")]

@@ -41,7 +41,7 @@ class AlertRule:
     fire_n: int = 1
     resolve_after: int = 10
     resolve_ratio: float = 0.7
-    cooldown: int = 0
+    cooldown: int = 100
 
     def __post_init__(self) -> None:
         if not 1 <= self.fire_k <= self.fire_n:
