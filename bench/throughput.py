@@ -3,11 +3,14 @@
 In one run, on one broker, on the same topic and data (``--devices`` devices x 8 sensors, one JSON
 reading per message as in the README), round after round:
 
-1. **raw consume**: kafka-python with the daemon's consumer settings, no processing;
+1. **raw consume**: kafka-python with the daemon's consumer settings, no processing, and
+   confluent-kafka's consumer beside it;
 2. **pipeline**: the daemon's own :class:`~detector.daemon.Detector` in this process, with a real
    consumer and alert producer (consume -> parse -> window -> score -> alert -> commit), stride 1,
    with the ``--window`` model (T=64, hidden 64, latent 16 by default: the ``summary`` keys) and
-   with the default model size of configs/trainer.yaml (``summary.default_model``);
+   with the default model size of configs/trainer.yaml (``summary.default_model``), on
+   kafka-python; then both sizes on each client (``kafka.client``), each against
+   min(the faster client's raw consume, the bare model) (``summary.clients.<client>``);
 3. **no-op scorer**: the same pipeline with a scorer that returns zero errors, the cost of
    everything but the model (``summary.noop_scorer``);
 4. **bare model**: :meth:`Scorer.sensor_errors` on windows of the same data at the daemon's batch
@@ -18,8 +21,8 @@ then each stage of :mod:`detector.stages` in this process with no Kafka, µs per
 pipeline beside them), whether scoring on a worker thread could overlap ingest (the bare model and the daemon's
 parser timed alone and on two threads at once), the pipeline on gateway batches (``--batched``
 readings per message, readings/s), the latency from a reading's produce time to its alert under
-paced loads at fractions (1/2, 1/4) of the measured pipeline rate (the daemon as a child process,
-as deployed), and the resident memory of the daemon's state for ``--memory-devices`` devices.
+paced loads at fractions (1/2, 1/4) of the measured kafka-python pipeline rate, on each client
+(the daemon as a child process, as deployed), and the resident memory of the daemon's state for ``--memory-devices`` devices.
 Rates are taken from the first record in hand to the last one processed; they are compared as
 ratios within a round because the machine may be shared. Writes ``bench/results/throughput.json``.
 
@@ -46,7 +49,7 @@ import time
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +57,18 @@ import numpy as np
 import torch
 import yaml
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.config import DetectorConfig, load_config
+from detector.clients import Consumer, Partition, Record, open_producer
+from detector.clients.kafka_python import KafkaPythonConsumer, RebalanceListener, build_consumer
+from detector.config import DetectorConfig, KafkaConfig, load_config
 from detector.core.artifact import Artifact, load_artifact
 from detector.core.readings import ReadingParser
 from detector.core.routing import DEFAULT_PROFILE
 from detector.core.scoring import Scorer
 from detector.core.windows import sliding_windows
 from detector.daemon import Detector, tune_garbage_collector
-from detector.kafka_io import Publisher, RebalanceEvents, build_consumer, build_producer
+from detector.kafka_io import Publisher
 from detector.lane import Lane, Model
 from detector.logs import RateLimitedLog
 from detector.metrics import DetectorMetrics
@@ -204,12 +208,18 @@ def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]])
 
 
 def daemon_config(
-    bootstrap: str, topic: str, alerts: str, model: Path, args: argparse.Namespace
+    bootstrap: str,
+    topic: str,
+    alerts: str,
+    model: Path,
+    args: argparse.Namespace,
+    client: str = "kafka-python",
 ) -> DetectorConfig:
     """configs/detector.yaml (the daemon's defaults) pointed at the bench topics and model."""
     values = load_config(ROOT / "configs" / "detector.yaml").model_dump()
     kafka = values["kafka"]
     kafka.update(
+        client=client,
         bootstrap_servers=[bootstrap],
         readings_topics=[topic],
         alerts_topic=alerts,
@@ -299,16 +309,45 @@ def measure_raw_confluent(config: DetectorConfig, expected: int) -> dict[str, fl
     return {"records": received, "seconds": seconds, "rate": received / seconds}
 
 
-class _TimedRebalance(RebalanceEvents):
-    """The daemon's rebalance listener, noting when the partitions were first assigned."""
+class _FirstAssignment:
+    """When the daemon's consumer was first given partitions: a rate run's clock starts there."""
 
-    assigned_at = 0.0
+    at = 0.0
+
+    @classmethod
+    def note(cls, partitions: Sized) -> None:
+        """Start the clock at the first non-empty assignment."""
+        if len(partitions) and not cls.at:
+            cls.at = time.perf_counter()
+
+
+class _TimedRebalance(RebalanceListener):
+    """The daemon's kafka-python rebalance listener, timing the first assignment."""
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start the clock, then do what the daemon does."""
-        if assigned and not self.assigned_at:
-            self.assigned_at = time.perf_counter()
+        _FirstAssignment.note(assigned)
         await super().on_partitions_assigned(assigned)
+
+
+class _TimedKafkaPython(KafkaPythonConsumer):
+    """The daemon's kafka-python consumer, its first assignment timed."""
+
+    listener_type = _TimedRebalance
+
+
+def _timed_consumer(config: KafkaConfig) -> Consumer:
+    """The daemon's consumer for ``config.client``, its first assignment timed."""
+    if config.client == "kafka-python":
+        return _TimedKafkaPython(config)
+    from detector.clients.confluent import ConfluentConsumer
+
+    class _TimedConfluent(ConfluentConsumer):
+        def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+            _FirstAssignment.note(partitions)
+            super()._on_assign(consumer, partitions)
+
+    return _TimedConfluent(config)
 
 
 class _TimedDetector(Detector):
@@ -316,11 +355,10 @@ class _TimedDetector(Detector):
 
     def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rebalance = _TimedRebalance(self.consumer, self.rebalance.safe_offsets)
         self.expected = expected
         self.finished = 0.0
 
-    def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+    def process(self, records: Mapping[Partition, Sequence[Record]]) -> None:
         """The daemon's own ``process``; the clock stops once the last record is committed."""
         super().process(records)
         if self.records_consumed >= self.expected and not self.finished:
@@ -345,8 +383,9 @@ def measure_pipeline(
 ) -> dict[str, float]:
     """The daemon's detector end to end: records/s, windows scored and alerts published."""
     metrics = DetectorMetrics()
-    publisher = Publisher(lambda: build_producer(config.kafka))
-    consumer = build_consumer(config.kafka)
+    publisher = Publisher(lambda: open_producer(config.kafka))
+    _FirstAssignment.at = 0.0
+    consumer = _timed_consumer(config.kafka)
     detector = _TimedDetector(
         config,
         {DEFAULT_PROFILE: Model(artifact, scorer)},
@@ -359,7 +398,7 @@ def measure_pipeline(
         detector.run()
     finally:
         publisher.close()
-    seconds = detector.finished - detector.rebalance.assigned_at
+    seconds = detector.finished - _FirstAssignment.at
     batches = _total(metrics, "detector_batch_size_count") or 1.0
     readings = _total(metrics, "detector_readings_accepted_total")
     windows = _total(metrics, "detector_windows_scored_total")
@@ -443,17 +482,13 @@ SHADOWED, UNSHADOWED = "shadowed", "unshadowed"
 
 def _poll_batches(
     messages: list[tuple[bytes, bytes]], partitions: int, per_poll: int
-) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+) -> list[dict[Partition, list[Record]]]:
     """``messages`` as the consumer would hand them over: polls of records per partition."""
-    by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
+    by_partition: dict[Partition, list[Record]] = {}
     for key, value in messages:
-        tp = TopicPartition("readings", zlib.crc32(key) % partitions)
+        tp = Partition("readings", zlib.crc32(key) % partitions)
         records = by_partition.setdefault(tp, [])
-        records.append(
-            ConsumerRecord(
-                tp.topic, tp.partition, -1, len(records), 0, 0, key, value, [], None, 0, 0, 0
-            )
-        )
+        records.append(Record(tp.topic, tp.partition, len(records), key, value, ()))
     longest = max(len(records) for records in by_partition.values())
     return [
         {tp: records[start : start + per_poll] for tp, records in by_partition.items()}
@@ -566,21 +601,17 @@ def model_windows(stream: Fleet, features: list[str], length: int, count: int) -
 
 def _records(messages: list[tuple[bytes, bytes]], topic: str, partitions: int) -> dict:
     """The messages as the consumer hands them over, keyed to partitions by their key's CRC."""
-    by_partition: dict[TopicPartition, list[ConsumerRecord]] = {}
+    by_partition: dict[Partition, list[Record]] = {}
     for key, value in messages:
-        tp = TopicPartition(topic, zlib.crc32(key) % partitions)
+        tp = Partition(topic, zlib.crc32(key) % partitions)
         batch = by_partition.setdefault(tp, [])
-        batch.append(
-            ConsumerRecord(
-                tp.topic, tp.partition, -1, len(batch), 0, 0, key, value, [], None, 0, 0, 0
-            )
-        )
+        batch.append(Record(tp.topic, tp.partition, len(batch), key, value, ()))
     return by_partition
 
 
 def _polls(
-    records: dict[TopicPartition, list[ConsumerRecord]], per_poll: int
-) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+    records: dict[Partition, list[Record]], per_poll: int
+) -> list[dict[Partition, list[Record]]]:
     """The records cut into polls of ``per_poll`` per partition, as ``max_poll_records`` does."""
     longest = max(map(len, records.values()))
     return [
@@ -833,6 +864,7 @@ def measure_latency(
     seconds: float,
     args: argparse.Namespace,
     workdir: Path,
+    client: str = "kafka-python",
 ) -> dict[str, Any]:
     """Paced load with wall-clock timestamps through a daemon process; latency of its alerts."""
     suffix = uuid.uuid4().hex[:8]
@@ -850,6 +882,7 @@ def measure_latency(
         DETECTOR_SCORING__MAX_BATCH_SIZE=str(args.batch_size),
         DETECTOR_SCORING__THREADS=str(args.threads),
         DETECTOR_WINDOWS__STRIDE="1",
+        DETECTOR_KAFKA__CLIENT=client,
     )
     daemon = spawn_daemon(ROOT / "configs/detector.yaml", env, workdir / "latency-daemon.log", ROOT)
     alerts: list[tuple[dict, float]] = []
@@ -933,11 +966,11 @@ def measure_latency(
 class _NoConsumer:
     """Just enough of a consumer for a detector that is fed records directly."""
 
-    def assignment(self) -> set[TopicPartition]:
+    def assignment(self) -> set[Partition]:
         return set()
 
-    def metrics(self) -> dict[str, Any]:
-        return {}
+    def broker_reachable(self, within_s: float) -> bool:
+        return True
 
 
 class _NoPublisher:
@@ -977,13 +1010,13 @@ def memory_probe(
     loaded.scorer.sensor_errors(np.zeros((batch_size, length, n_features), np.float32))
     row = np.asarray(artifact.scaler.mean, np.float32)
     sensors = dict(zip(meta.feature_names, row.tolist(), strict=True))
-    tps = [TopicPartition("readings", p) for p in range(partitions)]
+    tps = [Partition("readings", p) for p in range(partitions)]
     store = lane.registry.store
     baseline = _live_rss_bytes()
     started = time.perf_counter()
     chunk = 2000
     for first in range(0, devices, chunk):
-        records: dict[TopicPartition, list[ConsumerRecord]] = {}
+        records: dict[Partition, list[Record]] = {}
         for i in range(first, min(first + chunk, devices)):
             device = f"device-{i:07d}"
             slot = store.slot(device)
@@ -993,9 +1026,7 @@ def memory_probe(
                 {"device_id": device, "ts": 1_700_000_000.0 + length, "sensors": sensors}
             ).encode()
             tp = tps[i % partitions]
-            record = ConsumerRecord(
-                tp.topic, tp.partition, -1, i, 0, 0, device.encode(), value, [], None, 0, 0, 0
-            )
+            record = Record(tp.topic, tp.partition, i, device.encode(), value, ())
             records.setdefault(tp, []).append(record)
         detector.process(records)
     detector.flush()
@@ -1163,12 +1194,16 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         produce_all(bootstrap, topic, messages)
 
         def pipeline_and_model(
-            model: Path, model_artifact: Artifact, model_scorer: Scorer, model_input: np.ndarray
+            model: Path,
+            model_artifact: Artifact,
+            model_scorer: Scorer,
+            model_input: np.ndarray,
+            client: str = "kafka-python",
         ) -> tuple[dict[str, float], dict[str, float]]:
             # The model is timed on both sides of the Kafka run, so a neighbour's burst on the
             # shared machine weighs on both figures of a ratio alike.
             before = measure_model(model_scorer, model_input, min_seconds=3.0)
-            config = daemon_config(bootstrap, topic, f"{topic}-alerts", model, args)
+            config = daemon_config(bootstrap, topic, f"{topic}-alerts", model, args, client)
             pipeline = measure_pipeline(config, model_artifact, model_scorer, len(messages))
             after = measure_model(model_scorer, model_input, min_seconds=3.0)
             return pipeline, _combined(before, after)
@@ -1198,8 +1233,43 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
             config = daemon_config(bootstrap, topic, f"{topic}-alerts", default_model, args)
             idle = measure_pipeline(config, default_artifact, noop, len(messages))
             say(f"round {number + 1}: pipeline with a no-op scorer {idle['rate']:,.0f} records/s")
+            # Each client against the same limit: the faster client's raw consume or the model.
+            fastest = max(raw["rate"], confluent["rate"])
+            by_client = {
+                "kafka-python": (raw, pipeline, model, small, small_model),
+                "confluent-kafka": (
+                    confluent,
+                    *pipeline_and_model(args.model, artifact, scorer, windows, "confluent-kafka"),
+                    *pipeline_and_model(
+                        default_model,
+                        default_artifact,
+                        default_scorer,
+                        default_windows,
+                        "confluent-kafka",
+                    ),
+                ),
+            }
+            clients = {}
+            for client, (c_raw, c_big, c_model, c_small, c_small_model) in by_client.items():
+                clients[client] = {
+                    "raw": c_raw["rate"],
+                    "pipeline": c_big["rate"],
+                    "pipeline_over_limit": c_big["rate"] / min(fastest, c_model["rate"]),
+                    "default_model": {
+                        "pipeline": c_small["rate"],
+                        "pipeline_over_limit": c_small["rate"]
+                        / min(fastest, c_small_model["rate"]),
+                    },
+                }
+                say(
+                    f"round {number + 1}, {client}: pipeline / limit "
+                    f"{clients[client]['pipeline_over_limit']:.2f} (T={args.window}), "
+                    f"{clients[client]['default_model']['pipeline_over_limit']:.2f} "
+                    f"(default size); {c_big['rate']:,.0f} and {c_small['rate']:,.0f} records/s"
+                )
             rounds.append(
                 {
+                    "clients": clients,
                     "load_average": os.getloadavg()[0],
                     "raw": raw,
                     "raw_confluent": confluent,
@@ -1252,6 +1322,32 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                     [r["noop_scorer"]["pipeline"]["rate"] for r in rounds]
                 ),
                 "pipeline_over_raw": _spread([r["noop_scorer"]["over_raw"] for r in rounds]),
+            },
+            # The limit here is min(the faster client's raw consume, the bare model).
+            "clients": {
+                client: {
+                    "raw_consume_records_per_s": _spread(
+                        [r["clients"][client]["raw"] for r in rounds]
+                    ),
+                    "pipeline_records_per_s": _spread(
+                        [r["clients"][client]["pipeline"] for r in rounds]
+                    ),
+                    "pipeline_over_limit": _spread(
+                        [r["clients"][client]["pipeline_over_limit"] for r in rounds]
+                    ),
+                    "default_model": {
+                        "pipeline_records_per_s": _spread(
+                            [r["clients"][client]["default_model"]["pipeline"] for r in rounds]
+                        ),
+                        "pipeline_over_limit": _spread(
+                            [
+                                r["clients"][client]["default_model"]["pipeline_over_limit"]
+                                for r in rounds
+                            ]
+                        ),
+                    },
+                }
+                for client in rounds[0]["clients"]
             },
         }
 
@@ -1311,13 +1407,30 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
         measured = result.get("summary", {}).get("pipeline_records_per_s", {}).get("median")
         maximum = measured or args.latency_max_rate
         result["latency_levels"] = []
-        for fraction in (float(f) for f in args.latency_fractions.split(",")):
-            rate = maximum * fraction
-            say(f"latency: paced load at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
-            level = measure_latency(
-                bootstrap, args.model, stream, rate, args.latency_seconds, args, workdir
-            )
-            result["latency_levels"].append({"fraction_of_max": fraction, **level})
+        # Both clients get the same offered rates: fractions of kafka-python's measured maximum.
+        for client in ("kafka-python", "confluent-kafka"):
+            for fraction in (float(f) for f in args.latency_fractions.split(",")):
+                rate = maximum * fraction
+                say(
+                    f"latency ({client}): paced load at {rate:,.0f} readings/s for "
+                    f"{args.latency_seconds:.0f} s"
+                )
+                level = measure_latency(
+                    bootstrap, args.model, stream, rate, args.latency_seconds, args, workdir, client
+                )
+                result["latency_levels"].append(
+                    {"client": client, "fraction_of_max": fraction, **level}
+                )
+                say(
+                    f"latency ({client}, {fraction:g} of max): received p50 "
+                    f"{level['received_p50_s']} s, p99 {level['received_p99_s']} s"
+                )
+        for client, figures in result.get("summary", {}).get("clients", {}).items():
+            figures["latency_p99_s"] = {
+                str(level["fraction_of_max"]): level["received_p99_s"]
+                for level in result["latency_levels"]
+                if level["client"] == client
+            }
 
     if "shadow" in stages:
         defaults = yaml.safe_load((ROOT / "configs" / "trainer.yaml").read_text())

@@ -54,13 +54,14 @@ def _bootstrapping() -> Iterator[_FirstError]:
         kafka_log.propagate = True
 
 
-def _unreachable(kafka: KafkaConfig, first: _FirstError) -> str:
+def _unreachable(kafka: KafkaConfig, first: _FirstError, error: Exception | None = None) -> str:
     """Why start-up gives up on the bootstrap servers, in one line (exit ``EXIT_UNAVAILABLE``).
 
     Refused or failed SASL and TLS handshakes end the same way (kafka-python retries them until
     the timeout too), so they exit ``EXIT_UNAVAILABLE`` as well; the first error names the cause.
     """
-    cause = f"; first error: {first.message}" if first.message else ""
+    message = first.message or (str(error) if error is not None else "")
+    cause = f"; first error: {message}" if message else ""
     return (
         f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)} within "
         f"{kafka.bootstrap_timeout_ms / 1000:g} s (kafka.bootstrap_timeout_ms){cause}"
@@ -120,11 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return error_exit("detector", exc)
 
-    from kafka.errors import KafkaError
-
+    from detector.clients import ClientError, open_consumer, open_producer
     from detector.daemon import Detector, install_signal_handlers, tune_garbage_collector
     from detector.health import HealthState, serve
-    from detector.kafka_io import Publisher, build_consumer, build_producer, delivery_timeout_s
+    from detector.kafka_io import Publisher, delivery_timeout_s
     from detector.logs import setup_logging
     from detector.metrics import DetectorMetrics
 
@@ -145,9 +145,9 @@ def _run(args: argparse.Namespace) -> int:
     detector: Detector | None = None
     with _bootstrapping() as first_error:
         try:
-            consumer = build_consumer(config.kafka)
+            consumer = open_consumer(config.kafka)
             publisher = Publisher(
-                lambda: build_producer(config.kafka),
+                lambda: open_producer(config.kafka),
                 timeout_s=delivery_timeout_s(config.kafka) + 1.0,
                 on_failure=metrics.publish_failures.inc,
                 should_stop=lambda: detector is not None and detector.stopping,
@@ -155,9 +155,9 @@ def _run(args: argparse.Namespace) -> int:
                 on_producer_replaced=metrics.producer_replacements.inc,
                 on_dropped=lambda _message: metrics.dead_letters_dropped.inc(),
             )
-        except KafkaError:
+        except ClientError as exc:
             return error_exit(
-                "detector", _unreachable(config.kafka, first_error), code=EXIT_UNAVAILABLE
+                "detector", _unreachable(config.kafka, first_error, exc), code=EXIT_UNAVAILABLE
             )
     detector = Detector(
         config, models, consumer, publisher, metrics, health=health, candidates=candidates
@@ -175,9 +175,10 @@ def _run(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
+    from detector.clients.kafka_python import build_producer
     from detector.config import KafkaConfig, load_config
     from detector.core.datafiles import DataFileError, load_table
-    from detector.kafka_io import build_producer
+    from detector.kafka_io import delivery_timeout_s
     from detector.logs import setup_logging
     from detector.settings import validate_settings
     from detector_devtools.replay import encode_messages, interleave, replay
@@ -208,7 +209,7 @@ def _replay(args: argparse.Namespace) -> int:
     messages = encode_messages(interleave(table), args.batch)
     with _bootstrapping() as first_error:
         try:
-            producer = build_producer(kafka)
+            producer = build_producer(kafka, delivery_timeout_s(kafka))
         except KafkaError:
             return error_exit(
                 "detector replay", _unreachable(kafka, first_error), code=EXIT_UNAVAILABLE

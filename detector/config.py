@@ -94,6 +94,10 @@ BootstrapServer = Annotated[str, AfterValidator(_bootstrap_server)]
 class KafkaConfig(_Section):
     """Where readings come from and alerts go, and how the consumer group behaves."""
 
+    client: Literal["kafka-python", "confluent-kafka"] = Field(
+        "kafka-python",
+        description="the Kafka client library; confluent-kafka (librdkafka) is the confluent extra",
+    )
     bootstrap_servers: list[BootstrapServer] = Field(
         default_factory=lambda: ["localhost:9092"], min_length=1
     )

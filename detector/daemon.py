@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import math
 import signal
 import threading
 import time
@@ -23,17 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CorruptRecordError, KafkaError
-from kafka.structs import OffsetAndMetadata
-
+from detector.clients import ClientError, Consumer, Partition, Record, Undecodable
 from detector.config import DetectorConfig
 from detector.core.artifact import ArtifactError, describe, resolve_candidate
 from detector.core.routing import DEFAULT_PROFILE
 from detector.health import HealthState
-from detector.kafka_compat import undecodable_position
-from detector.kafka_io import Publisher, RebalanceEvents
+from detector.kafka_io import Publisher
 from detector.lane import Lane, Model
 from detector.metrics import DetectorMetrics
 from detector.pipeline import Output, Pipeline
@@ -75,7 +69,7 @@ class Detector:
         self,
         config: DetectorConfig,
         models: Mapping[str, Model],
-        consumer: KafkaConsumer,
+        consumer: Consumer,
         publisher: Publisher,
         metrics: DetectorMetrics,
         health: HealthState | None = None,
@@ -116,11 +110,6 @@ class Detector:
             metrics.score_drift.labels(profile=lane.name).set_function(lane.drift_score)
         self.metrics.scoring_device.info(
             {"device": str(models[self.pipeline.lanes[0].name].scorer.device)}
-        )
-        offsets = self.pipeline.offsets
-        self.rebalance = RebalanceEvents(
-            consumer,
-            lambda: {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.safe.items()},
         )
         self._stop = threading.Event()
         self._last_commit = 0.0
@@ -266,7 +255,8 @@ class Detector:
             self.pipeline.lanes[0].model.scorer.device,
             self.config.kafka.readings_topics,
         )
-        self.consumer.subscribe(self.config.kafka.readings_topics, listener=self.rebalance)
+        offsets = self.pipeline.offsets
+        self.consumer.subscribe(self.config.kafka.readings_topics, lambda: offsets.safe)
         try:
             while not self._stop.is_set():
                 with self._phases["reload"].time():
@@ -274,7 +264,7 @@ class Detector:
                 try:
                     with self._phases["poll"].time():
                         records = self.consumer.poll(timeout_ms=self._poll_timeout_ms())
-                except CorruptRecordError as exc:
+                except Undecodable as exc:
                     self._skip_undecodable(exc)
                     continue
                 records = self.handle_rebalance(records)
@@ -284,7 +274,7 @@ class Detector:
             self._deliver(self.pipeline.flush())
             self.commit(force=True)
         finally:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
             # After the group is left: a load in progress only delays the exit, by one step.
             self._loader.close()
             committed = self.pipeline.offsets.committed_offsets
@@ -294,7 +284,7 @@ class Detector:
                 {f"{tp.topic}[{tp.partition}]": off for tp, off in sorted(committed.items())},
             )
 
-    def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+    def process(self, records: Mapping[Partition, Sequence[Record]]) -> None:
         """Run one poll's records through the pipeline; publish what it made, then commit."""
         phases = self._phases
         with phases["pipeline"].time():
@@ -320,18 +310,14 @@ class Detector:
         if output.safe is not None:
             self.pipeline.offsets.mark_safe(output.safe)
 
-    def _skip_undecodable(self, error: CorruptRecordError) -> None:
+    def _skip_undecodable(self, error: Undecodable) -> None:
         """Move past a record the Kafka client cannot decode (see the pipeline's own)."""
-        found = undecodable_position(self.consumer)
-        if found is None:
-            raise error  # nowhere known to seek to: a restart is the only way on
-        tp, offset = found
-        self.consumer.seek(tp, offset + 1)
-        self.pipeline.skip_undecodable(tp, offset, str(error))
+        self.consumer.seek(error.partition, error.offset + 1)
+        self.pipeline.skip_undecodable(error.partition, error.offset, error.detail)
 
     def handle_rebalance(
-        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]
-    ) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
+        self, records: Mapping[Partition, Sequence[Record]]
+    ) -> Mapping[Partition, Sequence[Record]]:
         """Act on partitions revoked or assigned during the last poll.
 
         Devices of a partition that moved are forgotten (their slots freed; those of a partition
@@ -339,7 +325,7 @@ class Detector:
         before its committed offset so its windows are rebuilt before anything is published.
         Returns the poll's records minus those of rewound partitions.
         """
-        revoked, assigned = self.rebalance.take()
+        revoked, assigned = self.consumer.rebalanced()
         if not revoked and not assigned:
             return records
         # Windows already cut are scored with the alert state they were cut under; their
@@ -354,14 +340,14 @@ class Detector:
         log.info("partitions revoked %s, assigned %s", sorted(revoked), sorted(assigned))
         return {tp: batch for tp, batch in records.items() if tp not in rewound}
 
-    def _rewind(self, tp: TopicPartition) -> bool:
+    def _rewind(self, tp: Partition) -> bool:
         """Seek ``tp`` back to rebuild its windows; returns whether its position was changed."""
         try:
             committed = self.consumer.committed(tp)
             if committed is None:
                 return False  # a new group: auto_offset_reset decides, nothing to rebuild
-            beginning = self.consumer.beginning_offsets([tp])[tp]
-        except KafkaError as exc:
+            beginning = self.consumer.beginning_offset(tp)
+        except ClientError as exc:
             log.warning("cannot look up offsets of %s (%s); resuming without rebuild", tp, exc)
             return False
         start = max(beginning, committed - self.config.windows.rebuild_records)
@@ -381,8 +367,8 @@ class Detector:
         if not pending:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
-        except KafkaError as exc:
+            self.consumer.commit(pending)
+        except ClientError as exc:
             # The broker is away or another member owns these partitions now; either way the
             # records are re-read from the last commit, which repeats work but loses nothing.
             self.metrics.commit_failures.inc()
@@ -411,14 +397,9 @@ class Detector:
                 )
 
     def _broker_reachable(self) -> bool:
-        # A connection still being retried counts as open, so once the consumer has joined its
-        # group also require a recent heartbeat answer from the coordinator (every member, with
-        # or without partitions, heartbeats every heartbeat_interval_ms). An outage can also
-        # empty the assignment, so an empty one is no excuse after the first join.
-        metrics = self.consumer.metrics() or {}  # None once the consumer is closed
-        connections = metrics.get("consumer-metrics", {}).get("connection-count", 0)
-        recent = _heartbeat_answer_age(self.consumer) < self.config.kafka.session_timeout_ms / 1000
-        return connections > 0 and (recent or not self.rebalance.joined)
+        # Every member, with or without partitions, heartbeats every heartbeat_interval_ms: a
+        # session's worth of silence is an outage.
+        return self.consumer.broker_reachable(self.config.kafka.session_timeout_ms / 1000)
 
     def _poll_timeout_ms(self) -> int:
         wait = self.pipeline.wait_ms()
@@ -464,18 +445,3 @@ def _return_freed_memory() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-def _heartbeat_answer_age(consumer: KafkaConsumer) -> float:
-    """Seconds since the group coordinator last answered a heartbeat (``inf``: never).
-
-    kafka-python's ``last-heartbeat-seconds-ago`` metric counts heartbeats *sent*, and it goes on
-    sending (and failing) to a coordinator it has not yet noticed is gone; only its heartbeat
-    object (not public API) records answers, so the metric is the fallback if that changes.
-    """
-    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
-    answered = getattr(heartbeat, "last_receive", None)
-    if isinstance(answered, float):
-        return time.monotonic() - answered
-    coordinator = consumer.metrics().get("consumer-coordinator-metrics", {})
-    return float(coordinator.get("last-heartbeat-seconds-ago", math.inf))

@@ -36,9 +36,8 @@ from typing import Literal, Protocol
 import msgspec
 import numpy as np
 import pandas as pd
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
 
+from detector.clients.base import Partition, Record
 from detector.config import DetectorConfig, ModelConfig, ProfileConfig, RetrainConfig
 from detector.core.alerts import Alert
 from detector.core.artifact import Artifact
@@ -66,7 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Where the backtest's records come from and its dead letters go: names no broker ever sees.
-_TOPIC = TopicPartition("evaluate", 0)
+_TOPIC = Partition("evaluate", 0)
 _DEAD_LETTERS = "evaluate.dead-letters"
 _REASON_HEADER = DLQ_HEADER_PREFIX + "reason"
 _OFFSET_HEADER = DLQ_HEADER_PREFIX + "offset"
@@ -208,7 +207,7 @@ class _Fleet:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def records(self, start: int, stop: int) -> list[ConsumerRecord]:
+    def records(self, start: int, stop: int) -> list[Record]:
         """Rows ``start:stop`` as the consumer would hand them over: one reading each.
 
         A NaN leaves its sensor out of the reading, as a device that lost the sensor would.
@@ -222,12 +221,7 @@ class _Fleet:
             sensors = {name: v for name, v in zip(names, row, strict=True) if v == v}
             value = encode({"device_id": device, "ts": float(self.ts[offset]), "sensors": sensors})
             key = device.encode()
-            out.append(
-                ConsumerRecord(
-                    _TOPIC.topic, _TOPIC.partition, -1, offset, 0, 0, key, value, [], None,
-                    len(key), len(value), 0,
-                )
-            )  # fmt: skip
+            out.append(Record(_TOPIC.topic, _TOPIC.partition, offset, key, value, ()))
         return out
 
     def seen(self, stop: int, since: float) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Kafka edges: building the consumer and producer from config, publishing alerts with acks."""
+"""What the daemon publishes (alerts, dead letters) and how: every send waited on, any client."""
 
 from __future__ import annotations
 
@@ -8,78 +8,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, KafkaTimeoutError
-
+from detector.clients.base import ClientError, Partition, Producer, Record, Refused, SendTimeout
 from detector.config import KafkaConfig
 from detector.core.alerts import Alert
 from detector.core.readings import Rejection, RejectReason
-from detector.kafka_compat import install_lenient_header_keys
 
 __all__ = [
     "DLQ_HEADER_PREFIX",
     "MAX_REQUEST_BYTES",
     "OutboundMessage",
     "Publisher",
-    "RebalanceEvents",
     "alert_message",
-    "build_consumer",
-    "build_producer",
     "dead_letter_message",
     "delivery_timeout_s",
-    "security_kwargs",
     "undecodable_dead_letter",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def security_kwargs(config: KafkaConfig) -> dict[str, Any]:
-    """Connection and security settings shared by consumers, producers and admin clients."""
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": config.bootstrap_servers,
-        "client_id": config.client_id,
-        "security_protocol": config.security_protocol,
-        "request_timeout_ms": config.request_timeout_ms,
-        "bootstrap_timeout_ms": config.bootstrap_timeout_ms,
-    }
-    if config.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs.update(
-            ssl_cafile=str(config.ssl_cafile) if config.ssl_cafile else None,
-            ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
-            ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
-            ssl_check_hostname=config.ssl_check_hostname,
-        )
-    if config.security_protocol.startswith("SASL"):
-        kwargs.update(
-            sasl_mechanism=config.sasl_mechanism,
-            sasl_plain_username=config.sasl_username,
-            sasl_plain_password=config.sasl_password.get_secret_value()
-            if config.sasl_password
-            else None,
-        )
-    return kwargs
-
-
-def build_consumer(config: KafkaConfig) -> KafkaConsumer:
-    """A consumer-group member with manual commits (subscribe it with a listener)."""
-    install_lenient_header_keys()
-    return KafkaConsumer(
-        group_id=config.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=config.auto_offset_reset,
-        session_timeout_ms=config.session_timeout_ms,
-        heartbeat_interval_ms=config.heartbeat_interval_ms,
-        max_poll_interval_ms=config.max_poll_interval_ms,
-        max_poll_records=config.max_poll_records,
-        fetch_max_bytes=config.fetch_max_bytes,
-        max_partition_fetch_bytes=config.max_partition_fetch_bytes,
-        fetch_max_wait_ms=config.fetch_max_wait_ms,
-        **security_kwargs(config),
-    )
 
 
 # The producer's request size limit (kafka-python's and the broker's usual default): dead letters
@@ -90,24 +36,6 @@ MAX_REQUEST_BYTES = 1_048_576
 def delivery_timeout_s(config: KafkaConfig) -> float:
     """How long the producer may take to report a record sent or failed (the least it allows)."""
     return (config.request_timeout_ms + config.producer_linger_ms) / 1000
-
-
-def build_producer(config: KafkaConfig) -> KafkaProducer:
-    """An acks=all producer for alerts and dead letters whose every wait is bounded.
-
-    kafka-python's defaults let a send wait 60 s for metadata and a record 120 s for delivery;
-    here both follow ``request_timeout_ms`` so a publish attempt fails within one timeout.
-    """
-    return KafkaProducer(
-        acks="all",
-        linger_ms=config.producer_linger_ms,
-        compression_type=config.producer_compression,
-        retries=5,
-        max_request_size=MAX_REQUEST_BYTES,
-        max_block_ms=config.request_timeout_ms,
-        delivery_timeout_ms=int(delivery_timeout_s(config) * 1000),
-        **security_kwargs(config),
-    )
 
 
 @dataclass(frozen=True)
@@ -163,7 +91,7 @@ def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:
 
 def dead_letter_message(
     topic: str,
-    record: ConsumerRecord,
+    record: Record,
     rejections: Sequence[Rejection],
     max_bytes: int,
 ) -> OutboundMessage:
@@ -211,7 +139,7 @@ def dead_letter_message(
 
 
 def undecodable_dead_letter(
-    topic: str, source: TopicPartition, offset: int, detail: str
+    topic: str, source: Partition, offset: int, detail: str
 ) -> OutboundMessage:
     """A dead letter for a record the Kafka client could not decode: where it was, no content."""
     headers = [
@@ -241,7 +169,7 @@ class Publisher:
 
     def __init__(
         self,
-        producer_factory: Callable[[], KafkaProducer],
+        producer_factory: Callable[[], Producer],
         timeout_s: float = 30.0,
         on_failure: Callable[[], None] = lambda: None,
         retry_backoff_s: float = 1.0,
@@ -258,7 +186,7 @@ class Publisher:
         self.on_wait = on_wait
         self.on_producer_replaced = on_producer_replaced
         self.on_dropped = on_dropped
-        self._producer: KafkaProducer | None = producer_factory()
+        self._producer: Producer | None = producer_factory()
 
     def publish(self, messages: Sequence[OutboundMessage]) -> None:
         """Send and wait for acks, retrying failed sends until they succeed.
@@ -286,10 +214,7 @@ class Publisher:
         """Close the producer, waiting at most ``timeout_s`` for what it still holds."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=timeout_s)
-            except KafkaError as exc:
-                log.warning("producer closed with records unsent (%s)", exc)
+            producer.close(timeout_s)
 
     def _attempt(self, messages: Sequence[OutboundMessage]) -> tuple[list[OutboundMessage], bool]:
         """One bounded send: the messages to send again, and whether the producer failed."""
@@ -297,41 +222,36 @@ class Publisher:
         if producer is None:
             return list(messages), True  # the last replacement failed: build one again
         failed: list[OutboundMessage] = []
-        futures = []
+        deliveries = []
         for message in messages:
             try:
-                future = producer.send(
-                    message.topic, key=message.key, value=message.value, headers=message.headers
-                )
-            except KafkaTimeoutError as exc:  # no metadata within max_block_ms: broker away
+                delivery = producer.send(message.topic, message.key, message.value, message.headers)
+            except SendTimeout as exc:
                 log.warning("publish to %s timed out (%s); retrying", message.topic, exc)
                 failed.append(message)
-            except (KafkaError, TypeError, ValueError) as exc:  # refused before it was sent
+            except Refused as exc:
                 failed.extend(self._refused(message, exc))
             else:
-                futures.append((message, future))
+                deliveries.append((message, delivery))
         broken = bool(failed)
-        try:
-            producer.flush(timeout=self.timeout_s)
-        except KafkaTimeoutError:
-            log.warning("producer did not finish sending in %.0f s", self.timeout_s)
-        for message, future in futures:
-            if not future.is_done:
+        producer.flush(self.timeout_s)
+        for message, delivery in deliveries:
+            if not delivery.done:
                 failed.append(message)
                 broken = True
                 continue
-            try:
-                future.get(timeout=0)
-            except KafkaError as exc:
-                if exc.retriable or not message.dead_letter:
-                    log.warning("publish to %s not acknowledged (%s); retrying", message.topic, exc)
-                    failed.append(message)
-                    broken = True
-                else:
-                    failed.extend(self._refused(message, exc))
+            error = delivery.error()
+            if error is None:
+                continue
+            if error.retriable or not message.dead_letter:
+                log.warning("publish to %s not acknowledged (%s); retrying", message.topic, error)
+                failed.append(message)
+                broken = True
+            else:
+                failed.extend(self._refused(message, error))
         return failed, broken
 
-    def _refused(self, message: OutboundMessage, exc: Exception) -> list[OutboundMessage]:
+    def _refused(self, message: OutboundMessage, exc: ClientError) -> list[OutboundMessage]:
         """What to send instead of a message the producer or broker refuses for what it is."""
         if not message.dead_letter:
             log.error("alert to %s refused (%s); retrying", message.topic, exc)
@@ -345,7 +265,7 @@ class Publisher:
             log.error("dead letter refused (%s); sending it without key and value", exc)
             ours = [
                 *where.items(),
-                (DLQ_HEADER_PREFIX + "value.dropped", type(exc).__name__.encode()),
+                (DLQ_HEADER_PREFIX + "value.dropped", exc.kind.encode()),
             ]
             return [OutboundMessage(message.topic, None, b"", ours, dead_letter=True)]
         log.error(
@@ -361,69 +281,12 @@ class Publisher:
     def _replace_producer(self) -> None:
         old, self._producer = self._producer, None
         if old is not None:
-            # kafka-python's close() only stops its sender once every batch is done, and a batch
-            # is done at the latest when its delivery timeout expires: close in the background.
-            threading.Thread(
-                target=self._close_quietly, args=(old, self.timeout_s), daemon=True
-            ).start()
+            # A producer's close() may wait until every batch is done, and a batch is done at
+            # the latest when its delivery timeout expires: close it in the background.
+            threading.Thread(target=old.close, args=(self.timeout_s,), daemon=True).start()
         try:
             self._producer = self.producer_factory()
-        except KafkaError as exc:
+        except ClientError as exc:
             log.warning("cannot create a new producer yet (%s); will retry", exc)
             return
         self.on_producer_replaced()
-
-    @staticmethod
-    def _close_quietly(producer: KafkaProducer, timeout_s: float) -> None:
-        try:
-            producer.close(timeout=timeout_s)
-        except KafkaError as exc:
-            log.info("replaced producer closed with records unsent (%s)", exc)
-
-
-class RebalanceEvents(AsyncConsumerRebalanceListener):
-    """Hands partition changes from kafka-python's IO thread to the main loop.
-
-    kafka-python 3.x calls listeners on its IO thread, where blocking consumer calls raise; so
-    the listener only commits (awaiting the non-blocking commit) the offsets the main loop
-    declared safe, and queues the changes for the main loop to act on after ``poll`` returns.
-    """
-
-    def __init__(self, consumer: KafkaConsumer, safe_offsets: Callable[[], dict]) -> None:
-        self.consumer = consumer
-        self.safe_offsets = safe_offsets
-        self._lock = threading.Lock()
-        self._assigned: set[TopicPartition] = set()
-        self._revoked: set[TopicPartition] = set()
-        self.joined = False  # a group join has completed at least once
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Commit what is fully processed on the partitions being given up."""
-        offsets = {tp: meta for tp, meta in self.safe_offsets().items() if tp in revoked}
-        if offsets:
-            try:
-                await self.consumer.commit_async(offsets)
-            except KafkaError as exc:
-                log.warning("commit on revocation failed (%s); the new owner re-reads", exc)
-        with self._lock:
-            self._revoked |= set(revoked)
-            self._assigned -= set(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Queue the new partitions; the main loop rebuilds their devices' windows."""
-        with self._lock:
-            self._assigned |= set(assigned)
-            self.joined = True
-
-    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        """Membership was lost: nothing may be committed, only forgotten."""
-        with self._lock:
-            self._revoked |= set(lost)
-            self._assigned -= set(lost)
-
-    def take(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
-        """The (revoked, assigned) partitions since the last call."""
-        with self._lock:
-            revoked, assigned = self._revoked, self._assigned
-            self._revoked, self._assigned = set(), set()
-        return revoked, assigned

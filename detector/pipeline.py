@@ -14,9 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
-
+from detector.clients.base import Partition, Record
 from detector.config import DetectorConfig
 from detector.core.offsets import OffsetTracker
 from detector.core.readings import ReadingParser, RejectReason
@@ -43,7 +41,7 @@ class Output:
 
     messages: list[OutboundMessage] = field(default_factory=list)
     # Offsets committable once ``messages`` are acknowledged; None: nothing new is safe.
-    safe: dict[TopicPartition, int] | None = None
+    safe: dict[Partition, int] | None = None
 
     @property
     def alerts(self) -> list[OutboundMessage]:
@@ -99,11 +97,11 @@ class Pipeline:
             router,
             [lane.feature_names for lane in self.lanes] if router is not None else None,
         )
-        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.offsets: OffsetTracker[Partition] = OffsetTracker()
         self.records_consumed = 0  # new records, replays not counted
         self.idle_clock = 0.0
         self._outbox: list[OutboundMessage] = []
-        self._safe: dict[TopicPartition, int] | None = None
+        self._safe: dict[Partition, int] | None = None
         self._unknown_sensors = 0
         self._trace_log = RateLimitedLog(log)
 
@@ -144,7 +142,7 @@ class Pipeline:
             raise ValueError(f"{model.version} cannot score profile {lane.name}: {reason}")
 
     def process(
-        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], now: float | None = None
+        self, records: Mapping[Partition, Sequence[Record]], now: float | None = None
     ) -> Output:
         """Ingest one poll's records (``now``: wall-clock time); score what is full or due."""
         now = time.time() if now is None else now
@@ -205,7 +203,7 @@ class Pipeline:
         batch = score(lane)
         self._outbox.extend(emit.alerts(lane, batch, judge(lane, batch)))
 
-    def skip_undecodable(self, tp: TopicPartition, offset: int, detail: str) -> None:
+    def skip_undecodable(self, tp: Partition, offset: int, detail: str) -> None:
         """A record the Kafka client cannot decode: dead-letter where it was, go on past it.
 
         Its offset counts as processed, so the commit moves past it and a restart does not
@@ -220,7 +218,7 @@ class Pipeline:
         if topic:
             self._outbox.append(undecodable_dead_letter(topic, tp, offset, detail))
 
-    def forget_partitions(self, partitions: set[TopicPartition]) -> int:
+    def forget_partitions(self, partitions: set[Partition]) -> int:
         """Forget the devices and offsets of partitions that moved; returns how many devices.
 
         Call after :meth:`flush`: windows already cut are scored with the alert state they
@@ -260,7 +258,7 @@ class Pipeline:
         safe, self._safe = self._safe, None
         return Output(messages, safe)
 
-    def _check_adaptation_rebuilt(self, tp: TopicPartition) -> None:
+    def _check_adaptation_rebuilt(self, tp: Partition) -> None:
         """Warn when the replay was too short to rebuild the partition's devices' recent scores.
 
         Such a device's threshold adapts again from its next scores (adaptation, likelihood):
@@ -288,9 +286,7 @@ class Pipeline:
                 self.config.windows.rebuild_records,
             )
 
-    def _ingest(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord], now: float
-    ) -> tuple[int, int]:
+    def _ingest(self, tp: Partition, records: Sequence[Record], now: float) -> tuple[int, int]:
         """Decode, route and admit consecutive records of a partition: (records taken, new ones).
 
         Takes records until they hold a batch's worth of readings, so that no more windows wait

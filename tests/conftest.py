@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from detector.clients.base import Partition, Record
 from detector.config import AlertConfig, load_config
 from detector.core.artifact import METADATA_FILE, load_artifact
 from detector.core.scoring import Scorer
@@ -138,23 +139,20 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
     return DemoData(fit(config, show_progress=False), anomalous, normal, stream_csv, normal_csv)
 
 
-PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
+PARTITIONS = [Partition("readings", p) for p in range(3)]
 
 
 def consumer_records(
     messages: Iterable[tuple[bytes | None, bytes]],
-) -> dict[TopicPartition, list[ConsumerRecord]]:
+) -> dict[Partition, list[Record]]:
     """Messages as the consumer hands them over, spread over :data:`PARTITIONS` by key."""
-    out: dict[TopicPartition, list[ConsumerRecord]] = {}
+    out: dict[Partition, list[Record]] = {}
     positions = dict.fromkeys(PARTITIONS, 0)
     for key, value in messages:
         tp = PARTITIONS[sum(key or b"") % len(PARTITIONS)]
         offset = positions[tp]
         positions[tp] += 1
-        record = ConsumerRecord(
-            tp.topic, tp.partition, -1, offset, 0, 0, key, value, [], None, 0, 0, 0
-        )
-        out.setdefault(tp, []).append(record)
+        out.setdefault(tp, []).append(Record(tp.topic, tp.partition, offset, key, value, ()))
     return out
 
 
@@ -320,9 +318,29 @@ class Daemon:
         return self.process.returncode
 
 
+# The Kafka clients the daemon can run on (kafka.client). Daemons of these test modules run once
+# on each: they hold what the client must guarantee (at-least-once through kills and rebalances,
+# dead letters for poison records, exits at start-up, hot reload); the rest run on the default.
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+_ON_EVERY_CLIENT = {
+    "test_faults",
+    "test_poison_records",
+    "test_daemon_kafka",
+    "test_startup_errors",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Give every test whose daemons start through :func:`start_daemon` its ``kafka_client``."""
+    if "kafka_client" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        clients = KAFKA_CLIENTS if module in _ON_EVERY_CLIENT else KAFKA_CLIENTS[:1]
+        metafunc.parametrize("kafka_client", clients)
+
+
 @pytest.fixture
 def start_daemon(
-    tmp_path: Path, topics: Topics, demo_data: DemoData
+    tmp_path: Path, topics: Topics, demo_data: DemoData, kafka_client: str
 ) -> Iterator[Callable[..., Daemon]]:
     """Factory that starts daemons on this test's topics; all are stopped at teardown."""
     started: list[Daemon] = []
@@ -342,6 +360,7 @@ def start_daemon(
             port,
             **{
                 "DETECTOR_KAFKA__GROUP_ID": topics.group,
+                "DETECTOR_KAFKA__CLIENT": kafka_client,
                 "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
                 "DETECTOR_SCORING__DEVICE": "cpu",
                 # Tests poll metrics every 0.1 s to catch a moment (e.g. the first record

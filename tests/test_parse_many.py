@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.consumer.fetcher import ConsumerRecord
 
+from detector.clients.base import Record
 from detector.core.readings import ParsedMessage, ReadingParser, RejectReason
 from detector.core.routing import Router, RouteRule
 from detector.logs import RateLimitedLog
@@ -368,11 +368,8 @@ def test_valid_readings_never_need_parse(numbers: list[list[str]], batch: bool) 
         _assert_same_message(mine, UNLIMITED.parse(value))
 
 
-def _records(values: Sequence[bytes | None], topic: str) -> list[ConsumerRecord]:
-    return [
-        ConsumerRecord(topic, 0, -1, offset, 0, 0, b"k", value, [], None, 0, 0, 0)
-        for offset, value in enumerate(values)
-    ]
+def _records(values: Sequence[bytes | None], topic: str) -> list[Record]:
+    return [Record(topic, 0, offset, b"k", value, ()) for offset, value in enumerate(values)]
 
 
 @settings(max_examples=150, deadline=None)

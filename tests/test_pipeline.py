@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka.structs import TopicPartition
 
+from detector.clients.base import Partition
 from detector.config import DetectorConfig, load_config
 from detector.core.artifact import load_artifact
 from detector.core.readings import ParsedMessage, ReadingParser, RejectReason
@@ -73,7 +73,7 @@ def _pipeline(demo_data: DemoData, sensor: Sensor | None = None, **scoring: obje
     return Pipeline(_config(demo_data, **scoring), _models(demo_data), sensor)
 
 
-def _polls(records: dict[TopicPartition, list], size: int) -> list[dict[TopicPartition, list]]:
+def _polls(records: dict[Partition, list], size: int) -> list[dict[Partition, list]]:
     longest = max(len(batch) for batch in records.values())
     return [
         {tp: batch[start : start + size] for tp, batch in records.items() if batch[start:]}
@@ -81,7 +81,7 @@ def _polls(records: dict[TopicPartition, list], size: int) -> list[dict[TopicPar
     ]
 
 
-def _run(pipeline: Pipeline, polls: list[dict[TopicPartition, list]]) -> list[Output]:
+def _run(pipeline: Pipeline, polls: list[dict[Partition, list]]) -> list[Output]:
     outputs = [pipeline.process(poll) for poll in polls]
     return [*outputs, pipeline.flush()]
 

@@ -14,6 +14,8 @@ import uuid
 import pytest
 from kafka import KafkaProducer
 
+from detector.clients import open_producer
+from detector.clients.base import Record
 from detector.config import KafkaConfig
 from detector.core.readings import Rejection, RejectReason
 from detector.kafka_io import (
@@ -21,7 +23,6 @@ from detector.kafka_io import (
     MAX_REQUEST_BYTES,
     OutboundMessage,
     Publisher,
-    build_producer,
     dead_letter_message,
 )
 from detector_devtools.embedded_broker import create_topics
@@ -58,12 +59,8 @@ class RawHeaderKey(str):
         return self.raw
 
 
-def _record(value: bytes, headers: list[tuple[object, object]] | None = None):
-    from kafka.consumer.fetcher import ConsumerRecord
-
-    return ConsumerRecord(
-        "readings", 2, -1, 41, 0, 0, b"dev", value, headers or [], None, 3, len(value), -1
-    )
+def _record(value: bytes, headers: list[tuple[object, object]] | None = None) -> Record:
+    return Record("readings", 2, 41, b"dev", value, headers or [])  # type: ignore[arg-type]
 
 
 def test_dead_letter_of_a_record_with_many_bad_readings_is_one_bounded_message() -> None:
@@ -209,7 +206,7 @@ def test_publisher_sends_a_refused_dead_letter_without_content_and_drops_what_ca
     unsendable = OutboundMessage(topic, None, b"", [(b"raw-key", b"v")], dead_letter=True)  # type: ignore[list-item]
     dropped: list[OutboundMessage] = []
     config = KafkaConfig(bootstrap_servers=[kafka_bootstrap])
-    publisher = Publisher(lambda: build_producer(config), timeout_s=10, on_dropped=dropped.append)
+    publisher = Publisher(lambda: open_producer(config), timeout_s=10, on_dropped=dropped.append)
     try:
         publisher.publish([too_big, unsendable])
     finally:

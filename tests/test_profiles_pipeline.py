@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
 
+from detector.clients.base import Partition, Record
 from detector.config import DetectorConfig, load_config
 from detector.core.readings import RejectReason
 from detector.evaluate import evaluate_table
@@ -49,8 +48,8 @@ from tests.conftest import (
 
 DLQ = "__detector.errors."
 Transitions = dict[str, list[tuple[float, str]]]
-Records = dict[TopicPartition, list[ConsumerRecord]]
-Poll = dict[TopicPartition, list[ConsumerRecord]]
+Records = dict[Partition, list[Record]]
+Poll = dict[Partition, list[Record]]
 
 # Fans get their own alert rule (two of three windows over the threshold to fire, two clear
 # windows to resolve), so the comparison shows each lane judges with config.alerts_for(profile).
@@ -242,7 +241,7 @@ def test_a_reading_of_an_unconfigured_profile_is_dead_lettered_as_unknown_profil
     batch = json.dumps([json.loads(pump), json.loads(stranger)])
     records = {
         PARTITIONS[0]: [
-            ConsumerRecord("readings", 0, -1, offset, 0, 0, b"k", value.encode(), [], None, 0, 0, 0)
+            Record("readings", 0, offset, b"k", value.encode(), ())
             for offset, value in enumerate([stranger, batch])
         ]
     }
@@ -317,11 +316,9 @@ def test_a_new_device_belongs_to_the_profile_of_its_first_reading(
         ("new-1", _reading("new-1", ts + 1, "pump") | {"profile": "pump"}),
         ("new-1", _reading("new-1", ts + 2, "fan") | {"profile": "fan"}),
     ]
-    tp = TopicPartition("readings", 0)
+    tp = Partition("readings", 0)
     records = [
-        ConsumerRecord(
-            tp.topic, 0, -1, i, 0, 0, k.encode(), json.dumps(v).encode(), [], None, 0, 0, 0
-        )
+        Record(tp.topic, 0, i, k.encode(), json.dumps(v).encode(), ())
         for i, (k, v) in enumerate(readings)
     ]
     pipeline.process({tp: records})

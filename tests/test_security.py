@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from detector.clients.kafka_python import security_kwargs
 from detector.config import DetectorConfig, KafkaConfig
-from detector.kafka_io import security_kwargs
 from detector.settings import ConfigError, load_settings
 from tests.conftest import ROOT, DemoData
 

@@ -128,6 +128,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> dict[
             {"DETECTOR_METRICS__HOST": "no-such-host.invalid"},
         ),
         "unreachable": ([*detector, "run", "--config", str(base)], quick),
+        "unreachable_confluent": (
+            [*detector, "run", "--config", str(base)],
+            {**quick, "DETECTOR_KAFKA__CLIENT": "confluent-kafka"},
+        ),
         # A mistake is reported as one even while the broker is down: checked before connecting.
         "bad_config_unreachable": (
             [*detector, "run", "--config", str(base)],
@@ -238,6 +242,15 @@ def test_unreachable_bootstrap_exits_69_naming_the_servers(runs: dict[str, Run])
     assert [other for other in run.lines if " INFO " not in other] == [line]
 
 
+def test_unreachable_bootstrap_exits_69_with_librdkafka_too(runs: dict[str, Run]) -> None:
+    run = runs["unreachable_confluent"]
+    line = run.error_line(code=EXIT_UNAVAILABLE)
+    assert "cannot reach Kafka" in line and "127.0.0.1:" in line
+    assert "within 2 s (kafka.bootstrap_timeout_ms)" in line
+    # librdkafka's own retry lines are held back like kafka-python's.
+    assert [other for other in run.lines if " INFO " not in other] == [line]
+
+
 def test_service_links_and_a_bracketed_password_are_no_config_errors(
     runs: dict[str, Run],
 ) -> None:
@@ -282,7 +295,7 @@ def test_bad_config_or_model_exits_2_even_with_the_broker_down(
 
 
 def test_only_an_unreachable_broker_exits_69(runs: dict[str, Run]) -> None:
-    unavailable = {"unreachable", "service_links", "trainer_unreachable"}
+    unavailable = {"unreachable", "unreachable_confluent", "service_links", "trainer_unreachable"}
     codes = {name: run.code for name, run in runs.items()}
     assert codes == {
         name: EXIT_UNAVAILABLE if name in unavailable else EXIT_CONFIG for name in runs

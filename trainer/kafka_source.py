@@ -21,11 +21,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
+from detector.clients.kafka_python import security_kwargs
 from detector.config import KafkaConfig
 from detector.core.datafiles import DataFileError
 from detector.core.episodes import Transition
 from detector.core.readings import Reading
-from detector.kafka_io import security_kwargs
 from trainer.data import NormalData
 
 __all__ = ["parse_time", "read_alert_transitions", "read_normal_from_kafka"]

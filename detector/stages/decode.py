@@ -13,8 +13,8 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 import numpy as np
-from kafka.consumer.fetcher import ConsumerRecord
 
+from detector.clients.base import Record
 from detector.core.readings import (
     ParsedColumns,
     ParsedMessage,
@@ -52,9 +52,9 @@ class Readings:
     )
 
     def __init__(
-        self, records: Sequence[ConsumerRecord] = (), live: Sequence[bool] = (), width: int = 0
+        self, records: Sequence[Record] = (), live: Sequence[bool] = (), width: int = 0
     ) -> None:
-        self.records: Sequence[ConsumerRecord] = records
+        self.records: Sequence[Record] = records
         self.live: list[bool] = list(live)
         self.rejections: list[list[Rejection]] = [[] for _ in self.live]
         self.device_ids: list[str] = []
@@ -108,7 +108,7 @@ _FIRST_PARSE = 64
 def decode(
     parser: ReadingParser,
     topic: str,
-    records: Sequence[ConsumerRecord],
+    records: Sequence[Record],
     live: Sequence[bool],
     max_readings: int,
     trace_log: RateLimitedLog,
@@ -150,7 +150,7 @@ def decode(
 def _parse_run(
     parser: ReadingParser,
     topic: str,
-    records: Sequence[ConsumerRecord],
+    records: Sequence[Record],
     trace_log: RateLimitedLog,
 ) -> tuple[ParsedColumns, dict[int, Exception]]:
     """The run's values parsed into columns, and the error of each record a bug stopped.
