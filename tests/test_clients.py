@@ -103,7 +103,7 @@ def test_records_arrive_in_order_with_what_a_foreign_producer_put_in_them(
     got = _poll_until(consumer, 22)
     revoked, assigned = consumer.rebalanced()
     assert (revoked, assigned) == (set(), {Partition(topic, 0), Partition(topic, 1)})
-    assert consumer.assignment() == assigned and consumer.joined
+    assert consumer.assignment() == assigned
     for partition, records in got.items():
         assert all(isinstance(r, Record) for r in records)
         assert [r.offset for r in records] == list(range(len(records)))
@@ -145,6 +145,29 @@ def test_commits_are_read_back_and_a_seek_rereads(
     reread = _poll_until(consumer, 6)[partition]
     assert [r.offset for r in reread] == [4, 5, 6, 7, 8, 9]
     assert dict(reread[0].headers) == {"n": b"4"}
+
+
+def test_a_poll_returns_as_soon_as_a_record_is_in(
+    kafka_bootstrap: str, client: str, consumers: Callable[[KafkaConfig], Consumer]
+) -> None:
+    """Not after its timeout: librdkafka's consume(n, timeout) waits for n records or the end."""
+    topic = f"c-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, {topic: 1})
+    consumer = consumers(_config(kafka_bootstrap, client))
+    consumer.subscribe([topic], dict)
+    deadline = time.monotonic() + 30
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, "never assigned"
+        consumer.poll(200)
+    producer = open_producer(_config(kafka_bootstrap, client))
+    producer.send(topic, b"k", b"one", [])
+    producer.flush(10)
+    producer.close(5)
+    started = time.monotonic()
+    got = consumer.poll(20_000)
+    waited = time.monotonic() - started
+    assert [r.value for r in got.get(Partition(topic, 0), [])] == [b"one"]
+    assert waited < 10, f"poll held a ready record for {waited:.1f} s"
 
 
 def test_a_revoked_partition_commits_what_the_loop_declared_safe(

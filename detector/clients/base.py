@@ -101,11 +101,6 @@ class Consumer(Protocol):
         """The (revoked, assigned) partitions since the last call."""
         ...
 
-    @property
-    def joined(self) -> bool:
-        """Whether a group join has completed at least once."""
-        ...
-
     def assignment(self) -> set[Partition]:
         """The partitions this member owns now."""
         ...

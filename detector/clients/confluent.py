@@ -180,7 +180,7 @@ class ConfluentConsumer:
             undecodable, self._undecodable = self._undecodable, None
             raise undecodable
         try:
-            messages = self._consumer.consume(self._max_records, timeout_ms / 1000)
+            messages = self._take(timeout_ms / 1000)
         except KafkaException as exc:
             raise _from_exception(exc) from None
         out: dict[Partition, list[Record]] = {}
@@ -203,6 +203,21 @@ class ConfluentConsumer:
                 )
         return out
 
+    def _take(self, timeout_s: float) -> list[Message]:
+        """What librdkafka has fetched, as soon as there is any (up to ``max_poll_records``).
+
+        ``consume(n, timeout)`` waits until it has ``n`` messages or the timeout is up, so at a
+        modest rate every record would wait out the poll timeout; kafka-python's ``poll`` returns
+        as soon as records are in. Take what is there now; wait for one only if there is none.
+        """
+        messages = self._consumer.consume(self._max_records, 0)
+        if messages:
+            return messages
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(self._max_records - 1, 0)]
+
     def _on_message_error(
         self, error: KafkaError, partition: Partition, offset: int, stopped: set[Partition]
     ) -> None:
@@ -221,11 +236,6 @@ class ConfluentConsumer:
         revoked, assigned = self._revoked, self._assigned
         self._revoked, self._assigned = set(), set()
         return revoked, assigned
-
-    @property
-    def joined(self) -> bool:
-        """Whether a group join has completed at least once."""
-        return self._joined
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         given = {_ours(tp) for tp in partitions}

@@ -197,11 +197,6 @@ class KafkaPythonConsumer:
         """The (revoked, assigned) partitions since the last call."""
         return (set(), set()) if self._rebalance is None else self._rebalance.take()
 
-    @property
-    def joined(self) -> bool:
-        """Whether a group join has completed at least once."""
-        return self._rebalance is not None and self._rebalance.joined
-
     def assignment(self) -> set[Partition]:
         """The partitions this member owns now."""
         return {_ours(tp) for tp in self._consumer.assignment()}
@@ -246,7 +241,8 @@ class KafkaPythonConsumer:
         """
         metrics = self._consumer.metrics() or {}  # None once the consumer is closed
         connections = metrics.get("consumer-metrics", {}).get("connection-count", 0)
-        return connections > 0 and (not self.joined or self._heartbeat_answer_age() < within_s)
+        joined = self._rebalance is not None and self._rebalance.joined
+        return connections > 0 and (not joined or self._heartbeat_answer_age() < within_s)
 
     def _heartbeat_answer_age(self) -> float:
         """Seconds since the group coordinator last answered a heartbeat (``inf``: never).
