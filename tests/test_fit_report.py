@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from detector.core.artifact import load_artifact
 from detector.core.thresholds import fit_threshold
@@ -189,6 +190,17 @@ def test_a_fit_on_little_data_records_its_quality_and_warns(
         assert validation[f"{part}_flag_rate"] > 0.02
         [flagged] = [w for w in warnings if f"of its own {name} windows" in w]
         assert "more than threshold.max_flag_rate 2%" in flagged
+
+
+def test_a_rerun_trains_the_same_model_whatever_the_registry_holds(tmp_path: Path) -> None:
+    """The same data and settings give the same model on an empty registry and on one whose
+    current model the fit loads first (its construction used to shift the seeded weights)."""
+    config = _tiny_config(tmp_path, 120)
+    first = load_artifact(fit(config, show_progress=False).path)
+    second = load_artifact(fit(config, show_progress=False).path)
+    assert second.metadata.threshold.value == first.metadata.threshold.value
+    for name, weights in first.model.state_dict().items():
+        assert torch.equal(weights, second.model.state_dict()[name]), name
 
 
 def test_too_few_windows_for_any_threshold_is_refused_before_training(tmp_path: Path) -> None:

@@ -227,7 +227,6 @@ def fit(
     """
     started = time.monotonic()
     require_writable(config.output.dir)
-    torch.manual_seed(config.training.seed)
     np.random.seed(config.training.seed)
     device = resolve_device(config.training.device)
     data = data if data is not None else load_normal_files(config.data)
@@ -276,6 +275,9 @@ def fit(
         device,
     )
     spec = ModelSpec(n_features=len(split.feature_names), **config.model.model_dump())
+    # Seeded here, not only at the start: loading the current model builds one too, which draws
+    # from the same generator, and a rerun must not depend on what the registry held.
+    torch.manual_seed(config.training.seed)
     model = LSTMAutoencoder(spec)
     training = config
     if warm_start is not None:
