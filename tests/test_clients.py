@@ -69,6 +69,14 @@ def consumers() -> Iterator[Callable[[KafkaConfig], Consumer]]:
         consumer.close()
 
 
+def _poll_while(consumer: Consumer, waiting: Callable[[], bool], what: str) -> None:
+    """Poll while ``waiting()`` holds, failing after 30 s."""
+    deadline = time.monotonic() + 30
+    while waiting():
+        assert time.monotonic() < deadline, what
+        consumer.poll(200)
+
+
 def _poll_until(
     consumer: Consumer, count: int, timeout_s: float = 30
 ) -> dict[Partition, list[Record]]:
@@ -116,10 +124,7 @@ def test_records_arrive_in_order_with_what_a_foreign_producer_put_in_them(
     assert got[Partition(topic, 1)][10].value == b"odder"
     assert consumer.highwater(Partition(topic, 0)) == 11
     # Reachable once the coordinator answers this member (a heartbeat, or librdkafka's stats).
-    deadline = time.monotonic() + 15
-    while not consumer.broker_reachable(10.0):
-        assert time.monotonic() < deadline, "the broker never counted as reachable"
-        consumer.poll(200)
+    _poll_while(consumer, lambda: not consumer.broker_reachable(10.0), "never reachable")
 
 
 def test_commits_are_read_back_and_a_seek_rereads(
@@ -155,10 +160,7 @@ def test_a_poll_returns_as_soon_as_a_record_is_in(
     create_topics(kafka_bootstrap, {topic: 1})
     consumer = consumers(_config(kafka_bootstrap, client))
     consumer.subscribe([topic], dict)
-    deadline = time.monotonic() + 30
-    while not consumer.assignment():
-        assert time.monotonic() < deadline, "never assigned"
-        consumer.poll(200)
+    _poll_while(consumer, lambda: not consumer.assignment(), "never assigned")
     producer = open_producer(_config(kafka_bootstrap, client))
     producer.send(topic, b"k", b"one", [])
     producer.flush(10)
@@ -179,10 +181,7 @@ def test_a_revoked_partition_commits_what_the_loop_declared_safe(
     consumer = consumers(config)
     partition = Partition(topic, 0)
     consumer.subscribe([topic], lambda: {partition: 3})
-    deadline = time.monotonic() + 30
-    while not consumer.assignment():
-        assert time.monotonic() < deadline, "never assigned"
-        consumer.poll(200)
+    _poll_while(consumer, lambda: not consumer.assignment(), "never assigned")
     consumer.close()
     other = consumers(config)
     assert other.committed(partition) == 3

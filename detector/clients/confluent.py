@@ -31,12 +31,15 @@ from detector.clients.base import (
 )
 from detector.config import KafkaConfig
 from detector.kafka_io import MAX_REQUEST_BYTES
+from detector.logs import RateLimitedLog
 
 __all__ = ["ConfluentConsumer", "ConfluentProducer", "client_settings"]
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines, under the logger start-up holds back while it bootstraps.
 _LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")
+# Its error callback repeats every reconnect attempt while a broker is away: once a minute each.
+_ERRORS = RateLimitedLog(_LIBRDKAFKA_LOG)
 
 # Errors about reaching the cluster, which a later call may get past.
 _TRANSIENT = {
@@ -335,7 +338,7 @@ class ConfluentConsumer:
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._brokers_up = False
-        _LIBRDKAFKA_LOG.warning("%s", error.str())
+        _ERRORS.warning(error.name(), "%s", error.str())
 
     def close(self) -> None:
         """Leave the group (a revocation first commits what is safe)."""
@@ -413,4 +416,4 @@ class ConfluentProducer:
             log.warning("producer closed with %d records unsent", left)
 
     def _on_error(self, error: KafkaError) -> None:
-        _LIBRDKAFKA_LOG.warning("%s", error.str())
+        _ERRORS.warning(error.name(), "%s", error.str())
