@@ -58,13 +58,32 @@ def _unreachable(kafka: KafkaConfig, first: _FirstError, error: Exception | None
     """Why start-up gives up on the bootstrap servers, in one line (exit ``EXIT_UNAVAILABLE``).
 
     Refused or failed SASL and TLS handshakes end the same way (kafka-python retries them until
-    the timeout too), so they exit ``EXIT_UNAVAILABLE`` as well; the first error names the cause.
+    the timeout too), so they exit ``EXIT_UNAVAILABLE`` as well; the line names the protocol,
+    mechanism and user (never the password) and the first error says what went wrong.
     """
     message = first.message or (str(error) if error is not None else "")
+    if message.endswith(_KAFKA_PYTHON_SCRAM_REFUSED):
+        message = f"the broker refused the SCRAM login ({message})"
     cause = f"; first error: {message}" if message else ""
     return (
-        f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)} within "
+        f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)}{_security(kafka)} within "
         f"{kafka.bootstrap_timeout_ms / 1000:g} s (kafka.bootstrap_timeout_ms){cause}"
+    )
+
+
+# kafka-python reads a SCRAM server's error reply ("e=unknown-user", RFC 5802) as a final message
+# without its "v" attribute, and all it logs is this.
+_KAFKA_PYTHON_SCRAM_REFUSED = "Abort ('v')"
+
+
+def _security(kafka: KafkaConfig) -> str:
+    """`` over SASL_SSL (SCRAM-SHA-512 as user 'detector')``, or nothing for PLAINTEXT."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return ""
+    if kafka.sasl_mechanism is None:
+        return f" over {kafka.security_protocol}"
+    return (
+        f" over {kafka.security_protocol} ({kafka.sasl_mechanism} as user {kafka.sasl_username!r})"
     )
 
 

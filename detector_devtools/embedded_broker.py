@@ -65,11 +65,20 @@ class EmbeddedBroker:
     """A Tansu broker process on a loopback port; use as a context manager."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        advertised: str | None = None,
+        authentication: bool = False,
     ):
+        """``advertised``: the ``host:port`` metadata sends clients to (a TLS front's), when
+        not this listener; ``authentication``: clients must authenticate with SASL first."""
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.advertised = advertised
+        self.authentication = authentication
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,22 +87,25 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
-        """Start the broker and wait until it answers a metadata request."""
+        """Start the broker and wait until it answers a metadata request (or, when clients
+        must authenticate or are sent elsewhere, until it listens)."""
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         output = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self._process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            advertised,
+        ]
+        if self.authentication:
+            argv.append("--authentication")
+        self._process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
         wait_for_port(self.host, self.port, timeout_s)
+        if self.advertised or self.authentication:
+            return self
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000)
         admin.close()
         return self

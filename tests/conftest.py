@@ -327,6 +327,7 @@ _ON_EVERY_CLIENT = {
     "test_poison_records",
     "test_daemon_kafka",
     "test_startup_errors",
+    "test_kafka_security",
 }
 
 

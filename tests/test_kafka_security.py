@@ -1,0 +1,338 @@
+"""TLS and SASL with both Kafka clients, against the embedded broker (issue 26 item 2).
+
+What the broker here can do decides what is proven end to end (README "Security"):
+
+* TLS: Tansu 0.6.0 takes ``--cert`` but its listener stays plaintext, so TLS is terminated by
+  :class:`~detector_devtools.tls_front.TlsFront` (OpenSSL, through Python's ``ssl``) in front of
+  it, which asks for a client certificate. Alerts flow through it with each client, the daemon
+  survives the endpoint going away and coming back, and a broker certificate from a CA the
+  daemon does not trust ends start-up with one line.
+* SASL: Tansu's ``--authentication`` offers SCRAM-SHA-256/512 but not PLAIN, and 0.6.0 keeps no
+  SCRAM credential (``tansu user create`` answers OK and stores nothing: every login is
+  ``unknown-user``), so no login can succeed here. Refused credentials over SASL_PLAINTEXT and
+  SASL_SSL, and a mechanism the broker does not offer, end start-up with one line that names
+  the cause and never the password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from detector.exits import EXIT_UNAVAILABLE
+from detector_devtools.embedded_broker import EmbeddedBroker, free_port
+from detector_devtools.replay import encode_messages, interleave
+from detector_devtools.tls_front import TlsFront
+from tests.conftest import KAFKA_CLIENTS, ROOT, Daemon, DemoData, offline_transitions, wait_until
+
+pytestmark = [pytest.mark.security, pytest.mark.integration]
+
+PASSWORD = "s3cr3t-Pa55w0rd-never-shown"
+BOOTSTRAP_TIMEOUT_MS = 5000
+DEADLINE_S = 180  # daemons start together on 2 cores, each importing torch
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files: the CA the broker's certificate comes from, a client certificate, a rogue CA."""
+
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path
+    server_context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca, rogue = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("detector.example")
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    rogue.cert_pem.write_to_path(str(root / "rogue-ca.pem"))
+    client.cert_chain_pems[0].write_to_path(str(root / "client.pem"))
+    client.private_key_pem.write_to_path(str(root / "client.key"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the daemon's certificate is checked
+    return Pki(
+        root / "ca.pem", root / "client.pem", root / "client.key", root / "rogue-ca.pem", context
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_front(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
+    """A broker reachable only through TLS with a client certificate."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("tls-broker") / "tansu.log"
+    with (
+        EmbeddedBroker(advertised=f"127.0.0.1:{port}", log_path=log) as broker,
+        TlsFront(broker.bootstrap_servers, pki.server_context, port=port) as front,
+    ):
+        yield front
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A broker that requires SASL, plain and behind TLS: protocol -> bootstrap servers."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("sasl-broker") / "tansu.log"
+    with (
+        EmbeddedBroker(log_path=log, authentication=True) as broker,
+        TlsFront(broker.bootstrap_servers, pki.server_context, port=port) as front,
+    ):
+        yield {"SASL_PLAINTEXT": broker.bootstrap_servers, "SASL_SSL": front.bootstrap_servers}
+
+
+def _tls_kwargs(pki: Pki) -> dict[str, Any]:
+    """kafka-python settings of the test's own clients on the TLS endpoint."""
+    return {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(pki.ca),
+        "ssl_certfile": str(pki.client_cert),
+        "ssl_keyfile": str(pki.client_key),
+    }
+
+
+def _tls_env(pki: Pki, ca: Path | None = None) -> dict[str, str]:
+    """The daemon's TLS settings, as an operator sets them."""
+    return {
+        "DETECTOR_KAFKA__SECURITY_PROTOCOL": "SSL",
+        "DETECTOR_KAFKA__SSL_CAFILE": str(ca or pki.ca),
+        "DETECTOR_KAFKA__SSL_CERTFILE": str(pki.client_cert),
+        "DETECTOR_KAFKA__SSL_KEYFILE": str(pki.client_key),
+    }
+
+
+def _base_env(bootstrap: str, model: Path, client: str, **overrides: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:10]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DETECTOR_", "TRAINER_"))}
+    return {
+        **clean,
+        "DETECTOR_KAFKA__CLIENT": client,
+        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "DETECTOR_KAFKA__READINGS_TOPICS": f"readings-{suffix}",
+        "DETECTOR_KAFKA__ALERTS_TOPIC": f"alerts-{suffix}",
+        "DETECTOR_KAFKA__GROUP_ID": f"group-{suffix}",
+        "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+        "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
+        "DETECTOR_KAFKA__BOOTSTRAP_TIMEOUT_MS": str(BOOTSTRAP_TIMEOUT_MS),
+        "DETECTOR_MODEL__PATH": str(model),
+        "DETECTOR_SCORING__DEVICE": "cpu",
+        "DETECTOR_METRICS__HOST": "127.0.0.1",
+        "DETECTOR_METRICS__EXPOSITION_CACHE_S": "0",
+        **overrides,
+    }
+
+
+def _read_alerts(bootstrap: str, topic: str, pki: Pki, count: int, timeout_s: float) -> list[dict]:
+    """The alerts topic's first ``count`` messages, read through TLS."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **_tls_kwargs(pki))
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    alerts: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while len(alerts) < count and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            alerts.extend(json.loads(record.value) for record in records)
+    consumer.close()
+    return alerts
+
+
+def test_alerts_flow_over_mutual_tls_and_survive_the_endpoint_restarting(
+    kafka_client: str, tls_front: TlsFront, pki: Pki, demo_data: DemoData, tmp_path: Path
+) -> None:
+    bootstrap = tls_front.bootstrap_servers
+    port = free_port()
+    env = _base_env(
+        bootstrap,
+        demo_data.model.path,
+        kafka_client,
+        DETECTOR_METRICS__PORT=str(port),
+        **_tls_env(pki),
+    )
+    readings, alerts_topic = (
+        env["DETECTOR_KAFKA__READINGS_TOPICS"],
+        env["DETECTOR_KAFKA__ALERTS_TOPIC"],
+    )
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **_tls_kwargs(pki))
+    admin.create_topics([NewTopic(readings, 3, 1), NewTopic(alerts_topic, 1, 1)])
+    admin.close()
+    daemon = Daemon(ROOT / "configs" / "detector.yaml", env, tmp_path / "daemon.log", port)
+    try:
+        stream = interleave(demo_data.anomalous.readings)
+        messages = encode_messages(stream)
+        half = len(messages) // 2
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **_tls_kwargs(pki))
+        for key, value in messages[:half]:
+            producer.send(readings, key=key, value=value)
+        producer.flush()
+        wait_until(
+            lambda: daemon.metric("detector_readings_accepted_total") == half,
+            90,
+            "the daemon took the first half through TLS",
+        )
+
+        tls_front.stop()
+        wait_until(
+            lambda: daemon.metric("detector_broker_reachable") == 0,
+            30,
+            "the daemon noticed the TLS endpoint was gone",
+        )
+        tls_front.start()
+        for key, value in messages[half:]:
+            producer.send(readings, key=key, value=value)
+        producer.flush()
+        producer.close()
+        wait_until(
+            lambda: daemon.metric("detector_readings_accepted_total") == len(messages),
+            90,
+            "the daemon took the second half after the TLS endpoint came back",
+        )
+        assert daemon.process.poll() is None, daemon.log()
+
+        expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
+        count = sum(len(changes) for changes in expected.values())
+        assert count > 0
+        alerts = _read_alerts(bootstrap, alerts_topic, pki, count, 60)
+        streamed: dict[str, list[tuple[float, str]]] = {}
+        for alert in alerts:
+            streamed.setdefault(alert["device_id"], []).append(
+                (alert["window_end"], alert["state"])
+            )
+        assert streamed == expected, daemon.log()
+        assert len({alert["alert_id"] for alert in alerts}) == len(alerts)
+    finally:
+        daemon.stop()
+
+
+@dataclass(frozen=True)
+class Run:
+    """How one start-up ended: exit code (``None``: still running at the deadline), stderr."""
+
+    code: int | None
+    stderr: str
+
+    def error_line(self) -> str:
+        """The one line saying why; fails unless exit 69, that line last, no traceback."""
+        assert self.code == EXIT_UNAVAILABLE, f"exit {self.code}:\n{self.stderr}"
+        assert "Traceback" not in self.stderr, self.stderr
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        mine = [line for line in lines if line.startswith("detector")]
+        assert len(mine) == 1 and lines[-1] == mine[0], self.stderr
+        assert [line for line in lines if " INFO " not in line] == mine, self.stderr
+        return mine[0]
+
+
+SASL_CASES = {
+    "SASL_PLAINTEXT SCRAM-SHA-256": ("SASL_PLAINTEXT", "SCRAM-SHA-256"),
+    "SASL_SSL SCRAM-SHA-512": ("SASL_SSL", "SCRAM-SHA-512"),
+    "SASL_PLAINTEXT PLAIN": ("SASL_PLAINTEXT", "PLAIN"),
+}
+
+
+@pytest.fixture(scope="module")
+def refused(
+    tls_front: TlsFront,
+    sasl_broker: dict[str, str],
+    pki: Pki,
+    demo_data: DemoData,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, str], Run]:
+    """Every refused start-up, per (case, client): all start at once, as each pays for torch."""
+    config = tmp_path_factory.mktemp("refused") / "detector.yaml"
+    config.write_text("scoring: {device: cpu}\nmetrics: {host: 127.0.0.1, port: 0}\n")
+    model = demo_data.model.path
+    cases: dict[tuple[str, str], dict[str, str]] = {}
+    for client in KAFKA_CLIENTS:
+        cases["untrusted certificate", client] = _base_env(
+            tls_front.bootstrap_servers, model, client, **_tls_env(pki, ca=pki.rogue_ca)
+        )
+        for name, (protocol, mechanism) in SASL_CASES.items():
+            settings = {
+                "DETECTOR_KAFKA__SECURITY_PROTOCOL": protocol,
+                "DETECTOR_KAFKA__SASL_MECHANISM": mechanism,
+                "DETECTOR_KAFKA__SASL_USERNAME": "detector",
+                "DETECTOR_KAFKA__SASL_PASSWORD": PASSWORD,
+            }
+            if protocol == "SASL_SSL":
+                settings["DETECTOR_KAFKA__SSL_CAFILE"] = str(pki.ca)
+                settings["DETECTOR_KAFKA__SSL_CERTFILE"] = str(pki.client_cert)
+                settings["DETECTOR_KAFKA__SSL_KEYFILE"] = str(pki.client_key)
+            cases[name, client] = _base_env(sasl_broker[protocol], model, client, **settings)
+    processes = {
+        key: subprocess.Popen(
+            [sys.executable, "-m", "detector", "run", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for key, env in cases.items()
+    }
+    deadline = time.monotonic() + DEADLINE_S
+    runs: dict[tuple[str, str], Run] = {}
+    for key, process in processes.items():
+        try:
+            _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+            runs[key] = Run(None, stderr)
+            continue
+        runs[key] = Run(process.returncode, stderr)
+    return runs
+
+
+def test_a_broker_certificate_from_an_untrusted_ca_exits_69_with_one_line(
+    refused: dict[tuple[str, str], Run], kafka_client: str
+) -> None:
+    line = refused["untrusted certificate", kafka_client].error_line()
+    assert "cannot reach Kafka at 127.0.0.1:" in line and " over SSL within 5 s" in line, line
+    assert "certificate verify failed" in line.lower(), line
+
+
+@pytest.mark.parametrize("case", ["SASL_PLAINTEXT SCRAM-SHA-256", "SASL_SSL SCRAM-SHA-512"])
+def test_refused_scram_credentials_exit_69_with_one_line_and_no_password(
+    refused: dict[tuple[str, str], Run], kafka_client: str, case: str
+) -> None:
+    run = refused[case, kafka_client]
+    line = run.error_line()
+    protocol, mechanism = SASL_CASES[case]
+    assert f"over {protocol} ({mechanism} as user 'detector')" in line, line
+    # librdkafka says so itself; kafka-python only logs "Abort ('v')", which start-up explains.
+    cause = {
+        "kafka-python": "the broker refused the SCRAM login",
+        "confluent-kafka": "SASL authentication error: SASL SCRAM authentication failed: "
+        "broker responded with unknown-user",
+    }[kafka_client]
+    assert cause in line, line
+    assert PASSWORD not in run.stderr
+
+
+def test_a_mechanism_the_broker_does_not_offer_exits_69_naming_it(
+    refused: dict[tuple[str, str], Run], kafka_client: str
+) -> None:
+    run = refused["SASL_PLAINTEXT PLAIN", kafka_client]
+    line = run.error_line()
+    assert "over SASL_PLAINTEXT (PLAIN as user 'detector')" in line, line
+    assert PASSWORD not in run.stderr
