@@ -328,6 +328,7 @@ _ON_EVERY_CLIENT = {
     "test_daemon_kafka",
     "test_startup_errors",
     "test_kafka_security",
+    "test_reload",
 }
 
 
