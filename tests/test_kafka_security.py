@@ -1,21 +1,24 @@
 """TLS and SASL with both Kafka clients, against the embedded broker (issue 26 item 2).
 
-What the broker here can do decides what is proven end to end (README "Security"):
+What the broker here can do decides what is proven, and how (README "Security"):
 
 * TLS: Tansu 0.6.0 takes ``--cert`` but its listener stays plaintext, so TLS is terminated by
-  :class:`~detector_devtools.tls_front.TlsFront` (OpenSSL, through Python's ``ssl``) in front of
-  it, which asks for a client certificate. Alerts flow through it with each client, the daemon
-  survives the endpoint going away and coming back, and a broker certificate from a CA the
-  daemon does not trust ends start-up with one line.
+  :class:`~detector_devtools.broker_front.BrokerFront` (OpenSSL, through Python's ``ssl``) in
+  front of it, asking for a client certificate.
 * SASL: Tansu's ``--authentication`` offers SCRAM-SHA-256/512 but not PLAIN, and 0.6.0 keeps no
   SCRAM credential (``tansu user create`` answers OK and stores nothing: every login is
-  ``unknown-user``), so no login can succeed here. Refused credentials over SASL_PLAINTEXT and
-  SASL_SSL, and a mechanism the broker does not offer, end start-up with one line that names
-  the cause and never the password.
+  ``unknown-user``). Its refusals are tested as they are; successful logins, and a wrong
+  password, are tested against the front's own SASL server (PLAIN, SCRAM per RFC 5802) with the
+  real broker behind it.
+
+With each client, alerts flow end to end and the daemon survives the endpoint going away and
+coming back (reconnecting means a new TLS handshake and a new login); refused certificates and
+credentials end start-up with one line that names the cause and never the password.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -34,14 +37,15 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from detector.exits import EXIT_UNAVAILABLE
+from detector_devtools.broker_front import BrokerFront
 from detector_devtools.embedded_broker import EmbeddedBroker, free_port
 from detector_devtools.replay import encode_messages, interleave
-from detector_devtools.tls_front import TlsFront
 from tests.conftest import KAFKA_CLIENTS, ROOT, Daemon, DemoData, offline_transitions, wait_until
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 PASSWORD = "s3cr3t-Pa55w0rd-never-shown"
+USERS = {"detector": PASSWORD}
 BOOTSTRAP_TIMEOUT_MS = 5000
 DEADLINE_S = 180  # daemons start together on 2 cores, each importing torch
 
@@ -77,47 +81,75 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def tls_front(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
-    """A broker reachable only through TLS with a client certificate."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("tls-broker") / "tansu.log"
-    with (
-        EmbeddedBroker(advertised=f"127.0.0.1:{port}", log_path=log) as broker,
-        TlsFront(broker.bootstrap_servers, pki.server_context, port=port) as front,
-    ):
-        yield front
+def fronts(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, BrokerFront]]:
+    """One broker per security protocol, reachable only through its front: protocol -> front.
+
+    Each broker advertises its front, so clients never see a plaintext address.
+    """
+    settings = {
+        "SSL": {"tls": pki.server_context},
+        "SASL_PLAINTEXT": {"users": USERS},
+        "SASL_SSL": {"tls": pki.server_context, "users": USERS},
+    }
+    with contextlib.ExitStack() as stack:
+        started: dict[str, BrokerFront] = {}
+        for protocol, options in settings.items():
+            port = free_port()
+            log = tmp_path_factory.mktemp(protocol.lower()) / "tansu.log"
+            broker = stack.enter_context(
+                EmbeddedBroker(advertised=f"127.0.0.1:{port}", log_path=log)
+            )
+            started[protocol] = stack.enter_context(
+                BrokerFront(broker.bootstrap_servers, port=port, **options)
+            )
+        yield started
 
 
 @pytest.fixture(scope="module")
-def sasl_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A broker that requires SASL, plain and behind TLS: protocol -> bootstrap servers."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("sasl-broker") / "tansu.log"
+def tansu_sasl(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Tansu requiring SASL itself, plain and behind TLS: protocol -> bootstrap servers."""
+    log = tmp_path_factory.mktemp("tansu-sasl") / "tansu.log"
     with (
         EmbeddedBroker(log_path=log, authentication=True) as broker,
-        TlsFront(broker.bootstrap_servers, pki.server_context, port=port) as front,
+        BrokerFront(broker.bootstrap_servers, tls=pki.server_context) as front,
     ):
         yield {"SASL_PLAINTEXT": broker.bootstrap_servers, "SASL_SSL": front.bootstrap_servers}
 
 
-def _tls_kwargs(pki: Pki) -> dict[str, Any]:
-    """kafka-python settings of the test's own clients on the TLS endpoint."""
-    return {
-        "security_protocol": "SSL",
-        "ssl_cafile": str(pki.ca),
-        "ssl_certfile": str(pki.client_cert),
-        "ssl_keyfile": str(pki.client_key),
-    }
+def _client_kwargs(pki: Pki, protocol: str, mechanism: str | None) -> dict[str, Any]:
+    """kafka-python settings of the test's own clients."""
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        kwargs.update(
+            ssl_cafile=str(pki.ca),
+            ssl_certfile=str(pki.client_cert),
+            ssl_keyfile=str(pki.client_key),
+        )
+    if mechanism is not None:
+        kwargs.update(
+            sasl_mechanism=mechanism, sasl_plain_username="detector", sasl_plain_password=PASSWORD
+        )
+    return kwargs
 
 
-def _tls_env(pki: Pki, ca: Path | None = None) -> dict[str, str]:
-    """The daemon's TLS settings, as an operator sets them."""
-    return {
-        "DETECTOR_KAFKA__SECURITY_PROTOCOL": "SSL",
-        "DETECTOR_KAFKA__SSL_CAFILE": str(ca or pki.ca),
-        "DETECTOR_KAFKA__SSL_CERTFILE": str(pki.client_cert),
-        "DETECTOR_KAFKA__SSL_KEYFILE": str(pki.client_key),
-    }
+def _security_env(
+    pki: Pki,
+    protocol: str,
+    mechanism: str | None,
+    ca: Path | None = None,
+    password: str = PASSWORD,
+) -> dict[str, str]:
+    """The daemon's security settings, as an operator sets them."""
+    env = {"DETECTOR_KAFKA__SECURITY_PROTOCOL": protocol}
+    if protocol.endswith("SSL"):
+        env["DETECTOR_KAFKA__SSL_CAFILE"] = str(ca or pki.ca)
+        env["DETECTOR_KAFKA__SSL_CERTFILE"] = str(pki.client_cert)
+        env["DETECTOR_KAFKA__SSL_KEYFILE"] = str(pki.client_key)
+    if mechanism is not None:
+        env["DETECTOR_KAFKA__SASL_MECHANISM"] = mechanism
+        env["DETECTOR_KAFKA__SASL_USERNAME"] = "detector"
+        env["DETECTOR_KAFKA__SASL_PASSWORD"] = password
+    return env
 
 
 def _base_env(bootstrap: str, model: Path, client: str, **overrides: str) -> dict[str, str]:
@@ -142,14 +174,14 @@ def _base_env(bootstrap: str, model: Path, client: str, **overrides: str) -> dic
     }
 
 
-def _read_alerts(bootstrap: str, topic: str, pki: Pki, count: int, timeout_s: float) -> list[dict]:
-    """The alerts topic's first ``count`` messages, read through TLS."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **_tls_kwargs(pki))
+def _read_alerts(bootstrap: str, topic: str, count: int, **kwargs: Any) -> list[dict]:
+    """The alerts topic's first ``count`` messages (or fewer at the deadline)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kwargs)
     partition = TopicPartition(topic, 0)
     consumer.assign([partition])
     consumer.seek_to_beginning(partition)
     alerts: list[dict] = []
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + 60
     while len(alerts) < count and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=200).values():
             alerts.extend(json.loads(record.value) for record in records)
@@ -157,47 +189,62 @@ def _read_alerts(bootstrap: str, topic: str, pki: Pki, count: int, timeout_s: fl
     return alerts
 
 
-def test_alerts_flow_over_mutual_tls_and_survive_the_endpoint_restarting(
-    kafka_client: str, tls_front: TlsFront, pki: Pki, demo_data: DemoData, tmp_path: Path
+SECURED = {
+    "SSL with a client certificate": ("SSL", None),
+    "SASL_PLAINTEXT PLAIN": ("SASL_PLAINTEXT", "PLAIN"),
+    "SASL_PLAINTEXT SCRAM-SHA-256": ("SASL_PLAINTEXT", "SCRAM-SHA-256"),
+    "SASL_SSL SCRAM-SHA-512": ("SASL_SSL", "SCRAM-SHA-512"),
+    "SASL_SSL PLAIN": ("SASL_SSL", "PLAIN"),
+}
+
+
+@pytest.mark.parametrize("case", SECURED)
+def test_alerts_flow_and_survive_the_endpoint_restarting(
+    case: str,
+    kafka_client: str,
+    fronts: dict[str, BrokerFront],
+    pki: Pki,
+    demo_data: DemoData,
+    tmp_path: Path,
 ) -> None:
-    bootstrap = tls_front.bootstrap_servers
+    protocol, mechanism = SECURED[case]
+    front = fronts[protocol]
+    bootstrap = front.bootstrap_servers
+    client_kwargs = _client_kwargs(pki, protocol, mechanism)
     port = free_port()
     env = _base_env(
         bootstrap,
         demo_data.model.path,
         kafka_client,
         DETECTOR_METRICS__PORT=str(port),
-        **_tls_env(pki),
+        **_security_env(pki, protocol, mechanism),
     )
-    readings, alerts_topic = (
-        env["DETECTOR_KAFKA__READINGS_TOPICS"],
-        env["DETECTOR_KAFKA__ALERTS_TOPIC"],
-    )
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **_tls_kwargs(pki))
+    readings = env["DETECTOR_KAFKA__READINGS_TOPICS"]
+    alerts_topic = env["DETECTOR_KAFKA__ALERTS_TOPIC"]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     admin.create_topics([NewTopic(readings, 3, 1), NewTopic(alerts_topic, 1, 1)])
     admin.close()
     daemon = Daemon(ROOT / "configs" / "detector.yaml", env, tmp_path / "daemon.log", port)
     try:
-        stream = interleave(demo_data.anomalous.readings)
-        messages = encode_messages(stream)
+        messages = encode_messages(interleave(demo_data.anomalous.readings))
         half = len(messages) // 2
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **_tls_kwargs(pki))
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_kwargs)
         for key, value in messages[:half]:
             producer.send(readings, key=key, value=value)
         producer.flush()
         wait_until(
             lambda: daemon.metric("detector_readings_accepted_total") == half,
             90,
-            "the daemon took the first half through TLS",
+            f"the daemon took the first half over {case}",
         )
 
-        tls_front.stop()
+        front.stop()
         wait_until(
             lambda: daemon.metric("detector_broker_reachable") == 0,
             30,
-            "the daemon noticed the TLS endpoint was gone",
+            "the daemon noticed the endpoint was gone",
         )
-        tls_front.start()
+        front.start()
         for key, value in messages[half:]:
             producer.send(readings, key=key, value=value)
         producer.flush()
@@ -205,14 +252,14 @@ def test_alerts_flow_over_mutual_tls_and_survive_the_endpoint_restarting(
         wait_until(
             lambda: daemon.metric("detector_readings_accepted_total") == len(messages),
             90,
-            "the daemon took the second half after the TLS endpoint came back",
+            "the daemon took the second half after the endpoint came back",
         )
         assert daemon.process.poll() is None, daemon.log()
 
         expected = offline_transitions(demo_data.model.path, demo_data.anomalous.readings)
         count = sum(len(changes) for changes in expected.values())
         assert count > 0
-        alerts = _read_alerts(bootstrap, alerts_topic, pki, count, 60)
+        alerts = _read_alerts(bootstrap, alerts_topic, count, **client_kwargs)
         streamed: dict[str, list[tuple[float, str]]] = {}
         for alert in alerts:
             streamed.setdefault(alert["device_id"], []).append(
@@ -220,6 +267,7 @@ def test_alerts_flow_over_mutual_tls_and_survive_the_endpoint_restarting(
             )
         assert streamed == expected, daemon.log()
         assert len({alert["alert_id"] for alert in alerts}) == len(alerts)
+        assert PASSWORD not in daemon.log()
     finally:
         daemon.stop()
 
@@ -242,17 +290,21 @@ class Run:
         return mine[0]
 
 
-SASL_CASES = {
-    "SASL_PLAINTEXT SCRAM-SHA-256": ("SASL_PLAINTEXT", "SCRAM-SHA-256"),
-    "SASL_SSL SCRAM-SHA-512": ("SASL_SSL", "SCRAM-SHA-512"),
-    "SASL_PLAINTEXT PLAIN": ("SASL_PLAINTEXT", "PLAIN"),
+# Refused at start-up: (broker, protocol, mechanism, password); "tansu" is the broker's own SASL.
+REFUSED = {
+    "untrusted certificate": ("front", "SSL", None, PASSWORD),
+    "wrong password PLAIN": ("front", "SASL_PLAINTEXT", "PLAIN", "not-" + PASSWORD),
+    "wrong password SCRAM-SHA-512": ("front", "SASL_SSL", "SCRAM-SHA-512", "not-" + PASSWORD),
+    "tansu SCRAM-SHA-256": ("tansu", "SASL_PLAINTEXT", "SCRAM-SHA-256", PASSWORD),
+    "tansu SASL_SSL SCRAM-SHA-512": ("tansu", "SASL_SSL", "SCRAM-SHA-512", PASSWORD),
+    "tansu PLAIN": ("tansu", "SASL_PLAINTEXT", "PLAIN", PASSWORD),
 }
 
 
 @pytest.fixture(scope="module")
 def refused(
-    tls_front: TlsFront,
-    sasl_broker: dict[str, str],
+    fronts: dict[str, BrokerFront],
+    tansu_sasl: dict[str, str],
     pki: Pki,
     demo_data: DemoData,
     tmp_path_factory: pytest.TempPathFactory,
@@ -260,24 +312,15 @@ def refused(
     """Every refused start-up, per (case, client): all start at once, as each pays for torch."""
     config = tmp_path_factory.mktemp("refused") / "detector.yaml"
     config.write_text("scoring: {device: cpu}\nmetrics: {host: 127.0.0.1, port: 0}\n")
-    model = demo_data.model.path
     cases: dict[tuple[str, str], dict[str, str]] = {}
     for client in KAFKA_CLIENTS:
-        cases["untrusted certificate", client] = _base_env(
-            tls_front.bootstrap_servers, model, client, **_tls_env(pki, ca=pki.rogue_ca)
-        )
-        for name, (protocol, mechanism) in SASL_CASES.items():
-            settings = {
-                "DETECTOR_KAFKA__SECURITY_PROTOCOL": protocol,
-                "DETECTOR_KAFKA__SASL_MECHANISM": mechanism,
-                "DETECTOR_KAFKA__SASL_USERNAME": "detector",
-                "DETECTOR_KAFKA__SASL_PASSWORD": PASSWORD,
-            }
-            if protocol == "SASL_SSL":
-                settings["DETECTOR_KAFKA__SSL_CAFILE"] = str(pki.ca)
-                settings["DETECTOR_KAFKA__SSL_CERTFILE"] = str(pki.client_cert)
-                settings["DETECTOR_KAFKA__SSL_KEYFILE"] = str(pki.client_key)
-            cases[name, client] = _base_env(sasl_broker[protocol], model, client, **settings)
+        for name, (broker, protocol, mechanism, password) in REFUSED.items():
+            bootstrap = (
+                fronts[protocol].bootstrap_servers if broker == "front" else tansu_sasl[protocol]
+            )
+            rogue = pki.rogue_ca if name == "untrusted certificate" else None
+            security = _security_env(pki, protocol, mechanism, ca=rogue, password=password)
+            cases[name, client] = _base_env(bootstrap, demo_data.model.path, client, **security)
     processes = {
         key: subprocess.Popen(
             [sys.executable, "-m", "detector", "run", "--config", str(config)],
@@ -311,13 +354,25 @@ def test_a_broker_certificate_from_an_untrusted_ca_exits_69_with_one_line(
     assert "certificate verify failed" in line.lower(), line
 
 
-@pytest.mark.parametrize("case", ["SASL_PLAINTEXT SCRAM-SHA-256", "SASL_SSL SCRAM-SHA-512"])
-def test_refused_scram_credentials_exit_69_with_one_line_and_no_password(
+@pytest.mark.parametrize("case", ["wrong password PLAIN", "wrong password SCRAM-SHA-512"])
+def test_a_wrong_password_exits_69_with_one_line_and_no_password(
     refused: dict[tuple[str, str], Run], kafka_client: str, case: str
 ) -> None:
     run = refused[case, kafka_client]
     line = run.error_line()
-    protocol, mechanism = SASL_CASES[case]
+    _, protocol, mechanism, password = REFUSED[case]
+    assert f"over {protocol} ({mechanism} as user 'detector')" in line, line
+    assert "Authentication failed" in line, line  # the broker's own error message
+    assert password not in run.stderr and PASSWORD not in run.stderr
+
+
+@pytest.mark.parametrize("case", ["tansu SCRAM-SHA-256", "tansu SASL_SSL SCRAM-SHA-512"])
+def test_scram_refused_by_the_broker_itself_exits_69_with_one_line(
+    refused: dict[tuple[str, str], Run], kafka_client: str, case: str
+) -> None:
+    run = refused[case, kafka_client]
+    line = run.error_line()
+    _, protocol, mechanism, _ = REFUSED[case]
     assert f"over {protocol} ({mechanism} as user 'detector')" in line, line
     # librdkafka says so itself; kafka-python only logs "Abort ('v')", which start-up explains.
     cause = {
@@ -332,7 +387,7 @@ def test_refused_scram_credentials_exit_69_with_one_line_and_no_password(
 def test_a_mechanism_the_broker_does_not_offer_exits_69_naming_it(
     refused: dict[tuple[str, str], Run], kafka_client: str
 ) -> None:
-    run = refused["SASL_PLAINTEXT PLAIN", kafka_client]
+    run = refused["tansu PLAIN", kafka_client]
     line = run.error_line()
     assert "over SASL_PLAINTEXT (PLAIN as user 'detector')" in line, line
     assert PASSWORD not in run.stderr

@@ -1,10 +1,12 @@
-"""A TLS endpoint in front of a plaintext broker, for tests of the clients' TLS settings.
+"""A TLS and SASL endpoint in front of a plaintext broker, for tests of the clients' security.
 
 The embedded broker (Tansu 0.6.0) accepts ``--cert`` but still speaks plaintext on its listener,
-so TLS is terminated here, as a load balancer or a sidecar terminates it in front of a broker:
-the Kafka clients do a real OpenSSL handshake (server certificate, CA, hostname, client
-certificate) and then talk to the real broker through it. The broker must advertise this
-endpoint's address, or clients would follow its metadata to the plaintext port.
+and keeps no SCRAM credential, so no client can log in to it. TLS and SASL are terminated here
+instead, as a proxy or sidecar terminates them in front of a broker: the Kafka clients do a real
+OpenSSL handshake (server certificate, CA, hostname, client certificate) and a real SASL exchange
+(:mod:`detector_devtools.sasl_server`: PLAIN, SCRAM-SHA-256/512), then talk to the real broker
+through it. The broker must advertise this endpoint's address, or clients would follow its
+metadata to the plaintext port.
 """
 
 from __future__ import annotations
@@ -12,33 +14,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import struct
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 
 from detector_devtools.embedded_broker import BrokerError, free_port, wait_for_port
+from detector_devtools.sasl_server import (
+    API_VERSIONS,
+    MECHANISMS,
+    SaslServer,
+    parse_request_header,
+)
 
-__all__ = ["TlsFront"]
+__all__ = ["BrokerFront"]
 
 _CHUNK = 65_536
+_FAILED_LOGIN_CLOSE_DELAY_S = 0.1
 
 
-class TlsFront:
-    """Accepts TLS on ``host:port`` and relays each connection to ``upstream`` (``host:port``).
+class BrokerFront:
+    """Accepts clients on ``host:port`` and relays each connection to ``upstream`` (``host:port``).
 
-    :meth:`stop` closes the listener and every open connection, as a broker that goes away
-    does; :meth:`start` listens on the same port again.
+    ``tls``: the server side of TLS (plain TCP without); ``users``: user -> password, and clients
+    must then log in with one of ``mechanisms`` before anything reaches the broker. :meth:`stop`
+    closes the listener and every open connection, as a broker that goes away does; :meth:`start`
+    listens on the same port again.
     """
 
     def __init__(
         self,
         upstream: str,
-        context: ssl.SSLContext,
+        tls: ssl.SSLContext | None = None,
+        users: Mapping[str, str] | None = None,
+        mechanisms: tuple[str, ...] = MECHANISMS,
         port: int | None = None,
         host: str = "127.0.0.1",
     ):
         self.upstream_host, _, upstream_port = upstream.rpartition(":")
         self.upstream_port = int(upstream_port)
-        self.context = context
+        self.tls = tls
+        self.users = users
+        self.mechanisms = mechanisms
         self.host = host
         self.port = port or free_port(host)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -51,7 +68,7 @@ class TlsFront:
         """``host:port`` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> TlsFront:
+    def start(self, timeout_s: float = 10.0) -> BrokerFront:
         """Listen (on a thread of its own) and wait until the port accepts connections."""
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -61,7 +78,7 @@ class TlsFront:
             self._loop = loop
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self._relay, self.host, self.port, ssl=self.context)
+                    asyncio.start_server(self._relay, self.host, self.port, ssl=self.tls)
                 )
             except OSError as exc:
                 failure.append(exc)
@@ -72,11 +89,13 @@ class TlsFront:
             loop.run_forever()
             loop.close()
 
-        self._thread = threading.Thread(target=run, name=f"tls-front-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=run, name=f"broker-front-{self.port}", daemon=True)
         self._thread.start()
         ready.wait(timeout_s)
         if failure:
-            raise BrokerError(f"TLS front cannot listen on {self.bootstrap_servers}: {failure[0]}")
+            raise BrokerError(
+                f"broker front cannot listen on {self.bootstrap_servers}: {failure[0]}"
+            )
         wait_for_port(self.host, self.port, timeout_s)
         return self
 
@@ -110,7 +129,10 @@ class TlsFront:
             self._relays.discard(task)
             return
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            if self.users is None or await self._log_in(reader, writer, up_reader, up_writer):
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
+            pass  # the client went away during the login
         except asyncio.CancelledError:
             pass  # stop() cuts the connection; a handler that re-raised would be logged
         finally:
@@ -119,7 +141,33 @@ class TlsFront:
                     end.close()
             self._relays.discard(task)
 
-    def __enter__(self) -> TlsFront:
+    async def _log_in(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Answer the client's SASL frames (ApiVersions goes to the broker) until it is in."""
+        assert self.users is not None
+        server = SaslServer(self.users, self.mechanisms)
+        while not server.authenticated:
+            frame = await _read_frame(reader)
+            if parse_request_header(frame[4:]).api_key == API_VERSIONS:
+                up_writer.write(frame)
+                await up_writer.drain()
+                writer.write(await _read_frame(up_reader))
+            else:
+                writer.write(server.respond(frame[4:]))
+            await writer.drain()
+            if server.failed:
+                # Kafka closes a refused login after connection.failed.authentication.delay.ms
+                # (100 ms), so that the client reads why before the socket goes.
+                await asyncio.sleep(_FAILED_LOGIN_CLOSE_DELAY_S)
+                return False
+        return True
+
+    def __enter__(self) -> BrokerFront:
         return self.start()
 
     def __exit__(
@@ -129,6 +177,12 @@ class TlsFront:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    """One Kafka frame, with its 4-byte length."""
+    size = await reader.readexactly(4)
+    return size + await reader.readexactly(struct.unpack(">i", size)[0])
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
