@@ -22,7 +22,9 @@ pipeline beside them), whether scoring on a worker thread could overlap ingest (
 parser timed alone and on two threads at once), the pipeline on gateway batches (``--batched``
 readings per message, readings/s), the latency from a reading's produce time to its alert under
 paced loads at fractions (1/2, 1/4) of the measured kafka-python pipeline rate, on each client
-(the daemon as a child process, as deployed), and the resident memory of the daemon's state for ``--memory-devices`` devices.
+(the daemon as a child process, as deployed), beside the same load's send -> receive latency
+through a bare consumer (``latency_floor``: what the broker and the load generator take before
+any consumer code runs), each on a fresh embedded broker, and the resident memory of the daemon's state for ``--memory-devices`` devices.
 Rates are taken from the first record in hand to the last one processed; they are compared as
 ratios within a round because the machine may be shared. Writes ``bench/results/throughput.json``.
 
@@ -49,7 +51,7 @@ import time
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -856,6 +858,125 @@ def _paced_load(
     return time.monotonic() - started, np.asarray(acked)
 
 
+@contextlib.contextmanager
+def _fresh_broker(args: argparse.Namespace, shared: str, workdir: Path) -> Iterator[str]:
+    """A new embedded broker for one latency run, or the ``--bootstrap`` broker as it is.
+
+    The embedded broker keeps every record in memory and its fetches slow down as that fills: a
+    bare consumer's send -> receive p50 rose from 0.07 to 0.27 s over 30 s at 3.5 k records/s
+    on a fresh one. A broker that already holds the rates stage's records would charge that to
+    whichever run came last.
+    """
+    if args.bootstrap:
+        yield shared
+        return
+    with EmbeddedBroker(log_path=workdir / "latency-broker.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def _paced_readings(
+    stream: Fleet, rate: float, seconds: float, args: argparse.Namespace
+) -> tuple[list[bytes], list[bytes]]:
+    """Keys and JSON heads (all but ``"ts": <send time>}``) of a paced run's readings."""
+    table = interleave(stream.readings)
+    features = [c for c in table.columns if c not in ("ts", "device_id")]
+    # At least a few windows' worth per device, so windows fill and anomalies come round.
+    total = min(len(table), max(int(rate * seconds), 4 * args.window * args.devices))
+    devices = table["device_id"].astype(str).tolist()[:total]
+    rows = table[features].to_numpy(dtype=np.float64)[:total].tolist()
+    # Everything but the timestamp is encoded beforehand: the load generator shares the two
+    # cores with the daemon and should take as little of them as it can.
+    heads = [
+        json.dumps(
+            {"device_id": device, "sensors": dict(zip(features, row, strict=True))}
+        ).encode()[:-1]
+        + b', "ts": '
+        for device, row in zip(devices, rows, strict=True)
+    ]
+    return [device.encode() for device in devices], heads
+
+
+# A bare consumer in a process of its own: librdkafka, one group member, every record's JSON
+# read for its ts and nothing else. Prints "assigned" once it owns partitions, then writes
+# [[ts, received], ...] to argv[2] when argv[3] records have come or 60 s pass without one.
+_FLOOR_CONSUMER = r"""
+import json, sys, time
+from confluent_kafka import Consumer
+bootstrap, out, expected, wait_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "floor",
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": wait_ms})
+consumer.subscribe([sys.argv[5]], on_assign=lambda c, p: print("assigned", flush=True))
+got, last = [], time.monotonic()
+while len(got) < expected and time.monotonic() - last < 60:
+    for message in consumer.consume(1000, 0.1):
+        if message.error() is None:
+            got.append((json.loads(message.value())["ts"], time.time()))
+            last = time.monotonic()
+consumer.close()
+json.dump(got, open(out, "w"))
+"""
+
+
+def measure_floor(
+    bootstrap: str,
+    stream: Fleet,
+    rate: float,
+    seconds: float,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Send -> receive latency of a bare consumer under the latency stage's paced load.
+
+    What the broker and the load generator cost a reading before any consumer code runs: the
+    part of the daemon's reading -> alert latency that is not the daemon's. The consumer uses
+    the daemon's default ``fetch_max_wait_ms``.
+    """
+    topic = f"floor-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: args.partitions})
+    keys, heads = _paced_readings(stream, rate, seconds, args)
+    out = workdir / f"{topic}.json"
+    consumer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _FLOOR_CONSUMER,
+            bootstrap,
+            str(out),
+            str(len(keys)),
+            str(KafkaConfig().fetch_max_wait_ms),
+            topic,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert consumer.stdout is not None
+        if consumer.stdout.readline().strip() != "assigned":
+            raise RuntimeError("the floor consumer never got its partitions")
+        _paced_load(bootstrap, topic, keys, heads, rate, args)
+        consumer.wait(timeout=120)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    pairs = np.asarray(json.loads(out.read_text()), dtype=np.float64).reshape(-1, 2)
+    latency = pairs[:, 1] - pairs[:, 0]
+    since = pairs[:, 0] - pairs[:, 0].min()
+    tenth = max(float(since.max()) / 10, 1e-9)
+    first, last = latency[since < tenth], latency[since >= 9 * tenth]
+    return {
+        "offered_rate": rate,
+        "received": len(pairs),
+        "sent": len(keys),
+        "received_p50_s": float(np.percentile(latency, 50)),
+        "received_p99_s": float(np.percentile(latency, 99)),
+        # The embedded broker's fetches slow down as its memory store fills.
+        "first_tenth_p50_s": float(np.percentile(first, 50)) if len(first) else None,
+        "last_tenth_p50_s": float(np.percentile(last, 50)) if len(last) else None,
+    }
+
+
 def measure_latency(
     bootstrap: str,
     model: Path,
@@ -894,22 +1015,8 @@ def measure_latency(
         wait_for_port("127.0.0.1", port, 60)
         _wait_ready(port, 60)
         collector.start()
-        table = interleave(stream.readings)
-        features = [c for c in table.columns if c not in ("ts", "device_id")]
-        # At least a few windows' worth per device, so windows fill and anomalies come round.
-        total = min(len(table), max(int(rate * seconds), 4 * args.window * args.devices))
-        devices = table["device_id"].astype(str).tolist()[:total]
-        rows = table[features].to_numpy(dtype=np.float64)[:total].tolist()
-        keys = [device.encode() for device in devices]
-        # Everything but the timestamp is encoded beforehand: the load generator shares the two
-        # cores with the daemon and should take as little of them as it can.
-        heads = [
-            json.dumps(
-                {"device_id": device, "sensors": dict(zip(features, row, strict=True))}
-            ).encode()[:-1]
-            + b', "ts": '
-            for device, row in zip(devices, rows, strict=True)
-        ]
+        keys, heads = _paced_readings(stream, rate, seconds, args)
+        total = len(keys)
         produced_s, acked = _paced_load(bootstrap, readings_topic, keys, heads, rate, args)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -1406,18 +1513,33 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
     if "latency" in stages:
         measured = result.get("summary", {}).get("pipeline_records_per_s", {}).get("median")
         maximum = measured or args.latency_max_rate
+        fractions = [float(f) for f in args.latency_fractions.split(",")]
+        result["latency_floor"] = []
+        for fraction in fractions:
+            with _fresh_broker(args, bootstrap, workdir) as fresh:
+                floor = measure_floor(
+                    fresh, stream, maximum * fraction, args.latency_seconds, args, workdir
+                )
+            result["latency_floor"].append({"fraction_of_max": fraction, **floor})
+            say(
+                f"latency floor ({fraction:g} of max, a bare consumer): received p50 "
+                f"{floor['received_p50_s']:.3f} s, p99 {floor['received_p99_s']:.3f} s; p50 "
+                f"{floor['first_tenth_p50_s']:.3f} s in the run's first tenth, "
+                f"{floor['last_tenth_p50_s']:.3f} s in its last"
+            )
         result["latency_levels"] = []
         # Both clients get the same offered rates: fractions of kafka-python's measured maximum.
         for client in ("kafka-python", "confluent-kafka"):
-            for fraction in (float(f) for f in args.latency_fractions.split(",")):
+            for fraction in fractions:
                 rate = maximum * fraction
                 say(
                     f"latency ({client}): paced load at {rate:,.0f} readings/s for "
                     f"{args.latency_seconds:.0f} s"
                 )
-                level = measure_latency(
-                    bootstrap, args.model, stream, rate, args.latency_seconds, args, workdir, client
-                )
+                with _fresh_broker(args, bootstrap, workdir) as fresh:
+                    level = measure_latency(
+                        fresh, args.model, stream, rate, args.latency_seconds, args, workdir, client
+                    )
                 result["latency_levels"].append(
                     {"client": client, "fraction_of_max": fraction, **level}
                 )
@@ -1425,6 +1547,10 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, An
                     f"latency ({client}, {fraction:g} of max): received p50 "
                     f"{level['received_p50_s']} s, p99 {level['received_p99_s']} s"
                 )
+        result.setdefault("summary", {})["latency_floor_p99_s"] = {
+            str(level["fraction_of_max"]): level["received_p99_s"]
+            for level in result["latency_floor"]
+        }
         for client, figures in result.get("summary", {}).get("clients", {}).items():
             figures["latency_p99_s"] = {
                 str(level["fraction_of_max"]): level["received_p99_s"]
@@ -1484,7 +1610,14 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 k: result[k]
-                for k in ("summary", "batched", "latency_levels", "shadow", "memory")
+                for k in (
+                    "summary",
+                    "batched",
+                    "latency_floor",
+                    "latency_levels",
+                    "shadow",
+                    "memory",
+                )
                 if k in result
             },
             indent=2,
