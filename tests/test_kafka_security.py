@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import ssl
-import subprocess
 import sys
 import time
 import uuid
@@ -39,8 +37,10 @@ from kafka.admin import NewTopic
 from detector.exits import EXIT_UNAVAILABLE
 from detector_devtools.broker_front import BrokerFront
 from detector_devtools.embedded_broker import EmbeddedBroker, free_port
+from detector_devtools.launch import daemon_env
 from detector_devtools.replay import encode_messages, interleave
 from tests.conftest import KAFKA_CLIENTS, ROOT, Daemon, DemoData, offline_transitions, wait_until
+from tests.startup import Run, run_all
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
@@ -152,26 +152,25 @@ def _security_env(
     return env
 
 
-def _base_env(bootstrap: str, model: Path, client: str, **overrides: str) -> dict[str, str]:
+def _settings(
+    bootstrap: str, model: Path, client: str, security: dict[str, str], metrics_port: int = 0
+) -> dict[str, str]:
+    """A daemon's environment on fresh topic names and group, with ``security`` settings."""
     suffix = uuid.uuid4().hex[:10]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DETECTOR_", "TRAINER_"))}
-    return {
-        **clean,
-        "DETECTOR_KAFKA__CLIENT": client,
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "DETECTOR_KAFKA__READINGS_TOPICS": f"readings-{suffix}",
-        "DETECTOR_KAFKA__ALERTS_TOPIC": f"alerts-{suffix}",
-        "DETECTOR_KAFKA__GROUP_ID": f"group-{suffix}",
-        "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-        "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "10000",
-        "DETECTOR_KAFKA__BOOTSTRAP_TIMEOUT_MS": str(BOOTSTRAP_TIMEOUT_MS),
-        "DETECTOR_MODEL__PATH": str(model),
-        "DETECTOR_SCORING__DEVICE": "cpu",
-        "DETECTOR_METRICS__HOST": "127.0.0.1",
-        "DETECTOR_METRICS__EXPOSITION_CACHE_S": "0",
-        **overrides,
-    }
+    return daemon_env(
+        bootstrap,
+        f"readings-{suffix}",
+        f"alerts-{suffix}",
+        model,
+        metrics_port,
+        DETECTOR_KAFKA__CLIENT=client,
+        DETECTOR_KAFKA__GROUP_ID=f"group-{suffix}",
+        DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS="10000",
+        DETECTOR_KAFKA__BOOTSTRAP_TIMEOUT_MS=str(BOOTSTRAP_TIMEOUT_MS),
+        DETECTOR_SCORING__DEVICE="cpu",
+        DETECTOR_METRICS__EXPOSITION_CACHE_S="0",
+        **security,
+    )
 
 
 def _read_alerts(bootstrap: str, topic: str, count: int, **kwargs: Any) -> list[dict]:
@@ -212,14 +211,14 @@ def test_alerts_flow_and_survive_the_endpoint_restarting(
     bootstrap = front.bootstrap_servers
     client_kwargs = _client_kwargs(pki, protocol, mechanism)
     port = free_port()
-    env = _base_env(
+    env = _settings(
         bootstrap,
         demo_data.model.path,
         kafka_client,
-        DETECTOR_METRICS__PORT=str(port),
-        **_security_env(pki, protocol, mechanism),
+        _security_env(pki, protocol, mechanism),
+        metrics_port=port,
     )
-    readings = env["DETECTOR_KAFKA__READINGS_TOPICS"]
+    readings = json.loads(env["DETECTOR_KAFKA__READINGS_TOPICS"])[0]
     alerts_topic = env["DETECTOR_KAFKA__ALERTS_TOPIC"]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     admin.create_topics([NewTopic(readings, 3, 1), NewTopic(alerts_topic, 1, 1)])
@@ -272,24 +271,6 @@ def test_alerts_flow_and_survive_the_endpoint_restarting(
         daemon.stop()
 
 
-@dataclass(frozen=True)
-class Run:
-    """How one start-up ended: exit code (``None``: still running at the deadline), stderr."""
-
-    code: int | None
-    stderr: str
-
-    def error_line(self) -> str:
-        """The one line saying why; fails unless exit 69, that line last, no traceback."""
-        assert self.code == EXIT_UNAVAILABLE, f"exit {self.code}:\n{self.stderr}"
-        assert "Traceback" not in self.stderr, self.stderr
-        lines = [line for line in self.stderr.splitlines() if line.strip()]
-        mine = [line for line in lines if line.startswith("detector")]
-        assert len(mine) == 1 and lines[-1] == mine[0], self.stderr
-        assert [line for line in lines if " INFO " not in line] == mine, self.stderr
-        return mine[0]
-
-
 # Refused at start-up: (broker, protocol, mechanism, password); "tansu" is the broker's own SASL.
 REFUSED = {
     "untrusted certificate": ("front", "SSL", None, PASSWORD),
@@ -312,7 +293,8 @@ def refused(
     """Every refused start-up, per (case, client): all start at once, as each pays for torch."""
     config = tmp_path_factory.mktemp("refused") / "detector.yaml"
     config.write_text("scoring: {device: cpu}\nmetrics: {host: 127.0.0.1, port: 0}\n")
-    cases: dict[tuple[str, str], dict[str, str]] = {}
+    argv = [sys.executable, "-m", "detector", "run", "--config", str(config)]
+    cases: dict[tuple[str, str], tuple[list[str], dict[str, str]]] = {}
     for client in KAFKA_CLIENTS:
         for name, (broker, protocol, mechanism, password) in REFUSED.items():
             bootstrap = (
@@ -320,36 +302,24 @@ def refused(
             )
             rogue = pki.rogue_ca if name == "untrusted certificate" else None
             security = _security_env(pki, protocol, mechanism, ca=rogue, password=password)
-            cases[name, client] = _base_env(bootstrap, demo_data.model.path, client, **security)
-    processes = {
-        key: subprocess.Popen(
-            [sys.executable, "-m", "detector", "run", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for key, env in cases.items()
-    }
-    deadline = time.monotonic() + DEADLINE_S
-    runs: dict[tuple[str, str], Run] = {}
-    for key, process in processes.items():
-        try:
-            _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
-            runs[key] = Run(None, stderr)
-            continue
-        runs[key] = Run(process.returncode, stderr)
-    return runs
+            cases[name, client] = (
+                argv,
+                _settings(bootstrap, demo_data.model.path, client, security),
+            )
+    return run_all(cases, DEADLINE_S)
+
+
+def _one_line(run: Run) -> str:
+    """The start-up's line (exit 69); nothing else but INFO lines on stderr."""
+    line = run.error_line(code=EXIT_UNAVAILABLE)
+    assert [other for other in run.lines if " INFO " not in other] == [line], run.stderr
+    return line
 
 
 def test_a_broker_certificate_from_an_untrusted_ca_exits_69_with_one_line(
     refused: dict[tuple[str, str], Run], kafka_client: str
 ) -> None:
-    line = refused["untrusted certificate", kafka_client].error_line()
+    line = _one_line(refused["untrusted certificate", kafka_client])
     assert "cannot reach Kafka at 127.0.0.1:" in line and " over SSL within 5 s" in line, line
     assert "certificate verify failed" in line.lower(), line
 
@@ -359,7 +329,7 @@ def test_a_wrong_password_exits_69_with_one_line_and_no_password(
     refused: dict[tuple[str, str], Run], kafka_client: str, case: str
 ) -> None:
     run = refused[case, kafka_client]
-    line = run.error_line()
+    line = _one_line(run)
     _, protocol, mechanism, password = REFUSED[case]
     assert f"over {protocol} ({mechanism} as user 'detector')" in line, line
     assert "Authentication failed" in line, line  # the broker's own error message
@@ -371,7 +341,7 @@ def test_scram_refused_by_the_broker_itself_exits_69_with_one_line(
     refused: dict[tuple[str, str], Run], kafka_client: str, case: str
 ) -> None:
     run = refused[case, kafka_client]
-    line = run.error_line()
+    line = _one_line(run)
     _, protocol, mechanism, _ = REFUSED[case]
     assert f"over {protocol} ({mechanism} as user 'detector')" in line, line
     # librdkafka says so itself; kafka-python only logs "Abort ('v')", which start-up explains.
@@ -388,6 +358,6 @@ def test_a_mechanism_the_broker_does_not_offer_exits_69_naming_it(
     refused: dict[tuple[str, str], Run], kafka_client: str
 ) -> None:
     run = refused["tansu PLAIN", kafka_client]
-    line = run.error_line()
+    line = _one_line(run)
     assert "over SASL_PLAINTEXT (PLAIN as user 'detector')" in line, line
     assert PASSWORD not in run.stderr

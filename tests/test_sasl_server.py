@@ -14,6 +14,8 @@ from kafka.net.sasl.scram import ScramClient
 
 from detector_devtools.sasl_server import SaslServer, parse_request_header
 
+pytestmark = pytest.mark.security
+
 USERS = {"detector": "right-password"}
 
 

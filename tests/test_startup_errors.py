@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ import yaml
 from detector.exits import EXIT_CONFIG, EXIT_UNAVAILABLE
 from detector_devtools.embedded_broker import free_port
 from tests.conftest import ROOT, DemoData
+from tests.startup import Run, run_all
 
 FIGURES = logging.getLogger("fault-figures")
 SECRET = "Zq9-hunter2"
@@ -36,29 +33,6 @@ SERVICE_LINKS = {
     "DETECTOR_PORT": "tcp://10.96.0.12:9108",
     "DETECTOR_PORT_9108_TCP_ADDR": "10.96.0.12",
 }
-
-
-@dataclass(frozen=True)
-class Run:
-    """How one start-up ended: exit code (``None``: still running at the deadline), stderr, time."""
-
-    code: int | None
-    stderr: str
-    seconds: float
-
-    @property
-    def lines(self) -> list[str]:
-        """Non-empty stderr lines."""
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-    def error_line(self, program: str = "detector", code: int = EXIT_CONFIG) -> str:
-        """The single line saying why; fails unless the exit is ``code``, with one line, no traceback."""
-        assert self.code == code, f"exit {self.code} after {self.seconds:.1f} s:\n{self.stderr}"
-        assert "Traceback" not in self.stderr, self.stderr
-        mine = [line for line in self.lines if line.startswith(f"{program}")]
-        assert len(mine) == 1, self.stderr
-        assert self.lines[-1] == mine[0], self.stderr
-        return mine[0]
 
 
 def _config(tmp: Path, name: str, text: str) -> Path:
@@ -167,31 +141,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: DemoData) -> dict[
             quick,
         ),
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DETECTOR_", "TRAINER_"))}
-    started = time.monotonic()
-    processes = {
-        name: subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**clean, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (argv, env) in cases.items()
-    }
-    results = {}
     try:
-        for name, process in processes.items():
-            try:
-                _, stderr = process.communicate(
-                    timeout=max(DEADLINE_S - (time.monotonic() - started), 1)
-                )
-                results[name] = Run(process.returncode, stderr, time.monotonic() - started)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                _, stderr = process.communicate()
-                results[name] = Run(None, stderr, time.monotonic() - started)
+        results = run_all(cases, DEADLINE_S)
     finally:
         busy.close()
     for name, run in results.items():
