@@ -61,19 +61,14 @@ def _unreachable(kafka: KafkaConfig, first: _FirstError, error: Exception | None
     the timeout too), so they exit ``EXIT_UNAVAILABLE`` as well; the line names the protocol,
     mechanism and user (never the password) and the first error says what went wrong.
     """
-    message = first.message or (str(error) if error is not None else "")
-    if message.endswith(_KAFKA_PYTHON_SCRAM_REFUSED):
-        message = f"the broker refused the SCRAM login ({message})"
+    from detector.clients.kafka_python import explain_error
+
+    message = explain_error(first.message or (str(error) if error is not None else ""))
     cause = f"; first error: {message}" if message else ""
     return (
         f"cannot reach Kafka at {', '.join(kafka.bootstrap_servers)}{_security(kafka)} within "
         f"{kafka.bootstrap_timeout_ms / 1000:g} s (kafka.bootstrap_timeout_ms){cause}"
     )
-
-
-# kafka-python reads a SCRAM server's error reply ("e=unknown-user", RFC 5802) as a final message
-# without its "v" attribute, and all it logs is this.
-_KAFKA_PYTHON_SCRAM_REFUSED = "Abort ('v')"
 
 
 def _security(kafka: KafkaConfig) -> str:

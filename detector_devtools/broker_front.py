@@ -120,23 +120,20 @@ class BrokerFront:
         task = asyncio.current_task()
         assert task is not None
         self._relays.add(task)
+        ends = [writer]
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 self.upstream_host, self.upstream_port
             )
-        except OSError:
-            writer.close()
-            self._relays.discard(task)
-            return
-        try:
+            ends.append(up_writer)
             if self.users is None or await self._log_in(reader, writer, up_reader, up_writer):
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
-            pass  # the client went away during the login
+            pass  # the broker or the client went away
         except asyncio.CancelledError:
             pass  # stop() cuts the connection; a handler that re-raised would be logged
         finally:
-            for end in (writer, up_writer):
+            for end in ends:
                 with contextlib.suppress(Exception):
                     end.close()
             self._relays.discard(task)

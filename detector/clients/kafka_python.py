@@ -40,10 +40,23 @@ __all__ = [
     "RebalanceListener",
     "build_consumer",
     "build_producer",
+    "explain_error",
     "security_kwargs",
 ]
 
 log = logging.getLogger(__name__)
+
+
+# kafka-python reads a SCRAM server's error reply ("e=unknown-user", RFC 5802) as a final message
+# without its "v" attribute, and all it logs is this.
+_SCRAM_REFUSED = "Abort ('v')"
+
+
+def explain_error(message: str) -> str:
+    """An error kafka-python logged, with what it means where the message does not say."""
+    if message.endswith(_SCRAM_REFUSED):
+        return f"the broker refused the SCRAM login ({message})"
+    return message
 
 
 def security_kwargs(config: KafkaConfig) -> dict[str, Any]:
